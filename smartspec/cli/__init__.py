@@ -1,0 +1,1 @@
+"""The `smartspec` command line."""

@@ -1,0 +1,39 @@
+"""`smartspec` entry point: sub-commands, and one place that turns smartspec errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from smartspec.errors import SmartspecError
+
+# Bad input (4xx-class errors) exits 2, like argparse; everything else that smartspec raises, 1.
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from smartspec.cli import generate, models
+
+    parser = argparse.ArgumentParser(prog="smartspec", description="Goodput-optimal speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    models.register(sub)
+    generate.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SmartspecError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT if 400 <= exc.http_status < 500 else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

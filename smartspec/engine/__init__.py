@@ -1,0 +1,1 @@
+"""The data plane: slot KV cache, model runner, verification, proposers and the speculative engine."""

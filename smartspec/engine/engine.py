@@ -1,0 +1,289 @@
+"""The speculative engine: one step = admit/prefill → propose → ONE verify forward → verify → commit → emit.
+
+The caller decides k per running request each step (`step(ks)`); the engine caps it (K bound,
+remaining tokens, KV room), asks the proposer, scores every request's `[last token + k_i drafts]`
+plus any new prompts in one batched target forward, verifies losslessly, rolls rejected
+positions back, and emits 1 … k_i + 1 tokens per request. A step in which every k_i is 0 makes
+no proposer call and scores exactly one position per request: plain batched decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from smartspec.engine.proposers.base import Proposal, ProposeRequest, Proposer
+from smartspec.engine.runner import ForwardOutput, ModelRunner, RowInput
+from smartspec.engine.sampling import SamplingParams
+from smartspec.engine.scoring import ScoredRow, first_tokens, verify_rows
+from smartspec.engine.sequence import Sequence, SeqStatus
+from smartspec.errors import InvalidRequest, UnknownSequence
+
+# Prefill rows share the verify forward unless padding them together would cost this much more
+# than two separate forwards (the runner pads every row to the widest one).
+MIX_PREFILL_SLACK = 1.25
+
+
+@dataclass
+class StepStats:
+    """What one engine step did and cost (the cost model and telemetry read these)."""
+
+    step_id: int
+    batch_size: int  # running requests verified this step (prefills not included)
+    num_prefills: int
+    ks: list[int]  # k actually proposed per running request
+    num_proposed_per_pos: list[int]  # requests with a draft at position j
+    num_accepted_per_pos: list[int]  # of those, accepted at position j
+    num_emitted: int  # tokens emitted this step, prefill first tokens included
+    context_tokens: int  # committed KV tokens of the verified requests before the step
+    num_forwards: int
+    real_tokens: int  # tokens the target scored
+    padded_tokens: int  # B × W slots the target forward(s) computed
+    draft_s: float
+    verify_s: float
+    overhead_s: float
+    num_invalid_proposals: int = 0
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return sum(self.ks)
+
+    @property
+    def num_accepted_tokens(self) -> int:
+        return sum(self.num_accepted_per_pos)
+
+
+@dataclass
+class StepOutput:
+    emitted: dict[int, list[int]] = field(default_factory=dict)  # seq_id -> tokens emitted this step
+    finished: list[int] = field(default_factory=list)
+    stats: StepStats | None = None
+
+
+class SpecEngine:
+    """Holds the requests; drives a target ModelRunner and an optional Proposer."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        proposer: Proposer | None,
+        *,
+        eos_token_ids: Iterable[int] = (),
+        max_k: int = 8,
+    ) -> None:
+        self.runner = runner
+        self.proposer = proposer
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.max_k = max_k
+        self.seqs: dict[int, Sequence] = {}
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self._step_id = 0
+
+    # -- requests ------------------------------------------------------------------------
+    def add_request(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Validate and queue a request; it is prefilled by the next step with a free slot."""
+        params.validate()
+        if seq_id in self.seqs:
+            raise InvalidRequest(f"request id {seq_id} is already in use")
+        if not prompt_ids:
+            raise InvalidRequest("prompt is empty", param="prompt")
+        vocab = self.runner.vocab_size
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(f"prompt has token ids outside [0, {vocab}): {bad[:5]}", param="prompt")
+        limit = self.runner.max_len
+        if len(prompt_ids) + params.max_tokens > limit:
+            raise InvalidRequest(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the model's "
+                f"context of {limit} tokens",
+                param="max_tokens" if len(prompt_ids) < limit else "prompt",
+            )
+        seq = Sequence.create(seq_id, prompt_ids, params)
+        self.seqs[seq_id] = seq
+        self.waiting.append(seq_id)
+        return seq
+
+    def cancel(self, seq_id: int) -> None:
+        """Stop a request now and free its target and draft state."""
+        seq = self.seqs.get(seq_id)
+        if seq is None or seq.finished:
+            raise UnknownSequence(f"request {seq_id} is not running")
+        if seq_id in self.waiting:
+            self.waiting.remove(seq_id)
+        self._finish(seq, "cancelled")
+
+    def pop_finished(self, seq_id: int) -> Sequence:
+        """Hand a finished request back to the caller and forget it."""
+        seq = self.seqs[seq_id]
+        if not seq.finished:
+            raise ValueError(f"request {seq_id} has not finished")
+        return self.seqs.pop(seq_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self, ks: Mapping[int, int] | None = None) -> StepOutput:
+        """Run one step; `ks` maps running request ids to the k wanted (missing means 0)."""
+        t0 = time.perf_counter()
+        self._step_id += 1
+        out = StepOutput()
+        prefill = self._admit()
+        fresh = {s.seq_id for s in prefill}
+        running = [self.seqs[i] for i in self.running if i not in fresh]
+        k_want = {s.seq_id: self._cap_k(s, (ks or {}).get(s.seq_id, 0)) for s in running}
+
+        draft_s = 0.0
+        proposals: dict[int, Proposal] = {}
+        invalid = 0
+        if self.proposer is not None and any(k_want.values()):
+            t_d = time.perf_counter()
+            reqs = [ProposeRequest(s.seq_id, s.tokens, k_want[s.seq_id], s.params) for s in running if k_want[s.seq_id]]
+            raw = self.proposer.propose(reqs)
+            draft_s = time.perf_counter() - t_d
+            proposals, invalid = self._sanitize(raw, k_want)
+
+        t_v = time.perf_counter()
+        verify_rows_in = [
+            RowInput(s.seq_id, [s.tokens[-1], *(proposals[s.seq_id].draft_token_ids if s.seq_id in proposals else [])],
+                     1 + (proposals[s.seq_id].k if s.seq_id in proposals else 0))
+            for s in running
+        ]
+        prefill_rows = [RowInput(s.seq_id, list(s.tokens), 1) for s in prefill]
+        context = sum(self.runner.committed_len(s.seq_id) for s in running)
+        outputs = self._forward(verify_rows_in, prefill_rows)
+        want_argmax = any(s.params.greedy for s in running)
+        logits_of: dict[int, torch.Tensor] = {}
+        argmax_of: dict[int, torch.Tensor] = {}
+        for fwd, rows in outputs:
+            # One argmax over the whole forward instead of one per request.
+            argmax = fwd.logits.argmax(dim=-1) if want_argmax else None
+            for r, row in enumerate(rows):
+                span = slice(fwd.offsets[r], fwd.offsets[r] + row.num_logits)
+                logits_of[row.seq_id] = fwd.logits[span]
+                if argmax is not None:
+                    argmax_of[row.seq_id] = argmax[span]
+        scored = [ScoredRow(s, proposals.get(s.seq_id), logits_of[s.seq_id], argmax_of.get(s.seq_id)) for s in running]
+        verdicts = verify_rows(scored) if scored else []
+        firsts = first_tokens(prefill, torch.stack([logits_of[s.seq_id][-1] for s in prefill])) if prefill else []
+        verify_s = time.perf_counter() - t_v
+
+        k_max = max((row.k for row in scored), default=0)
+        proposed = [0] * k_max
+        accepted = [0] * k_max
+        for row, (n_acc, tokens) in zip(scored, verdicts, strict=True):
+            self.runner.commit(row.seq.seq_id, 1 + n_acc)
+            for j in range(row.k):
+                proposed[j] += 1
+                accepted[j] += int(j < n_acc)
+            row.seq.stats.num_drafts += int(row.k > 0)
+            row.seq.stats.num_draft_tokens += row.k
+            row.seq.stats.num_accepted_tokens += n_acc
+            self._emit(row.seq, tokens, out)
+        for seq, tok in zip(prefill, firsts, strict=True):
+            self.runner.commit(seq.seq_id, seq.prompt_len)
+            seq.status = SeqStatus.RUNNING
+            self._emit(seq, [tok], out)
+
+        total_s = time.perf_counter() - t0
+        out.stats = StepStats(
+            step_id=self._step_id,
+            batch_size=len(running),
+            num_prefills=len(prefill),
+            ks=[row.k for row in scored],
+            num_proposed_per_pos=proposed,
+            num_accepted_per_pos=accepted,
+            num_emitted=sum(len(v) for v in out.emitted.values()),
+            context_tokens=context,
+            num_forwards=len(outputs),
+            real_tokens=sum(f.stats.real_tokens for f, _ in outputs),
+            padded_tokens=sum(f.stats.padded_tokens for f, _ in outputs),
+            draft_s=draft_s,
+            verify_s=verify_s,
+            overhead_s=max(total_s - draft_s - verify_s, 0.0),
+            num_invalid_proposals=invalid,
+        )
+        return out
+
+    # -- helpers -------------------------------------------------------------------------
+    def _admit(self) -> list[Sequence]:
+        admitted = []
+        while self.waiting and self.runner.free_slots > 0:
+            seq = self.seqs[self.waiting.popleft()]
+            self.runner.add(seq.seq_id)
+            self.running.append(seq.seq_id)
+            admitted.append(seq)
+        return admitted
+
+    def _cap_k(self, seq: Sequence, k: int) -> int:
+        # Never draft past max_tokens (k drafts emit up to k + 1 tokens) or the slot's end.
+        room = self.runner.max_len - self.runner.committed_len(seq.seq_id) - 1
+        return max(0, min(int(k), self.max_k, seq.remaining - 1, room))
+
+    def _sanitize(self, raw: dict[int, Proposal], k_want: dict[int, int]) -> tuple[dict[int, Proposal], int]:
+        """Keep only proposals the verifier can use; anything else becomes k = 0 (never an error)."""
+        ok: dict[int, Proposal] = {}
+        invalid = 0
+        vocab = self.runner.vocab_size
+        for sid, prop in raw.items():
+            if sid not in k_want or prop.k == 0:
+                continue
+            good = prop.k <= k_want[sid] and all(0 <= t < vocab for t in prop.draft_token_ids)
+            if good and prop.draft_probs is not None:
+                good = tuple(prop.draft_probs.shape) == (prop.k, vocab)
+            if good:
+                ok[sid] = prop
+            else:
+                invalid += 1
+        return ok, invalid
+
+    def _forward(
+        self, verify_rows_in: list[RowInput], prefill_rows: list[RowInput]
+    ) -> list[tuple[ForwardOutput, list[RowInput]]]:
+        groups = [g for g in (verify_rows_in, prefill_rows) if g]
+        if len(groups) == 2:
+            w_v = max(len(r.token_ids) for r in verify_rows_in)
+            w_p = max(len(r.token_ids) for r in prefill_rows)
+            together = (len(verify_rows_in) + len(prefill_rows)) * max(w_v, w_p)
+            apart = len(verify_rows_in) * w_v + len(prefill_rows) * w_p
+            if together <= MIX_PREFILL_SLACK * apart:
+                groups = [verify_rows_in + prefill_rows]
+        return [(self.runner.forward(g), g) for g in groups]
+
+    def _emit(self, seq: Sequence, tokens: list[int], out: StepOutput) -> None:
+        now = time.perf_counter()
+        seq.stats.steps += 1
+        if seq.stats.first_token_s is None:
+            seq.stats.first_token_s = now
+        emitted: list[int] = []
+        reason = None
+        for tok in tokens:
+            emitted.append(tok)
+            seq.tokens.append(tok)
+            if (tok in self.eos_token_ids and not seq.params.ignore_eos) or tok in seq.params.stop_token_ids:
+                reason = "stop"
+                break
+            if seq.remaining <= 0:
+                reason = "length"
+                break
+        out.emitted[seq.seq_id] = emitted
+        if reason is not None:
+            self._finish(seq, reason)
+            out.finished.append(seq.seq_id)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stats.finish_s = time.perf_counter()
+        if seq.seq_id in self.running:
+            self.running.remove(seq.seq_id)
+        if self.runner.has(seq.seq_id):
+            self.runner.remove(seq.seq_id)
+        if self.proposer is not None:
+            self.proposer.release(seq.seq_id)

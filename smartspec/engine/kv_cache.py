@@ -1,0 +1,125 @@
+"""Slot KV cache: one preallocated KV row per sequence, per-row lengths, O(1) rollback.
+
+A transformers `Cache` whose layers write each forward's new keys/values straight into the
+owning sequence's slot at positions `committed_len … committed_len + w - 1`, then hand the
+attention the slots' prefixes `[: kv_len]`. Nothing is committed by the forward itself: the
+engine calls `commit(slot, n)` afterwards to keep only the first n new positions (the accepted
+prefix). Positions past `committed_len` are dead — the next forward overwrites them and the
+runner's 4D mask never lets a query see them — so rejecting drafts costs nothing.
+
+Slots are kept dense (`0 … num_active-1`): freeing a slot moves the last active one into the hole,
+so a forward over all running sequences reads the cache as a zero-copy view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from smartspec.errors import CapacityExceeded
+
+
+@dataclass
+class WritePlan:
+    """Where one forward's new keys/values go and which slot prefixes attention reads."""
+
+    slots: torch.Tensor  # [B] slot of each batch row
+    slot_range: tuple[int, int] | None  # (start, stop) when `slots` is an ascending contiguous run
+    write_slot: torch.Tensor  # [N] slot of each valid new token
+    write_pos: torch.Tensor  # [N] absolute position of each valid new token
+    src_row: torch.Tensor  # [N] batch row of each valid new token
+    src_col: torch.Tensor  # [N] column (within the padded width) of each valid new token
+    kv_len: int  # keys read per row: max over rows of committed_len + width
+
+
+class SlotLayer(CacheLayerMixin):
+    """One decoder layer's slice of the slot cache."""
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, owner: SlotKVCache, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.owner = owner
+        self.keys = keys  # [num_slots, num_kv_heads, max_len, head_dim]
+        self.values = values
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # key_states: [B, H_kv, W, D] for the padded batch; only valid tokens are written.
+        plan = self.owner.plan
+        if plan is None:
+            raise RuntimeError("SlotKVCache used outside ModelRunner.forward (no write plan set)")
+        self.keys[plan.write_slot, :, plan.write_pos] = key_states[plan.src_row, :, plan.src_col]
+        self.values[plan.write_slot, :, plan.write_pos] = value_states[plan.src_row, :, plan.src_col]
+        if plan.slot_range is not None:
+            start, stop = plan.slot_range
+            return self.keys[start:stop, :, : plan.kv_len], self.values[start:stop, :, : plan.kv_len]
+        return self.keys[plan.slots, :, : plan.kv_len], self.values[plan.slots, :, : plan.kv_len]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        plan = self.owner.plan
+        return (plan.kv_len if plan is not None else query_length), 0
+
+    def get_seq_length(self) -> int:
+        return max(self.owner.lengths, default=0)
+
+    def get_max_length(self) -> int:
+        return int(self.keys.shape[2])
+
+
+class SlotKVCache(Cache):
+    """KV storage for up to `num_slots` sequences of up to `max_len` tokens each."""
+
+    def __init__(self, config: Any, num_slots: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        num_heads = int(text_config.num_attention_heads)
+        num_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or num_heads)
+        head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads)
+        shape = (num_slots, num_kv_heads, max_len, head_dim)
+        # Zeros, not empty: masked positions are multiplied by 0 in attention, and 0 * NaN garbage is NaN.
+        layers: list[Any] = [
+            SlotLayer(self, torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(int(text_config.num_hidden_layers))
+        ]
+        super().__init__(layers=layers)
+        self.num_slots = num_slots
+        self.max_len = max_len
+        self.lengths: list[int] = []  # committed length of each active slot; len() == active slots
+        self.plan: WritePlan | None = None
+
+    @property
+    def num_active(self) -> int:
+        return len(self.lengths)
+
+    def bytes_per_token(self) -> int:
+        layer = self.layers[0]
+        per_layer = layer.keys[0, :, 0].numel() * layer.keys.element_size() * 2
+        return int(per_layer * len(self.layers))
+
+    def alloc(self) -> int:
+        """Take the next free slot (always `num_active`, as slots are dense)."""
+        if self.num_active >= self.num_slots:
+            raise CapacityExceeded(f"all {self.num_slots} KV slots are in use")
+        self.lengths.append(0)
+        return self.num_active - 1
+
+    def free(self, slot: int) -> int | None:
+        """Release `slot`. If another slot moved into it to keep slots dense, return that slot's old id."""
+        last = self.num_active - 1
+        if slot != last:
+            n = self.lengths[last]
+            for layer in self.layers:
+                layer.keys[slot, :, :n] = layer.keys[last, :, :n]
+                layer.values[slot, :, :n] = layer.values[last, :, :n]
+            self.lengths[slot] = n
+        self.lengths.pop()
+        return last if slot != last else None
