@@ -15,7 +15,7 @@ from smartspec.errors import InvalidRequest
 from smartspec.models.loading import DTYPES
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="generate for one or more prompts (one batch) in-process")
     g.add_argument("--target", required=True, help="target model folder")
     g.add_argument("--draft", default=None, help="draft model folder, or 'ngram' for prompt lookup")

@@ -12,7 +12,7 @@ from smartspec.models.registry import PAIR, Role
 from smartspec.models.settings import ModelSettings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="fetch the real model pair, print its folders")
     verbs = models.add_subparsers(dest="verb", required=True)
     f = verbs.add_parser("fetch", help="download, check and convert the pinned pair (idempotent)")

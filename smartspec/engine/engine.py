@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from smartspec.engine.proposers.base import Proposal, ProposeRequest, Proposer
+from smartspec.engine.proposers.base import Proposal, Proposer, ProposeRequest
 from smartspec.engine.runner import ForwardOutput, ModelRunner, RowInput
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scoring import ScoredRow, first_tokens, verify_rows
-from smartspec.engine.sequence import Sequence, SeqStatus
+from smartspec.engine.sequence import SeqStatus, Sequence
 from smartspec.errors import InvalidRequest, UnknownSequence
 
 # Prefill rows share the verify forward unless padding them together would cost this much more
@@ -164,21 +164,25 @@ class SpecEngine:
         for fwd, rows in outputs:
             # One argmax over the whole forward instead of one per request.
             argmax = fwd.logits.argmax(dim=-1) if want_argmax else None
-            for r, row in enumerate(rows):
-                span = slice(fwd.offsets[r], fwd.offsets[r] + row.num_logits)
-                logits_of[row.seq_id] = fwd.logits[span]
+            for r, row_in in enumerate(rows):
+                span = slice(fwd.offsets[r], fwd.offsets[r] + row_in.num_logits)
+                logits_of[row_in.seq_id] = fwd.logits[span]
                 if argmax is not None:
-                    argmax_of[row.seq_id] = argmax[span]
+                    argmax_of[row_in.seq_id] = argmax[span]
         scored = [ScoredRow(s, proposals.get(s.seq_id), logits_of[s.seq_id], argmax_of.get(s.seq_id)) for s in running]
         verdicts = verify_rows(scored) if scored else []
         firsts = first_tokens(prefill, torch.stack([logits_of[s.seq_id][-1] for s in prefill])) if prefill else []
         verify_s = time.perf_counter() - t_v
 
+        # Commit every row before any request finishes: freeing a slot moves another one.
+        for row, (n_acc, _) in zip(scored, verdicts, strict=True):
+            self.runner.commit(row.seq.seq_id, 1 + n_acc)
+        for seq in prefill:
+            self.runner.commit(seq.seq_id, seq.prompt_len)
         k_max = max((row.k for row in scored), default=0)
         proposed = [0] * k_max
         accepted = [0] * k_max
         for row, (n_acc, tokens) in zip(scored, verdicts, strict=True):
-            self.runner.commit(row.seq.seq_id, 1 + n_acc)
             for j in range(row.k):
                 proposed[j] += 1
                 accepted[j] += int(j < n_acc)
@@ -187,7 +191,6 @@ class SpecEngine:
             row.seq.stats.num_accepted_tokens += n_acc
             self._emit(row.seq, tokens, out)
         for seq, tok in zip(prefill, firsts, strict=True):
-            self.runner.commit(seq.seq_id, seq.prompt_len)
             seq.status = SeqStatus.RUNNING
             self._emit(seq, [tok], out)
 

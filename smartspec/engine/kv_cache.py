@@ -44,8 +44,10 @@ class SlotLayer(CacheLayerMixin):
     def __init__(self, owner: SlotKVCache, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self.owner = owner
-        self.keys = keys  # [num_slots, num_kv_heads, max_len, head_dim]
-        self.values = values
+        self.k_store = keys  # [num_slots, num_kv_heads, max_len, head_dim]
+        self.v_store = values
+        # The Cache API's names for the same storage.
+        self.keys, self.values = keys, values
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -58,12 +60,13 @@ class SlotLayer(CacheLayerMixin):
         plan = self.owner.plan
         if plan is None:
             raise RuntimeError("SlotKVCache used outside ModelRunner.forward (no write plan set)")
-        self.keys[plan.write_slot, :, plan.write_pos] = key_states[plan.src_row, :, plan.src_col]
-        self.values[plan.write_slot, :, plan.write_pos] = value_states[plan.src_row, :, plan.src_col]
+        k_store, v_store = self.k_store, self.v_store
+        k_store[plan.write_slot, :, plan.write_pos] = key_states[plan.src_row, :, plan.src_col]
+        v_store[plan.write_slot, :, plan.write_pos] = value_states[plan.src_row, :, plan.src_col]
         if plan.slot_range is not None:
             start, stop = plan.slot_range
-            return self.keys[start:stop, :, : plan.kv_len], self.values[start:stop, :, : plan.kv_len]
-        return self.keys[plan.slots, :, : plan.kv_len], self.values[plan.slots, :, : plan.kv_len]
+            return k_store[start:stop, :, : plan.kv_len], v_store[start:stop, :, : plan.kv_len]
+        return k_store[plan.slots, :, : plan.kv_len], v_store[plan.slots, :, : plan.kv_len]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         plan = self.owner.plan
@@ -73,7 +76,7 @@ class SlotLayer(CacheLayerMixin):
         return max(self.owner.lengths, default=0)
 
     def get_max_length(self) -> int:
-        return int(self.keys.shape[2])
+        return int(self.k_store.shape[2])
 
 
 class SlotKVCache(Cache):
@@ -86,11 +89,12 @@ class SlotKVCache(Cache):
         head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads)
         shape = (num_slots, num_kv_heads, max_len, head_dim)
         # Zeros, not empty: masked positions are multiplied by 0 in attention, and 0 * NaN garbage is NaN.
-        layers: list[Any] = [
-            SlotLayer(self, torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        self.slot_layers = [
+            SlotLayer(self, torch.zeros(shape, dtype=dtype, device=device),
+                      torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(int(text_config.num_hidden_layers))
         ]
-        super().__init__(layers=layers)
+        super().__init__(layers=list(self.slot_layers))
         self.num_slots = num_slots
         self.max_len = max_len
         self.lengths: list[int] = []  # committed length of each active slot; len() == active slots
@@ -101,9 +105,9 @@ class SlotKVCache(Cache):
         return len(self.lengths)
 
     def bytes_per_token(self) -> int:
-        layer = self.layers[0]
-        per_layer = layer.keys[0, :, 0].numel() * layer.keys.element_size() * 2
-        return int(per_layer * len(self.layers))
+        store = self.slot_layers[0].k_store
+        per_layer = store[0, :, 0].numel() * store.element_size() * 2
+        return int(per_layer * len(self.slot_layers))
 
     def alloc(self) -> int:
         """Take the next free slot (always `num_active`, as slots are dense)."""
@@ -112,14 +116,18 @@ class SlotKVCache(Cache):
         self.lengths.append(0)
         return self.num_active - 1
 
-    def free(self, slot: int) -> int | None:
-        """Release `slot`. If another slot moved into it to keep slots dense, return that slot's old id."""
+    def free(self, slot: int, last_extent: int | None = None) -> int | None:
+        """Release `slot`. If another slot moved into it to keep slots dense, return that slot's old id.
+
+        `last_extent` is how many positions of the last slot hold live data (its committed length
+        plus any appended-but-uncommitted tokens); defaults to the committed length.
+        """
         last = self.num_active - 1
         if slot != last:
-            n = self.lengths[last]
-            for layer in self.layers:
-                layer.keys[slot, :, :n] = layer.keys[last, :, :n]
-                layer.values[slot, :, :n] = layer.values[last, :, :n]
-            self.lengths[slot] = n
+            n = self.lengths[last] if last_extent is None else last_extent
+            for layer in self.slot_layers:
+                layer.k_store[slot, :, :n] = layer.k_store[last, :, :n]
+                layer.v_store[slot, :, :n] = layer.v_store[last, :, :n]
+            self.lengths[slot] = self.lengths[last]
         self.lengths.pop()
         return last if slot != last else None

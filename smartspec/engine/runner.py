@@ -49,11 +49,16 @@ class ForwardOutput:
     stats: ForwardStats
 
 
-def check_supported(model: Any) -> None:
+def check_supported(model: Any, max_len: int) -> None:
     """Refuse models whose maths the runner would get wrong, instead of returning wrong tokens."""
     config = model.config
-    if getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or []):
-        raise UnsupportedModel(f"{config.model_type}: sliding-window attention is not supported by the slot cache")
+    window = getattr(config, "sliding_window", None)
+    # A window at least as long as a slot never cuts anything off; a shorter one would.
+    if window is not None and int(window) < max_len:
+        raise UnsupportedModel(
+            f"{config.model_type}: sliding-window attention ({window} tokens) is not supported by the slot cache; "
+            f"use a max length <= {window}"
+        )
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(config, attr, None) not in (None, 1.0):
             raise UnsupportedModel(f"{config.model_type}: `{attr}` post-processing of logits is not supported")
@@ -65,15 +70,15 @@ class ModelRunner:
     """Holds one model and a slot KV cache for up to `num_slots` concurrent sequences."""
 
     def __init__(self, model: Any, *, num_slots: int, max_len: int) -> None:
-        check_supported(model)
+        limit = int(getattr(model.config, "max_position_embeddings", max_len) or max_len)
+        self.max_len = min(max_len, limit)
+        check_supported(model, self.max_len)
         self.model = model.eval()
         self.base = model.base_model
         self.lm_head = model.get_output_embeddings()
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        limit = int(getattr(model.config, "max_position_embeddings", max_len) or max_len)
-        self.max_len = min(max_len, limit)
         self.cache = SlotKVCache(model.config, num_slots, self.max_len, self.dtype, self.device)
         self._slot_of: dict[int, int] = {}
         self._seq_of_slot: list[int] = []
@@ -103,7 +108,10 @@ class ModelRunner:
 
     def remove(self, seq_id: int) -> None:
         slot = self._slot(seq_id)
-        moved_from = self.cache.free(slot)
+        last_seq = self._seq_of_slot[-1]
+        # The sequence that moves may have appended tokens not committed yet; move those too.
+        extent = self.cache.lengths[-1] + self._pending.get(last_seq, 0)
+        moved_from = self.cache.free(slot, extent)
         del self._slot_of[seq_id]
         self._pending.pop(seq_id, None)
         if moved_from is not None:

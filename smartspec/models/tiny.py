@@ -65,10 +65,11 @@ def tiny_model(arch: Arch, vocab_size: int, shape: TinyShape, seed: int) -> Any:
         bos_token_id=None,
     )
     torch.manual_seed(seed)
+    model: Any
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation="sdpa"))
+        model = LlamaForCausalLM(LlamaConfig(**common))
     else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False, attn_implementation="sdpa"))
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
     return model.eval()
 
 

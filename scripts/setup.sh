@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything smartspec needs on a fresh Debian machine: apt packages, a venv,
+# torch 2.13.0 (CPU) before anything that depends on torch, then the project (editable).
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+# Debian packages the test suite needs (services the tests start come in with later work).
+APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev"}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+missing=()
+if command -v dpkg-query >/dev/null; then
+  for pkg in $APT_PACKAGES; do
+    # python3-venv/-dev are only needed when the interpreter lacks venv/ensurepip or headers.
+    case $pkg in
+      python3-venv) "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null && continue ;;
+      python3-dev) [ -f "$("$PYTHON" -c 'import sysconfig;print(sysconfig.get_paths()["include"])')/Python.h" ] && continue ;;
+    esac
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION (CPU) first"
+  "${PIP[@]}" install "torch==$TORCH_VERSION"
+fi
+stamp="$VENV/.smartspec-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing smartspec (editable) with its extras"
+  "${PIP[@]}" install -e ".[all,dev]"
+  touch "$stamp"
+fi
+echo "setup: ok ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
