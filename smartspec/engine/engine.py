@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smartspec.engine.proposers.base import Proposal, Proposer, ProposeRequest
-from smartspec.engine.runner import ForwardOutput, ModelRunner, RowInput
+from smartspec.engine.runner import ForwardOutput, ForwardStats, ModelRunner, RowInput
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scoring import ScoredRow, first_tokens, verify_rows
 from smartspec.engine.sequence import SeqStatus, Sequence
@@ -133,31 +133,60 @@ class SpecEngine:
         """Run one step; `ks` maps running request ids to the k wanted (missing means 0)."""
         t0 = time.perf_counter()
         self._step_id += 1
-        out = StepOutput()
         prefill = self._admit()
         fresh = {s.seq_id for s in prefill}
         running = [self.seqs[i] for i in self.running if i not in fresh]
         k_want = {s.seq_id: self._cap_k(s, (ks or {}).get(s.seq_id, 0)) for s in running}
-
-        draft_s = 0.0
-        proposals: dict[int, Proposal] = {}
-        invalid = 0
-        if self.proposer is not None and any(k_want.values()):
-            t_d = time.perf_counter()
-            reqs = [ProposeRequest(s.seq_id, s.tokens, k_want[s.seq_id], s.params) for s in running if k_want[s.seq_id]]
-            raw = self.proposer.propose(reqs)
-            draft_s = time.perf_counter() - t_d
-            proposals, invalid = self._sanitize(raw, k_want)
-
-        t_v = time.perf_counter()
-        verify_rows_in = [
-            RowInput(s.seq_id, [s.tokens[-1], *(proposals[s.seq_id].draft_token_ids if s.seq_id in proposals else [])],
-                     1 + (proposals[s.seq_id].k if s.seq_id in proposals else 0))
-            for s in running
-        ]
-        prefill_rows = [RowInput(s.seq_id, list(s.tokens), 1) for s in prefill]
         context = sum(self.runner.committed_len(s.seq_id) for s in running)
-        outputs = self._forward(verify_rows_in, prefill_rows)
+
+        proposals, invalid, draft_s = self._propose(running, k_want)
+        t_v = time.perf_counter()
+        scored, firsts, forwards = self._score(running, prefill, proposals)
+        verdicts = verify_rows(scored) if scored else []
+        t_e = time.perf_counter()
+
+        out = StepOutput()
+        proposed, accepted = self._commit_and_emit(scored, verdicts, prefill, firsts, out)
+        total_s = time.perf_counter() - t0
+        out.stats = StepStats(
+            step_id=self._step_id,
+            batch_size=len(running),
+            num_prefills=len(prefill),
+            ks=[row.k for row in scored],
+            num_proposed_per_pos=proposed,
+            num_accepted_per_pos=accepted,
+            num_emitted=sum(len(v) for v in out.emitted.values()),
+            context_tokens=context,
+            num_forwards=len(forwards),
+            real_tokens=sum(f.real_tokens for f in forwards),
+            padded_tokens=sum(f.padded_tokens for f in forwards),
+            draft_s=draft_s,
+            verify_s=t_e - t_v,
+            overhead_s=max(total_s - draft_s - (t_e - t_v), 0.0),
+            num_invalid_proposals=invalid,
+        )
+        return out
+
+    def _propose(self, running: list[Sequence], k_want: dict[int, int]) -> tuple[dict[int, Proposal], int, float]:
+        """Ask the proposer for drafts: (valid proposals, invalid count, seconds). No call when every k is 0."""
+        if self.proposer is None or not any(k_want.values()):
+            return {}, 0, 0.0
+        t0 = time.perf_counter()
+        reqs = [ProposeRequest(s.seq_id, s.tokens, k_want[s.seq_id], s.params) for s in running if k_want[s.seq_id]]
+        raw = self.proposer.propose(reqs)
+        draft_s = time.perf_counter() - t0
+        return *self._sanitize(raw, k_want), draft_s
+
+    def _score(
+        self, running: list[Sequence], prefill: list[Sequence], proposals: dict[int, Proposal]
+    ) -> tuple[list[ScoredRow], list[int], list[ForwardStats]]:
+        """The target forward(s): every running request's [last token + drafts], plus new prompts."""
+        verify_in = []
+        for s in running:
+            drafts = proposals[s.seq_id].draft_token_ids if s.seq_id in proposals else []
+            verify_in.append(RowInput(s.seq_id, [s.tokens[-1], *drafts], 1 + len(drafts)))
+        prefill_in = [RowInput(s.seq_id, list(s.tokens), 1) for s in prefill]
+        outputs = self._forward(verify_in, prefill_in)
         want_argmax = any(s.params.greedy for s in running)
         logits_of: dict[int, torch.Tensor] = {}
         argmax_of: dict[int, torch.Tensor] = {}
@@ -170,10 +199,18 @@ class SpecEngine:
                 if argmax is not None:
                     argmax_of[row_in.seq_id] = argmax[span]
         scored = [ScoredRow(s, proposals.get(s.seq_id), logits_of[s.seq_id], argmax_of.get(s.seq_id)) for s in running]
-        verdicts = verify_rows(scored) if scored else []
         firsts = first_tokens(prefill, torch.stack([logits_of[s.seq_id][-1] for s in prefill])) if prefill else []
-        verify_s = time.perf_counter() - t_v
+        return scored, firsts, [fwd.stats for fwd, _ in outputs]
 
+    def _commit_and_emit(
+        self,
+        scored: list[ScoredRow],
+        verdicts: list[tuple[int, list[int]]],
+        prefill: list[Sequence],
+        firsts: list[int],
+        out: StepOutput,
+    ) -> tuple[list[int], list[int]]:
+        """Keep each request's accepted prefix in the KV, hand out its tokens; per-position counts."""
         # Commit every row before any request finishes: freeing a slot moves another one.
         for row, (n_acc, _) in zip(scored, verdicts, strict=True):
             self.runner.commit(row.seq.seq_id, 1 + n_acc)
@@ -193,26 +230,7 @@ class SpecEngine:
         for seq, tok in zip(prefill, firsts, strict=True):
             seq.status = SeqStatus.RUNNING
             self._emit(seq, [tok], out)
-
-        total_s = time.perf_counter() - t0
-        out.stats = StepStats(
-            step_id=self._step_id,
-            batch_size=len(running),
-            num_prefills=len(prefill),
-            ks=[row.k for row in scored],
-            num_proposed_per_pos=proposed,
-            num_accepted_per_pos=accepted,
-            num_emitted=sum(len(v) for v in out.emitted.values()),
-            context_tokens=context,
-            num_forwards=len(outputs),
-            real_tokens=sum(f.stats.real_tokens for f, _ in outputs),
-            padded_tokens=sum(f.stats.padded_tokens for f, _ in outputs),
-            draft_s=draft_s,
-            verify_s=verify_s,
-            overhead_s=max(total_s - draft_s - verify_s, 0.0),
-            num_invalid_proposals=invalid,
-        )
-        return out
+        return proposed, accepted
 
     # -- helpers -------------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:

@@ -148,20 +148,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, rows: list[RowInput]) -> ForwardOutput:
         """One batched forward over `rows` (each sequence at most once)."""
-        if not rows:
-            raise ValueError("forward needs at least one row")
-        order = sorted(range(len(rows)), key=lambda r: self._slot(rows[r].seq_id))
-        slots = [self._slot(rows[r].seq_id) for r in order]
-        if len(set(slots)) != len(slots):
-            raise ValueError("a sequence appears twice in one forward")
-        widths = [len(rows[r].token_ids) for r in order]
-        lens = [self.cache.lengths[s] for s in slots]
-        for r, w, n in zip(order, widths, lens, strict=True):
-            row = rows[r]
-            if w < 1 or not 1 <= row.num_logits <= w:
-                raise ValueError(f"sequence {row.seq_id}: {w} tokens, {row.num_logits} logits requested")
-            if n + w > self.max_len:
-                raise CapacityExceeded(f"sequence {row.seq_id}: {n + w} tokens exceed the slot length {self.max_len}")
+        order, slots, widths, lens = self._layout(rows)
         batch, width = len(rows), max(widths)
         dev = self.device
         input_ids = torch.zeros((batch, width), dtype=torch.long)
@@ -171,20 +158,8 @@ class ModelRunner:
         widths_t = torch.tensor(widths, dtype=torch.long)
         cols = torch.arange(width)
         position_ids = lens_t[:, None] + cols[None, :]  # [B, W]; pads continue the row's positions
-        valid = cols[None, :] < widths_t[:, None]  # [B, W]
-        src_row, src_col = valid.nonzero(as_tuple=True)
-        slots_t = torch.tensor(slots, dtype=torch.long)
         kv_len = int((lens_t + widths_t).max())
-        contiguous = slots == list(range(slots[0], slots[0] + batch))
-        plan = WritePlan(
-            slots=slots_t.to(dev),
-            slot_range=(slots[0], slots[0] + batch) if contiguous else None,
-            write_slot=slots_t[src_row].to(dev),
-            write_pos=position_ids[src_row, src_col].to(dev),
-            src_row=src_row.to(dev),
-            src_col=src_col.to(dev),
-            kv_len=kv_len,
-        )
+        plan = self._write_plan(slots, position_ids, cols[None, :] < widths_t[:, None], kv_len)
         # Query i of row b sees keys j <= committed_len_b + i: its committed prefix plus its own
         # new tokens causally. Stale positions beyond that are never visible.
         allowed = torch.arange(kv_len)[None, None, :] <= position_ids[:, :, None]  # [B, W, kv_len]
@@ -201,21 +176,59 @@ class ModelRunner:
             ).last_hidden_state  # [B, W, hidden]
         finally:
             self.cache.plan = None
-        # Only the requested trailing positions go through lm_head (a prefill needs just its last).
+        logits, offsets = self._head(hidden, rows, order, widths)
+        for b, r in enumerate(order):
+            self._pending[rows[r].seq_id] = widths[b]
+        stats = ForwardStats(batch, width, sum(widths), batch * width, kv_len)
+        return ForwardOutput(logits=logits, offsets=offsets, stats=stats)
+
+    def _layout(self, rows: list[RowInput]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Validate rows and order them by slot: (order, slots, widths, committed lengths)."""
+        if not rows:
+            raise ValueError("forward needs at least one row")
+        order = sorted(range(len(rows)), key=lambda r: self._slot(rows[r].seq_id))
+        slots = [self._slot(rows[r].seq_id) for r in order]
+        if len(set(slots)) != len(slots):
+            raise ValueError("a sequence appears twice in one forward")
+        widths = [len(rows[r].token_ids) for r in order]
+        lens = [self.cache.lengths[s] for s in slots]
+        for r, w, n in zip(order, widths, lens, strict=True):
+            row = rows[r]
+            if w < 1 or not 1 <= row.num_logits <= w:
+                raise ValueError(f"sequence {row.seq_id}: {w} tokens, {row.num_logits} logits requested")
+            if n + w > self.max_len:
+                raise CapacityExceeded(f"sequence {row.seq_id}: {n + w} tokens exceed the slot length {self.max_len}")
+        return order, slots, widths, lens
+
+    def _write_plan(self, slots: list[int], position_ids: torch.Tensor, valid: torch.Tensor, kv_len: int) -> WritePlan:
+        dev = self.device
+        src_row, src_col = valid.nonzero(as_tuple=True)  # only real tokens are written, never pads
+        slots_t = torch.tensor(slots, dtype=torch.long)
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        return WritePlan(
+            slots=slots_t.to(dev),
+            slot_range=(slots[0], slots[0] + len(slots)) if contiguous else None,
+            write_slot=slots_t[src_row].to(dev),
+            write_pos=position_ids[src_row, src_col].to(dev),
+            src_row=src_row.to(dev),
+            src_col=src_col.to(dev),
+            kv_len=kv_len,
+        )
+
+    def _head(
+        self, hidden: torch.Tensor, rows: list[RowInput], order: list[int], widths: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """LM head over only the requested trailing positions (a prefill needs just its last)."""
         pick_rows: list[int] = []
         pick_cols: list[int] = []
         offsets = [0] * len(rows)
         total = 0
         for b, r in enumerate(order):
             n = rows[r].num_logits
-            offsets[r] = total
+            offsets[r] = total  # `logits` is laid out in slot order; offsets[r] points input row r at its block
             pick_rows.extend([b] * n)
             pick_cols.extend(range(widths[b] - n, widths[b]))
             total += n
+        dev = self.device
         picked = hidden[torch.tensor(pick_rows, device=dev), torch.tensor(pick_cols, device=dev)]
-        logits = self.lm_head(picked)  # [N, vocab]
-        for b, r in enumerate(order):
-            self._pending[rows[r].seq_id] = widths[b]
-        stats = ForwardStats(batch, width, sum(widths), batch * width, kv_len)
-        # `logits` is laid out in slot order; offsets[r] points input row r at its block.
-        return ForwardOutput(logits=logits, offsets=offsets, stats=stats)
+        return self.lm_head(picked), offsets  # [N, vocab]

@@ -1,0 +1,1 @@
+"""Benchmarks (scripts print ratios measured in one run)."""

@@ -1,0 +1,86 @@
+"""Shared bench helpers: machine description, prompts, model loading, result files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Code-completion style prompts (HumanEval-like); the HumanEval set itself arrives with the load benchmark.
+PROMPTS = [
+    "Write a Python function `is_prime(n)` that returns True when n is a prime number.",
+    "Write a Python function that returns the n-th Fibonacci number iteratively, with a docstring.",
+    "Implement binary search over a sorted list in Python and explain its complexity.",
+    "Write a Python function that parses a CSV line with quoted fields into a list of strings.",
+    "Write a Python class `Stack` with push, pop, peek and is_empty methods.",
+    "Write a function that merges two sorted lists into one sorted list.",
+    "Write a Python function that counts word frequencies in a text and returns the top 5.",
+    "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    except OSError:
+        pass
+    return (f"{cpu}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"python {platform.python_version()}; {platform.system()} {platform.release()}")
+
+
+def chat_ids(tokenizer: Any, text: str) -> list[int]:
+    return [int(t) for t in tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                            add_generation_prompt=True, tokenize=True,
+                                                            return_dict=False)]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def results_dir(tag: str) -> Path:
+    out = Path(__file__).parent / "results" / f"{dt.date.today().isoformat()}-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_report(tag: str, title: str, body: str) -> Path:
+    """Write `body` (markdown) with the exact command and machine into bench/results/<date>-<tag>/."""
+    out = results_dir(tag) / "README.md"
+    cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    out.write_text(f"# {title}\n\nCommand: `{cmd}`\n\nMachine: {machine()}\n\n{body}\n")
+    return out
+
+
+def real_pair_paths() -> tuple[str, str]:
+    from smartspec.models.fetch import model_path
+    from smartspec.models.settings import ModelSettings
+
+    settings = ModelSettings()
+    return str(model_path(settings, "target")), str(model_path(settings, "draft"))
+
+
+def quiet() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
