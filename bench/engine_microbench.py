@@ -25,7 +25,7 @@ from smartspec.engine.builder import EngineSpec, build_engine
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.sampling import SamplingParams
 
-MEASURED_STEPS = 3
+MEASURED_STEPS = 5
 
 
 def step_grid(engine: SpecEngine, tok, batches: list[int], ks: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -62,63 +62,71 @@ def step_grid(engine: SpecEngine, tok, batches: list[int], ks: list[int]) -> lis
     return rows
 
 
-def smartspec_tps(
-    engine: SpecEngine, prompts: list[list[int]], tokens: int, k: int
-) -> tuple[float, int, float, list[list[int]]]:
-    total_tokens, total_s, drafted, accepted = 0, 0.0, 0, 0
-    outputs = []
-    for n, p in enumerate(prompts):
-        engine.add_request(10_000 + n, p, SamplingParams(max_tokens=tokens))
-        t0 = time.perf_counter()
-        while engine.has_unfinished:
-            engine.step({10_000 + n: k})
-        total_s += time.perf_counter() - t0
-        seq = engine.pop_finished(10_000 + n)
-        outputs.append(seq.output_ids)
-        total_tokens += seq.num_output
-        drafted += seq.stats.num_draft_tokens
-        accepted += seq.stats.num_accepted_tokens
-    return total_tokens / total_s, total_tokens, accepted / drafted if drafted else float("nan"), outputs
+def smartspec_one(engine: SpecEngine, prompt: list[int], tokens: int, k: int) -> tuple[float, list[int], int, int]:
+    """(seconds, output ids, drafted, accepted) for one prompt at batch 1, fixed k."""
+    engine.add_request(10_000, prompt, SamplingParams(max_tokens=tokens))
+    t0 = time.perf_counter()
+    while engine.has_unfinished:
+        engine.step({10_000: k})
+    seconds = time.perf_counter() - t0
+    seq = engine.pop_finished(10_000)
+    return seconds, seq.output_ids, seq.stats.num_draft_tokens, seq.stats.num_accepted_tokens
 
 
-def hf_tps(target, draft, prompts: list[list[int]], tokens: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    total_tokens, total_s = 0, 0.0
-    for p in prompts:
-        ids = torch.tensor([p])
-        kwargs = {"assistant_model": draft} if draft is not None else {}
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                  do_sample=False, **kwargs)
-        total_s += time.perf_counter() - t0
-        total_tokens += out.shape[1] - len(p)
-    return total_tokens / total_s, total_tokens
+def hf_one(target, draft, prompt: list[int], tokens: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """(seconds, new tokens) for transformers' generate, target-only or assisted by `draft`."""
+    ids = torch.tensor([prompt])
+    kwargs = {"assistant_model": draft} if draft is not None else {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                              do_sample=False, **kwargs)
+    return time.perf_counter() - t0, out.shape[1] - len(prompt)
 
 
-def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
-    prompts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)]
+def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every decoder on prompt 1, then every decoder on prompt 2, … (`rounds` times over), so
+    machine drift hits all decoders alike."""
+    prompts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] * rounds
     target = engine.runner.model
     draft = engine.proposer.runner.model  # type: ignore[union-attr]
-    hf_plain, n_plain = hf_tps(target, None, prompts, tokens)
-    hf_assist, n_assist = hf_tps(target, draft, prompts, tokens)
-    rows = ["| decoder | tokens | tokens/s | vs transformers assisted | vs target-only | same tokens as k=0 |",
+    names = ["hf", "hf-assisted", *[f"k={k}" for k in ks]]
+    secs = dict.fromkeys(names, 0.0)
+    toks = dict.fromkeys(names, 0)
+    drafted = dict.fromkeys(names, 0)
+    accepted = dict.fromkeys(names, 0)
+    same = dict.fromkeys(names, 0)
+    for p in prompts:
+        for name, d in (("hf", None), ("hf-assisted", draft)):
+            s, n = hf_one(target, d, p, tokens)
+            secs[name] += s
+            toks[name] += n
+        ref: list[int] = []
+        for k in ks:
+            s, out, dr, acc = smartspec_one(engine, p, tokens, k)
+            name = f"k={k}"
+            ref = out if k == ks[0] else ref
+            secs[name] += s
+            toks[name] += len(out)
+            drafted[name] += dr
+            accepted[name] += acc
+            # In bf16 a (k+1)-token forward rounds differently from a 1-token one; near-ties can flip.
+            same[name] += int(out == ref)
+    tps = {name: toks[name] / secs[name] for name in names}
+    base, assisted = tps[f"k={ks[0]}"], tps["hf-assisted"]
+    rows = ["| decoder | tokens | tokens/s | vs transformers assisted | vs smartspec k=0 | same tokens as k=0 |",
             "|---|---|---|---|---|---|"]
-    ours0, n0, _, out0 = smartspec_tps(engine, prompts, tokens, 0)
-    rows.append(f"| transformers generate, target only | {n_plain} | {hf_plain:.2f} | {hf_plain / hf_assist:.2f} "
-                f"| {hf_plain / ours0:.2f} | |")
-    rows.append(f"| transformers generate(assistant_model=draft) | {n_assist} | {hf_assist:.2f} | 1.00 "
-                f"| {hf_assist / ours0:.2f} | |")
-    rows.append(f"| smartspec k=0 (target only) | {n0} | {ours0:.2f} | {ours0 / hf_assist:.2f} | 1.00 | |")
+    labels = {"hf": "transformers generate, target only",
+              "hf-assisted": "transformers generate(assistant_model=draft)"}
+    for name in names:
+        if name in labels:
+            label, agree = labels[name], ""
+        else:
+            acc = f" (acceptance {accepted[name] / drafted[name]:.2f})" if drafted[name] else " (target only)"
+            label, agree = f"smartspec {name}{acc}", f"{same[name]}/{len(prompts)} prompts"
+        rows.append(f"| {label} | {toks[name]} | {tps[name]:.2f} | {tps[name] / assisted:.2f} "
+                    f"| {tps[name] / base:.2f} | {agree} |")
     print("\n".join(rows), flush=True)
-    for k in ks:
-        if k == 0:
-            continue
-        tps, n, acc, outs = smartspec_tps(engine, prompts, tokens, k)
-        # In bf16 a k+1-token forward rounds differently from a 1-token one, so near-ties can flip.
-        same = sum(a == b for a, b in zip(outs, out0, strict=True))
-        rows.append(f"| smartspec fixed k={k} (acceptance {acc:.2f}) | {n} | {tps:.2f} | {tps / hf_assist:.2f} "
-                    f"| {tps / ours0:.2f} | {same}/{len(prompts)} prompts |")
-        print(rows[-1], flush=True)
     return rows
 
 
@@ -126,9 +134,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 32])
-    ap.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 5, 8])
+    ap.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 5, 8], help="k values; the first must be 0")
     ap.add_argument("--tokens", type=int, default=96, help="tokens per prompt in the batch-1 comparison")
     ap.add_argument("--prompts", type=int, default=3, help="prompts in the batch-1 comparison")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the batch-1 comparison this many times")
     ap.add_argument("--skip-grid", action="store_true")
     args = ap.parse_args()
     quiet()
@@ -139,10 +148,11 @@ def main() -> None:
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
                  *step_grid(engine, tok, args.batches, args.ks), ""]
-    body += [f"## Batch 1: tokens/s over {args.prompts} prompts x up to {args.tokens} tokens\n",
-             *batch1(engine, tok, args.tokens, args.prompts, args.ks)]
+    body += [f"## Batch 1: tokens/s over {args.rounds} x {args.prompts} prompts x up to {args.tokens} tokens\n",
+             *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds)]
     text = "\n".join(body)
-    print(f"written to {write_report('engine-microbench', 'Engine microbenchmark', text)}")
+    tag = "engine-batch1" if args.skip_grid else "engine-microbench"
+    print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")
 
 
 if __name__ == "__main__":

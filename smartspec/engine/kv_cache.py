@@ -3,7 +3,7 @@
 A transformers `Cache` whose layers write each forward's new keys/values straight into the
 owning sequence's slot at positions `committed_len … committed_len + w - 1`, then hand the
 attention the slots' prefixes `[: kv_len]`. Nothing is committed by the forward itself: the
-engine calls `commit(slot, n)` afterwards to keep only the first n new positions (the accepted
+runner's `commit(seq_id, n)` afterwards keeps only the first n new positions (the accepted
 prefix). Positions past `committed_len` are dead — the next forward overwrites them and the
 runner's 4D mask never lets a query see them — so rejecting drafts costs nothing.
 
