@@ -14,12 +14,13 @@ EXIT_FAILURE = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smartspec.cli import generate, models
+    from smartspec.cli import generate, models, policy
 
     parser = argparse.ArgumentParser(prog="smartspec", description="Goodput-optimal speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
     models.register(sub)
     generate.register(sub)
+    policy.register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -45,8 +45,15 @@ class StepStats:
     padded_tokens: int  # B × W slots the target forward(s) computed
     draft_s: float
     verify_s: float
-    overhead_s: float
+    overhead_s: float  # everything else, the k decision included
     num_invalid_proposals: int = 0
+    prefill_tokens: int = 0
+    policy_version: int = 0  # set by the scheduler
+    decision_s: float = 0.0  # part of overhead_s: time the k decision took
+
+    @property
+    def step_s(self) -> float:
+        return self.draft_s + self.verify_s + self.overhead_s
 
     @property
     def num_draft_tokens(self) -> int:
@@ -61,7 +68,21 @@ class StepStats:
 class StepOutput:
     emitted: dict[int, list[int]] = field(default_factory=dict)  # seq_id -> tokens emitted this step
     finished: list[int] = field(default_factory=list)
+    verdicts: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq_id -> (k proposed, accepted)
     stats: StepStats | None = None
+
+
+# How a caller picks k: a fixed map, or a function called after admission with the requests
+# about to be verified and the requests about to be prefilled.
+KChooser = Callable[[list[Sequence], list[Sequence]], Mapping[int, int]]
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """When a waiting request may start (FIFO: the head of the queue blocks the rest)."""
+
+    max_batch_size: int | None = None  # running requests at most (default: KV slots)
+    max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (one prompt always fits)
 
 
 class SpecEngine:
@@ -74,11 +95,13 @@ class SpecEngine:
         *,
         eos_token_ids: Iterable[int] = (),
         max_k: int = 8,
+        limits: AdmissionLimits | None = None,
     ) -> None:
         self.runner = runner
         self.proposer = proposer
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_k = max_k
+        self.limits = limits or AdmissionLimits()
         self.seqs: dict[int, Sequence] = {}
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
@@ -129,14 +152,16 @@ class SpecEngine:
         return bool(self.waiting or self.running)
 
     # -- the step ------------------------------------------------------------------------
-    def step(self, ks: Mapping[int, int] | None = None) -> StepOutput:
-        """Run one step; `ks` maps running request ids to the k wanted (missing means 0)."""
+    def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput:
+        """Run one step; `ks` maps running request ids to the k wanted (missing means 0), or is
+        a function that returns that map once this step's batch is known."""
         t0 = time.perf_counter()
         self._step_id += 1
         prefill = self._admit()
         fresh = {s.seq_id for s in prefill}
         running = [self.seqs[i] for i in self.running if i not in fresh]
-        k_want = {s.seq_id: self._cap_k(s, (ks or {}).get(s.seq_id, 0)) for s in running}
+        wanted = ks(running, prefill) if callable(ks) else (ks or {})
+        k_want = {s.seq_id: self._cap_k(s, wanted.get(s.seq_id, 0)) for s in running}
         context = sum(self.runner.committed_len(s.seq_id) for s in running)
 
         proposals, invalid, draft_s = self._propose(running, k_want)
@@ -164,6 +189,7 @@ class SpecEngine:
             verify_s=t_e - t_v,
             overhead_s=max(total_s - draft_s - (t_e - t_v), 0.0),
             num_invalid_proposals=invalid,
+            prefill_tokens=sum(s.prompt_len for s in prefill),
         )
         return out
 
@@ -223,6 +249,8 @@ class SpecEngine:
             for j in range(row.k):
                 proposed[j] += 1
                 accepted[j] += int(j < n_acc)
+            out.verdicts[row.seq.seq_id] = (row.k, n_acc)
+            row.seq.stats.k_history.append(row.k)
             row.seq.stats.num_drafts += int(row.k > 0)
             row.seq.stats.num_draft_tokens += row.k
             row.seq.stats.num_accepted_tokens += n_acc
@@ -234,12 +262,20 @@ class SpecEngine:
 
     # -- helpers -------------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:
-        admitted = []
-        while self.waiting and self.runner.free_slots > 0:
-            seq = self.seqs[self.waiting.popleft()]
+        """FIFO admission under KV slots, the batch-size limit and the per-step prefill budget."""
+        max_batch = self.limits.max_batch_size or self.runner.cache.num_slots
+        budget = self.limits.max_prefill_tokens
+        admitted: list[Sequence] = []
+        tokens = 0
+        while self.waiting and self.runner.free_slots > 0 and len(self.running) < max_batch:
+            seq = self.seqs[self.waiting[0]]
+            if budget is not None and admitted and tokens + seq.prompt_len > budget:
+                break
+            self.waiting.popleft()
             self.runner.add(seq.seq_id)
             self.running.append(seq.seq_id)
             admitted.append(seq)
+            tokens += seq.prompt_len
         return admitted
 
     def _cap_k(self, seq: Sequence, k: int) -> int:

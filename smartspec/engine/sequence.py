@@ -25,6 +25,7 @@ class SeqStats:
     num_drafts: int = 0  # steps in which it was given k > 0 drafts
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
+    k_history: list[int] = field(default_factory=list)  # k verified in each step after the prefill
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     finish_s: float | None = None

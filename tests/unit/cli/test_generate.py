@@ -35,12 +35,33 @@ def test_json_output_per_prompt_and_greedy_equals_target_only(
     for rec in outs["fixed:3"]:
         assert set(rec) >= {"text", "token_ids", "stats"}
         assert set(rec["stats"]) == {"steps", "num_draft_tokens", "num_accepted_tokens", "acceptance_rate",
-                                     "tokens_per_second"}
+                                     "tokens_per_second", "latency_s", "ttft_s", "ks"}
+        assert rec["stats"]["ks"] and all(k <= 3 for k in rec["stats"]["ks"])
         assert rec["stats"]["num_draft_tokens"] > 0 and len(rec["token_ids"]) == 12
     assert outs["off"][0]["stats"]["acceptance_rate"] is None
     for i, p in enumerate(prompts):
         ref = hf_greedy(tiny_llama.target, tiny_llama.tokenizer(p).input_ids, 12)
         assert outs["off"][i]["token_ids"] == outs["fixed:3"][i]["token_ids"] == ref
+
+
+def test_goodput_policy_with_poisson_arrivals(
+    capsys: pytest.CaptureFixture[str], tiny_dirs: tuple[Path, Path], tiny_llama: Any, tmp_path: Path
+) -> None:
+    target, draft = map(str, tiny_dirs)
+    steps = tmp_path / "steps.jsonl"
+    code, out, err = run_cli(capsys, "generate", "--target", target, "--draft", draft, "--prompt", "def f(x):",
+                             "--prompt", "import os", "--max-tokens", "10", "--policy", "goodput", "--rate", "200",
+                             "--num-requests", "6", "--dtype", "float32", "--ignore-eos", "--json",
+                             "--steps-jsonl", str(steps))
+    assert code == 0, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert len(recs) == 6 and all(r["stats"]["latency_s"] > 0 for r in recs)
+    for i, rec in enumerate(recs):  # greedy output is the target's, whatever k the policy picked
+        prompt = ["def f(x):", "import os"][i % 2]
+        assert rec["token_ids"] == hf_greedy(tiny_llama.target, tiny_llama.tokenizer(prompt).input_ids, 10)
+    lines = steps.read_text().splitlines()
+    assert lines and {"batch_size", "ks", "draft_s", "verify_s", "policy_version"} <= set(json.loads(lines[0]))
+    assert "k per request-step" in err
 
 
 def test_ngram_draft_and_human_output(capsys: pytest.CaptureFixture[str], tiny_dirs: tuple[Path, Path]) -> None:
@@ -73,7 +94,10 @@ def mismatched_draft(tmp_path: Path, tiny_dirs: tuple[Path, Path]) -> Path:
         (["--prompt", "x", "--top-p", "0"], "top_p"),
         (["--prompt", "x", "--top-p", "1.5"], "top_p"),
         (["--prompt", "x" * 1100], "context"),
-        (["--prompt", "x", "--policy", "goodput"], "not available yet"),
+        (["--prompt", "x", "--rate", "0"], "--rate must be > 0"),
+        (["--prompt", "x", "--num-requests", "0"], "--num-requests"),
+        (["--prompt", "x", "--hysteresis", "0.5"], "hysteresis"),
+        (["--prompt", "x", "--cost-model", "nosuch"], "unknown cost model"),
         (["--prompt", "x", "--policy", "fixed:99"], "fixed:K"),
         (["--prompt", "x", "--policy", "sometimes"], "unknown --policy"),
         ([], "at least one --prompt"),

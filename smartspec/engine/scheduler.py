@@ -1,0 +1,157 @@
+"""Continuous-batching scheduler: the step loop prepare → choose k → propose → verify → commit → emit.
+
+Requests are admitted FIFO under the engine's admission limits; every step the policy picks k
+for every running request from its acceptance estimates and the cost model, the engine runs the
+step, and the outcome feeds back: per-request acceptance, step records to the sinks, and every
+`refit.every_steps` steps a least-squares refit of the cost model from this engine's own steps.
+Nothing here reads a clock for decisions, so a simulator can drive the same code in virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from smartspec.engine.engine import SpecEngine, StepOutput, StepStats
+from smartspec.engine.sampling import SamplingParams
+from smartspec.engine.sequence import Sequence
+from smartspec.engine.sinks import StepSink
+from smartspec.errors import InvalidRequest
+from smartspec.policy.acceptance import DEFAULT_CLASS
+from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model
+from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """A request's own say in speculation (the API's `"speculation": {"mode", "max_k"}`)."""
+
+    mode: Literal["auto", "off"] = "auto"
+    max_k: int | None = None
+    klass: str = DEFAULT_CLASS  # workload class for acceptance priors
+
+    def validate(self) -> None:
+        if self.mode not in ("auto", "off"):
+            raise InvalidRequest(f"speculation.mode must be 'auto' or 'off', got {self.mode!r}", param="speculation")
+        if self.max_k is not None and not (isinstance(self.max_k, int) and self.max_k >= 0):
+            raise InvalidRequest(f"speculation.max_k must be an integer >= 0, got {self.max_k!r}", param="speculation")
+
+
+@dataclass(frozen=True)
+class RefitConfig:
+    """Online refitting of the local cost model from the engine's own step records."""
+
+    enabled: bool = True
+    every_steps: int = 32  # after the first fit
+    window: int = 512  # most recent steps used
+    min_samples: int = 24
+    min_r2: float = 0.5  # a worse fit is not adopted
+
+
+def sample_of(stats: StepStats) -> StepSample:
+    shape = StepShape(stats.batch_size, stats.context_tokens, max(stats.ks, default=0), sum(stats.ks),
+                      stats.prefill_tokens)
+    return StepSample(shape, stats.draft_s, stats.verify_s, stats.overhead_s)
+
+
+@dataclass
+class Scheduler:
+    engine: SpecEngine
+    policy: SpeculationPolicy
+    sinks: Seq[StepSink] = ()
+    refit: RefitConfig = field(default_factory=RefitConfig)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self._specs: dict[int, RequestSpec] = {}
+        self._samples: deque[StepSample] = deque(maxlen=self.refit.window)
+        self._last: Decision | None = None
+        self.steps = 0
+        self.sink_errors = 0
+        self.fits: list[float] = []  # R² of every adopted fit
+
+    # -- requests ------------------------------------------------------------------------
+    def submit(self, seq_id: int, prompt_ids: list[int], params: SamplingParams,
+               spec: RequestSpec | None = None) -> Sequence:
+        spec = spec or RequestSpec()
+        spec.validate()
+        seq = self.engine.add_request(seq_id, prompt_ids, params)
+        self._specs[seq_id] = spec
+        self.policy.acceptance.add(seq_id, spec.klass)
+        return seq
+
+    def cancel(self, seq_id: int) -> None:
+        self.engine.cancel(seq_id)
+        self._forget(seq_id)
+
+    def pop_finished(self, seq_id: int) -> Sequence:
+        return self.engine.pop_finished(seq_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished
+
+    # -- the loop ------------------------------------------------------------------------
+    def step(self) -> StepOutput:
+        self._last = None
+        out = self.engine.step(self._choose)
+        self.steps += 1
+        stats = out.stats
+        assert stats is not None
+        stats.policy_version = self.policy.version
+        stats.decision_s = self._last.decision_s if self._last else 0.0
+        ids = [sid for sid, (k, _) in out.verdicts.items() if k > 0]
+        self.policy.acceptance.observe(ids, [out.verdicts[i][0] for i in ids], [out.verdicts[i][1] for i in ids])
+        for sid in out.finished:
+            self._forget(sid)
+        for sink in self.sinks:
+            try:
+                sink.record(stats)
+            except Exception:  # a sink must never fail a step
+                self.sink_errors += 1
+                log.exception("step sink %s failed; record dropped", type(sink).__name__)
+        if stats.batch_size:
+            self._samples.append(sample_of(stats))
+        since = self.steps - self.refit.min_samples
+        if self.refit.enabled and since >= 0 and since % self.refit.every_steps == 0:
+            self._refit()  # first as soon as there are enough samples, then every `every_steps`
+        return out
+
+    @property
+    def last_decision(self) -> Decision | None:
+        return self._last
+
+    def _choose(self, running: list[Sequence], prefill: list[Sequence]) -> dict[int, int]:
+        batch = []
+        for seq in running:
+            spec = self._specs.get(seq.seq_id, RequestSpec())
+            cap = 0 if spec.mode == "off" else min(self.policy.config.max_k, seq.remaining - 1)
+            if spec.max_k is not None:
+                cap = min(cap, spec.max_k)
+            batch.append(BatchRequest(seq.seq_id, max(cap, 0), len(seq.tokens) - 1))
+        decision = self.policy.choose(batch, prefill_tokens=sum(s.prompt_len for s in prefill))
+        self._last = decision
+        return decision.ks
+
+    def _refit(self) -> None:
+        if len(self._samples) < self.refit.min_samples:
+            return
+        current = self.policy.cost_model
+        fitted = fit_cost_model(list(self._samples), prior=current, pads_to_max_k=True, name="online")
+        if fitted.r2 is None or not fitted.r2 >= self.refit.min_r2:
+            log.info("cost-model refit rejected: R²=%s on %d steps", fitted.r2, fitted.samples)
+            return
+        self.policy.cost_model = replace(fitted, name="online")
+        self.fits.append(float(fitted.r2))
+        log.info("cost model refitted: R²=%.3f on %d steps", fitted.r2, fitted.samples)
+
+    def _forget(self, seq_id: int) -> None:
+        self._specs.pop(seq_id, None)
+        self.policy.forget(seq_id)

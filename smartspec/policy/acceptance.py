@@ -1,0 +1,173 @@
+"""Per-request, per-position acceptance estimates, shrunk toward a prior while a request is young.
+
+The estimator. For request i and draft position j (1-based) let c_ij be the *conditional*
+acceptance rate: P(draft j accepted | drafts 1 … j-1 accepted). A step that proposed k tokens and
+accepted a of them *tested* positions 1 … min(k, a+1) and accepted positions 1 … a; positions
+after the first rejection were never tested and contribute nothing. Counting per position
+
+    n_ij = Σ steps  γ^age · 1[j tested],      a_ij = Σ steps  γ^age · 1[j accepted]
+
+gives a_ij / n_ij as an unbiased estimate of c_ij under truncation (each tested trial is a
+Bernoulli(c_ij) draw), unlike accepted/drafted ratios, which count untested positions as
+failures. With a Beta prior of strength m centred on the prior rate π_j (the pooled estimate over
+all requests of the same class, or a configured value before any data) the posterior mean is
+
+    ĉ_ij = (a_ij + m·π_j) / (n_ij + m),
+
+so a young request follows the prior and an old one its own history. γ (per-step decay of a
+request's own counts) keeps the estimate tracking drift; γ = 1 is a plain Beta-Bernoulli update.
+The survival s_ij = Π_{l≤j} ĉ_il is the probability that drafts 1 … j all pass, and the expected
+tokens a step emits at k is E_i(k) = 1 + Σ_{j≤k} s_ij (the +1 is the recovered or bonus token).
+A geometric α is the special case c_ij = α for every j.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_CLASS = "default"
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """How acceptance is estimated; `prior` is per position (conditional) or one rate for all."""
+
+    max_k: int = 8
+    prior: tuple[float, ...] = (0.7,)
+    prior_strength: float = 4.0  # pseudo-trials per position
+    decay: float = 0.97  # per-step decay of a request's own counts (memory ≈ 1 / (1 − decay) steps)
+    pooled_decay: float = 0.999  # decay of the pooled (class) counts per step
+    pooled_min_trials: float = 20.0  # pooled data needed before it replaces the configured prior
+
+    def prior_vector(self) -> np.ndarray:
+        p = np.asarray(self.prior, dtype=float)
+        if p.size == 1:
+            p = np.full(self.max_k, float(p[0]))
+        if p.size < self.max_k:  # extend with the last rate
+            p = np.concatenate([p, np.full(self.max_k - p.size, p[-1])])
+        return np.clip(p[: self.max_k], 1e-6, 1 - 1e-6)
+
+
+@dataclass
+class _Pool:
+    accepted: np.ndarray
+    tested: np.ndarray
+    prior: np.ndarray  # configured (or controller-published) prior for this class
+
+
+@dataclass
+class AcceptanceTracker:
+    """Counts for every live request (rows of two arrays) plus one pooled row per workload class."""
+
+    config: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+
+    def __post_init__(self) -> None:
+        k = self.config.max_k
+        self._row: dict[int, int] = {}
+        self._class_of: list[str] = []
+        self._accepted = np.zeros((16, k))
+        self._tested = np.zeros((16, k))
+        self._free: list[int] = list(range(15, -1, -1))
+        self._pools: dict[str, _Pool] = {}
+
+    # -- membership -----------------------------------------------------------------------
+    def add(self, seq_id: int, klass: str = DEFAULT_CLASS) -> None:
+        if seq_id in self._row:
+            return
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self._row[seq_id] = row
+        self._accepted[row] = 0.0
+        self._tested[row] = 0.0
+        while len(self._class_of) <= row:
+            self._class_of.append(DEFAULT_CLASS)
+        self._class_of[row] = klass
+        self._pool(klass)
+
+    def remove(self, seq_id: int) -> None:
+        row = self._row.pop(seq_id, None)
+        if row is not None:
+            self._free.append(row)
+
+    def __contains__(self, seq_id: int) -> bool:
+        return seq_id in self._row
+
+    def set_prior(self, prior: Sequence[float], klass: str = DEFAULT_CLASS) -> None:
+        """Replace a class's prior (e.g. with the controller's published estimate)."""
+        cfg = AcceptanceConfig(max_k=self.config.max_k, prior=tuple(prior))
+        self._pool(klass).prior = cfg.prior_vector()
+
+    # -- updates --------------------------------------------------------------------------
+    def observe(self, seq_ids: Sequence[int], ks: Sequence[int], accepted: Sequence[int]) -> None:
+        """One step's outcomes: request seq_ids[b] proposed ks[b] drafts and had accepted[b] accepted."""
+        known = [b for b, sid in enumerate(seq_ids) if sid in self._row and ks[b] > 0]
+        if not known:
+            return
+        rows = np.array([self._row[seq_ids[b]] for b in known])
+        k = np.minimum(np.array([ks[b] for b in known]), self.config.max_k)
+        a = np.minimum(np.array([accepted[b] for b in known]), k)
+        pos = np.arange(self.config.max_k)[None, :]
+        tested = (pos < np.minimum(k, a + 1)[:, None]).astype(float)  # through the first rejection
+        passed = (pos < a[:, None]).astype(float)
+        gamma = self.config.decay
+        self._tested[rows] = gamma * self._tested[rows] + tested
+        self._accepted[rows] = gamma * self._accepted[rows] + passed
+        by_class: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_class.setdefault(self._class_of[row], []).append(i)
+        for klass, idx in by_class.items():
+            pool = self._pool(klass)
+            g = self.config.pooled_decay
+            pool.tested = g * pool.tested + tested[idx].sum(axis=0)
+            pool.accepted = g * pool.accepted + passed[idx].sum(axis=0)
+
+    # -- estimates ------------------------------------------------------------------------
+    def prior(self, klass: str = DEFAULT_CLASS) -> np.ndarray:
+        """π: the pooled per-position estimate where it has enough trials, else the configured prior."""
+        pool = self._pool(klass)
+        m = self.config.prior_strength
+        pooled = (pool.accepted + m * pool.prior) / (pool.tested + m)
+        return np.where(pool.tested >= self.config.pooled_min_trials, pooled, pool.prior)
+
+    def conditional(self, seq_ids: Sequence[int]) -> np.ndarray:
+        """ĉ [B, K]: posterior mean conditional acceptance per request and position."""
+        m = self.config.prior_strength
+        rows = np.array([self._row.get(sid, -1) for sid in seq_ids], dtype=int)
+        classes = [self._class_of[r] if r >= 0 else DEFAULT_CLASS for r in rows]
+        priors = {klass: self.prior(klass) for klass in set(classes)}
+        pi = np.stack([priors[c] for c in classes]) if len(priors) > 1 else np.tile(
+            next(iter(priors.values()), self._pool(DEFAULT_CLASS).prior), (len(rows), 1))
+        known = rows >= 0
+        out = pi.copy()
+        r = rows[known]
+        out[known] = (self._accepted[r] + m * pi[known]) / (self._tested[r] + m)
+        return out
+
+    def survival(self, seq_ids: Sequence[int]) -> np.ndarray:
+        """s [B, K]: probability that drafts 1 … j all pass; E(k) = 1 + s[:, :k].sum()."""
+        return np.cumprod(self.conditional(seq_ids), axis=1)
+
+    def pooled_survival(self, klass: str = DEFAULT_CLASS) -> np.ndarray:
+        return np.cumprod(self.prior(klass))
+
+    def _pool(self, klass: str) -> _Pool:
+        pool = self._pools.get(klass)
+        if pool is None:
+            k = self.config.max_k
+            pool = self._pools[klass] = _Pool(np.zeros(k), np.zeros(k), self.config.prior_vector())
+        return pool
+
+    def _grow(self) -> None:
+        old = self._accepted.shape[0]
+        self._accepted = np.vstack([self._accepted, np.zeros_like(self._accepted)])
+        self._tested = np.vstack([self._tested, np.zeros_like(self._tested)])
+        self._free.extend(range(2 * old - 1, old - 1, -1))
+
+
+def expected_tokens(survival: np.ndarray, k: int) -> float:
+    """E(k) = 1 + Σ_{j≤k} s_j for one request's survival curve."""
+    return 1.0 + float(np.sum(survival[:k]))

@@ -1,0 +1,124 @@
+"""The speculation policy: mode, bounds, hysteresis and probing around the goodput optimiser."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from smartspec.policy.acceptance import AcceptanceTracker
+from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
+from smartspec.policy.selection import select_goodput
+
+Mode = Literal["goodput", "fixed", "off"]
+MODES: tuple[Mode, ...] = ("goodput", "fixed", "off")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What an operator sets (the `SpeculationPolicy` spec, in engine terms)."""
+
+    mode: Mode = "goodput"
+    max_k: int = 8  # K: no request ever drafts more
+    fixed_k: int = 3  # k for mode "fixed"
+    hysteresis: float = 1.1  # speculate only if predicted goodput beats k = 0 by this factor
+    probe_every: int = 16  # a request held at k = 0 this many steps drafts one token to refresh its estimate
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.max_k <= 64:
+            raise ValueError(f"max_k must be in [0, 64], got {self.max_k}")
+        if not 0 <= self.fixed_k <= self.max_k:
+            raise ValueError(f"fixed_k must be in [0, max_k={self.max_k}], got {self.fixed_k}")
+        if self.hysteresis < 1.0:
+            raise ValueError(f"hysteresis must be >= 1.0, got {self.hysteresis}")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0 (0 = never), got {self.probe_every}")
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One running request as the policy sees it."""
+
+    seq_id: int
+    cap: int  # per-request bound: min(K, the request's own max_k, tokens it may still emit - 1)
+    context_tokens: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    ks: dict[int, int]
+    predicted_goodput: float  # tokens/s
+    predicted_goodput_k0: float
+    predicted_step_s: float
+    decision_s: float  # wall time the decision took
+    probes: int = 0
+
+
+@dataclass
+class SpeculationPolicy:
+    """Chooses k for every running request, every step."""
+
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+    cost_model: CostModel = field(default_factory=default_cost_model)
+    acceptance: AcceptanceTracker = field(default_factory=AcceptanceTracker)
+    version: int = 0  # of the policy document in force (0 = local default)
+
+    def __post_init__(self) -> None:
+        self._zero_streak: dict[int, int] = {}
+
+    def forget(self, seq_id: int) -> None:
+        self._zero_streak.pop(seq_id, None)
+        self.acceptance.remove(seq_id)
+
+    def choose(self, batch: Sequence[BatchRequest], prefill_tokens: int = 0) -> Decision:
+        t0 = time.perf_counter()
+        ids = [r.seq_id for r in batch]
+        caps = np.array([min(r.cap, self.config.max_k) for r in batch], dtype=int).clip(min=0)
+        context = sum(r.context_tokens for r in batch)
+        mode = self.config.mode
+        survival = self.acceptance.survival(ids)[:, : self.config.max_k] if batch else np.zeros((0, 0))
+        probes = 0
+        if mode == "off" or self.config.max_k == 0:
+            ks = np.zeros(len(batch), dtype=int)
+        elif mode == "fixed":
+            ks = np.minimum(caps, self.config.fixed_k)
+        else:
+            sel = select_goodput(survival, caps, self.cost_model, context_tokens=context,
+                                 prefill_tokens=prefill_tokens, hysteresis=self.config.hysteresis)
+            ks = sel.ks.copy()
+            ks, probes = self._probe(ids, ks, caps)
+        shape = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens)
+        step_s = self.cost_model.step_time(shape)
+        shape0 = StepShape(len(batch), context, 0, 0, prefill_tokens)
+        step0 = self.cost_model.step_time(shape0)
+        emitted = len(batch) + float((survival * (np.arange(survival.shape[1])[None, :] < ks[:, None])).sum()) \
+            if batch else 0.0
+        return Decision(
+            ks={sid: int(k) for sid, k in zip(ids, ks, strict=True)},
+            predicted_goodput=emitted / step_s if step_s > 0 else 0.0,
+            predicted_goodput_k0=len(batch) / step0 if step0 > 0 else 0.0,
+            predicted_step_s=step_s,
+            decision_s=time.perf_counter() - t0,
+            probes=probes,
+        )
+
+    def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, int]:
+        """k = 0 is not sticky: after `probe_every` steps at 0 a request drafts one token."""
+        every = self.config.probe_every
+        probes = 0
+        for b, sid in enumerate(ids):
+            if ks[b] > 0:
+                self._zero_streak[sid] = 0
+                continue
+            streak = self._zero_streak.get(sid, 0) + 1
+            if every and streak >= every and caps[b] > 0:
+                ks[b] = 1
+                probes += 1
+                streak = 0
+            self._zero_streak[sid] = streak
+        return ks, probes

@@ -1,0 +1,118 @@
+"""Scheduler on tiny models: goodput policy keeps greedy output exact; admission, caps, feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from smartspec.engine.engine import AdmissionLimits, SpecEngine, StepStats
+from smartspec.engine.proposers.draft_model import DraftModelProposer
+from smartspec.engine.runner import ModelRunner
+from smartspec.engine.sampling import SamplingParams
+from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler
+from smartspec.engine.sinks import MemorySink
+from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
+from smartspec.errors import InvalidRequest
+from smartspec.policy.cost_model import CostModel
+from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
+from tests.conftest import hf_greedy
+from tests.unit.engine.test_engine import PROMPTS
+
+# Drafting is nearly free under this model, so goodput mode speculates and exercises every path.
+CHEAP = CostModel("cheap", verify={"const": 0.05, "batched_tokens": 1e-4}, draft={"draft_tokens": 1e-4})
+
+
+def scheduler(pair: Any, policy: PolicyConfig, slots: int = 4, limits: AdmissionLimits | None = None,
+              sinks: list[Any] | None = None, refit: RefitConfig | None = None) -> Scheduler:
+    runner = ModelRunner(pair.target, num_slots=slots, max_len=256)
+    draft = DraftModelProposer(ModelRunner(pair.draft, num_slots=slots, max_len=264), runner.vocab_size)
+    engine = SpecEngine(runner, draft, max_k=8, limits=limits)
+    return Scheduler(engine, SpeculationPolicy(policy, CHEAP), sinks=sinks or [],
+                     refit=refit or RefitConfig(enabled=False))
+
+
+def test_goodput_mode_keeps_greedy_output_exact_under_arrivals(tiny: Any) -> None:
+    sink = MemorySink()
+    sch = scheduler(tiny, PolicyConfig(mode="goodput"), slots=3, sinks=[sink])
+    prompts = [tiny.tokenizer(p).input_ids for p in PROMPTS[:6]]
+    lengths = [12, 20, 7, 15, 9, 18]
+    arrivals = poisson_arrivals(6, rate=500.0, seed=1)
+    items = [WorkItem(i, p, SamplingParams(max_tokens=n, ignore_eos=True), arrivals[i])
+             for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))]
+    seqs = run_open_loop(sch, items)
+    for seq, p, n in zip(seqs, prompts, lengths, strict=True):
+        assert seq.output_ids == hf_greedy(tiny.target, p, n)
+    ks = [k for st in sink.records for k in st.ks]
+    assert max(ks) > 1  # it did speculate
+    assert sch.policy.acceptance.prior()[0] != pytest.approx(0.7)  # and learned from the outcomes
+
+
+def test_admission_is_fifo_under_batch_and_prefill_budgets(tiny_llama: Any) -> None:
+    sink = MemorySink()
+    sch = scheduler(tiny_llama, PolicyConfig(mode="off"), slots=8,
+                    limits=AdmissionLimits(max_batch_size=3, max_prefill_tokens=20), sinks=[sink])
+    sizes = [8, 8, 30, 4, 4]
+    for i, n in enumerate(sizes):
+        sch.submit(i, list(range(5, 5 + n)), SamplingParams(max_tokens=3, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+        st = sink.records[-1]
+        assert st.batch_size + st.num_prefills <= 3
+        assert st.prefill_tokens <= 20 or st.num_prefills == 1  # one long prompt may exceed the budget alone
+    prefill_steps = [st.prefill_tokens for st in sink.records if st.num_prefills]
+    assert prefill_steps[0] == 16  # 8 + 8 fit; the 30-token prompt waits (FIFO: nothing jumps it)
+    assert 30 in prefill_steps
+
+
+def test_per_request_speculation_override(tiny_llama: Any) -> None:
+    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=6), slots=3)
+    prompt = tiny_llama.tokenizer(PROMPTS[0]).input_ids
+    sch.submit(0, prompt, SamplingParams(max_tokens=20, ignore_eos=True), RequestSpec(mode="off"))
+    sch.submit(1, prompt, SamplingParams(max_tokens=20, ignore_eos=True), RequestSpec(max_k=2))
+    sch.submit(2, prompt, SamplingParams(max_tokens=20, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    seqs = [sch.pop_finished(i) for i in range(3)]
+    assert set(seqs[0].stats.k_history) == {0}
+    assert max(seqs[1].stats.k_history) == 2
+    assert max(seqs[2].stats.k_history) == 6
+    assert seqs[0].output_ids == seqs[1].output_ids == seqs[2].output_ids
+    with pytest.raises(InvalidRequest, match="speculation"):
+        sch.submit(3, prompt, SamplingParams(), RequestSpec(max_k=-1))
+
+
+def test_sink_failures_never_fail_a_step_and_records_carry_the_policy(tiny_llama: Any) -> None:
+    class Broken:
+        def record(self, stats: StepStats) -> None:
+            raise RuntimeError("redis down")
+
+    good = MemorySink()
+    sch = scheduler(tiny_llama, PolicyConfig(mode="goodput"), sinks=[Broken(), good])
+    sch.policy.version = 7
+    sch.submit(0, [5, 6, 7], SamplingParams(max_tokens=6, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    assert sch.sink_errors == len(good.records) > 0
+    assert all(st.policy_version == 7 for st in good.records)
+    assert all(st.decision_s >= 0 for st in good.records)
+
+
+def test_cost_model_is_refitted_online_from_its_own_steps(tiny_llama: Any) -> None:
+    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=2), slots=6,
+                    refit=RefitConfig(every_steps=8, min_samples=8, min_r2=-1e9))
+    for i in range(6):
+        sch.submit(i, tiny_llama.tokenizer(PROMPTS[i]).input_ids, SamplingParams(max_tokens=40, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    assert sch.fits and sch.policy.cost_model.name == "online"
+    assert sch.policy.cost_model.samples >= 8 and sch.policy.cost_model.r2 is not None
+
+
+def test_cancel_forgets_the_request(tiny_llama: Any) -> None:
+    sch = scheduler(tiny_llama, PolicyConfig(mode="goodput"), slots=2)
+    sch.submit(0, [5, 6, 7], SamplingParams(max_tokens=50, ignore_eos=True))
+    sch.step()
+    sch.step()
+    sch.cancel(0)
+    assert 0 not in sch.policy.acceptance and not sch.has_unfinished

@@ -1,0 +1,45 @@
+"""SpeculationPolicy: modes, caps, probing of requests held at k = 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
+from smartspec.policy.cost_model import CostModel
+from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
+
+CHEAP = CostModel("cheap", verify={"const": 0.05, "batched_tokens": 1e-4}, draft={"draft_tokens": 1e-3})
+DEAR = CostModel("dear", verify={"const": 0.01, "batched_tokens": 0.01}, draft={"max_k": 0.02, "draft_tokens": 0.01})
+
+
+def batch(caps: list[int]) -> list[BatchRequest]:
+    return [BatchRequest(i, c, 100) for i, c in enumerate(caps)]
+
+
+def test_modes_and_caps() -> None:
+    off = SpeculationPolicy(PolicyConfig(mode="off"), CHEAP)
+    assert set(off.choose(batch([8, 8])).ks.values()) == {0}
+    fixed = SpeculationPolicy(PolicyConfig(mode="fixed", fixed_k=3, max_k=8), CHEAP)
+    assert fixed.choose(batch([8, 2, 0])).ks == {0: 3, 1: 2, 2: 0}
+    good = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5), CHEAP)
+    d = good.choose(batch([8, 3, 0]))
+    assert d.ks[0] == 5 and d.ks[1] == 3 and d.ks[2] == 0  # K bound and per-request caps
+    assert d.predicted_goodput > d.predicted_goodput_k0 and d.decision_s >= 0
+
+
+def test_k0_is_not_sticky_requests_are_reprobed() -> None:
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.7,)))
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4), DEAR, tracker)
+    tracker.add(0)
+    ks = [pol.choose(batch([8])).ks[0] for _ in range(12)]
+    assert ks == [0, 0, 0, 1] * 3  # dear drafting: k = 0, but every 4th step a 1-token probe
+    assert SpeculationPolicy(PolicyConfig(probe_every=0), DEAR).choose(batch([8])).ks[0] == 0
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PolicyConfig(max_k=4, fixed_k=5)
+    with pytest.raises(ValueError):
+        PolicyConfig(hysteresis=0.9)
