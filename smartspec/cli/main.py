@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        _quiet_transformers()
     try:
         return int(args.func(args))
     except SmartspecError as exc:
@@ -34,6 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT if 400 <= exc.http_status < 500 else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars or advisory warnings on a CLI's output."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the base install has no transformers; nothing to quiet
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

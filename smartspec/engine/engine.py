@@ -26,6 +26,9 @@ from smartspec.errors import InvalidRequest, UnknownSequence
 # Prefill rows share the verify forward unless padding them together would cost this much more
 # than two separate forwards (the runner pads every row to the widest one).
 MIX_PREFILL_SLACK = 1.25
+# In steady state a draft ingests 1-2 tokens per request per step (the emitted token, and the last
+# draft when all were accepted); anything beyond that is catch-up, which the cost model prices apart.
+CATCHUP_FREE_TOKENS = 2
 
 
 @dataclass
@@ -48,6 +51,7 @@ class StepStats:
     overhead_s: float  # everything else, the k decision included
     num_invalid_proposals: int = 0
     prefill_tokens: int = 0
+    draft_catchup_tokens: int = 0  # context the proposer ingested beyond 2 tokens per request (a prompt, a k=0 stretch)
     policy_version: int = 0  # set by the scheduler
     decision_s: float = 0.0  # part of overhead_s: time the k decision took
 
@@ -190,6 +194,7 @@ class SpecEngine:
             overhead_s=max(total_s - draft_s - (t_e - t_v), 0.0),
             num_invalid_proposals=invalid,
             prefill_tokens=sum(s.prompt_len for s in prefill),
+            draft_catchup_tokens=sum(max(0, p.fed_tokens - CATCHUP_FREE_TOKENS) for p in proposals.values()),
         )
         return out
 

@@ -23,7 +23,7 @@ from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
-from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model
+from smartspec.policy.cost_model import CostModel, StepSample, StepShape, fit_cost_model, relative_error
 from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,28 @@ class RefitConfig:
     every_steps: int = 32  # after the first fit
     window: int = 512  # most recent steps used
     min_samples: int = 24
-    min_r2: float = 0.5  # a worse fit is not adopted
+    # A fit is never adopted if it predicts the window worse than the model in force, or goes
+    # negative anywhere it will be asked about; `min_r2` adds an R² floor on top.
+    min_r2: float | None = None
+
+
+def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
+    """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
+    uniform k at the batch sizes and contexts seen: where the policy will ask."""
+    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
+    probe = {seen[0], seen[len(seen) // 2], seen[-1]}
+    for batch, ctx in probe:
+        for k in range(max_k + 1):
+            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
+            total = sum(parts)
+            if total <= 0 or min(parts) < -0.05 * total:
+                return False
+    return True
 
 
 def sample_of(stats: StepStats) -> StepSample:
     shape = StepShape(stats.batch_size, stats.context_tokens, max(stats.ks, default=0), sum(stats.ks),
-                      stats.prefill_tokens)
+                      stats.prefill_tokens, stats.draft_catchup_tokens)
     return StepSample(shape, stats.draft_s, stats.verify_s, stats.overhead_s)
 
 
@@ -74,6 +90,7 @@ class Scheduler:
         self._samples: deque[StepSample] = deque(maxlen=self.refit.window)
         self._last: Decision | None = None
         self.steps = 0
+        self._last_fit_step: int | None = None
         self.sink_errors = 0
         self.fits: list[float] = []  # R² of every adopted fit
 
@@ -119,8 +136,8 @@ class Scheduler:
                 log.exception("step sink %s failed; record dropped", type(sink).__name__)
         if stats.batch_size:
             self._samples.append(sample_of(stats))
-        since = self.steps - self.refit.min_samples
-        if self.refit.enabled and since >= 0 and since % self.refit.every_steps == 0:
+        due = self._last_fit_step is None or self.steps - self._last_fit_step >= self.refit.every_steps
+        if self.refit.enabled and due and len(self._samples) >= self.refit.min_samples:
             self._refit()  # first as soon as there are enough samples, then every `every_steps`
         return out
 
@@ -141,16 +158,23 @@ class Scheduler:
         return decision.ks
 
     def _refit(self) -> None:
-        if len(self._samples) < self.refit.min_samples:
-            return
+        self._last_fit_step = self.steps
         current = self.policy.cost_model
-        fitted = fit_cost_model(list(self._samples), prior=current, pads_to_max_k=True, name="online")
-        if fitted.r2 is None or not fitted.r2 >= self.refit.min_r2:
-            log.info("cost-model refit rejected: R²=%s on %d steps", fitted.r2, fitted.samples)
+        samples = list(self._samples)
+        fitted = fit_cost_model(samples, prior=current, pads_to_max_k=True, name="online")
+        reason = None
+        if self.refit.min_r2 is not None and not (fitted.r2 is not None and fitted.r2 >= self.refit.min_r2):
+            reason = f"R² {fitted.r2} below {self.refit.min_r2}"
+        elif not plausible(fitted, samples, self.policy.config.max_k):
+            reason = "it predicts a negative time somewhere in the range it will be asked about"
+        elif relative_error(fitted, samples) >= relative_error(current, samples):
+            reason = "it predicts these steps no better than the model in force"
+        if reason:
+            log.info("cost-model refit on %d steps not adopted: %s", len(samples), reason)
             return
         self.policy.cost_model = replace(fitted, name="online")
-        self.fits.append(float(fitted.r2))
-        log.info("cost model refitted: R²=%.3f on %d steps", fitted.r2, fitted.samples)
+        self.fits.append(float("nan") if fitted.r2 is None else fitted.r2)
+        log.info("cost model refitted: R²=%s on %d steps", fitted.r2, fitted.samples)
 
     def _forget(self, seq_id: int) -> None:
         self._specs.pop(seq_id, None)

@@ -9,6 +9,8 @@ Features of a step with B verified requests, per-request k_i, M = max k_i, S = Î
     spec            1 if any request speculates (M > 0), else 0
     max_k, draft_tokens   M and S: a draft model runs M sequential forwards over S tokens in all
     spec_batch, spec_context_tokens   B and Î£ context, counted only when speculating
+    draft_catchup_tokens   context a draft model had to ingest first (a new request's prompt, a
+                    stretch at k = 0); 0 in steady state, so the policy predicts with 0
 
 Times are seconds. `draft_fraction` / `overhead_fraction` add that fraction of the verify time
 when speculating (how the published n-gram presets model draft and overhead).
@@ -24,11 +26,11 @@ import numpy as np
 
 FEATURES = (
     "const", "batch", "batched_tokens", "context_tokens", "prefill_tokens",
-    "spec", "max_k", "draft_tokens", "spec_batch", "spec_context_tokens",
+    "spec", "max_k", "draft_tokens", "spec_batch", "spec_context_tokens", "draft_catchup_tokens",
 )
 # What the online fit estimates for THIS engine, per component.
 VERIFY_FEATURES = ("const", "batch", "batched_tokens", "context_tokens", "prefill_tokens")
-DRAFT_FEATURES = ("spec", "spec_batch", "max_k", "draft_tokens", "spec_context_tokens")
+DRAFT_FEATURES = ("spec", "spec_batch", "max_k", "draft_tokens", "spec_context_tokens", "draft_catchup_tokens")
 OVERHEAD_FEATURES = ("const", "batch", "draft_tokens")
 
 
@@ -41,6 +43,7 @@ class StepShape:
     max_k: int
     draft_tokens: int
     prefill_tokens: int = 0
+    draft_catchup_tokens: int = 0
 
     def features(self, pads_to_max_k: bool) -> dict[str, float]:
         spec = 1.0 if self.max_k > 0 else 0.0
@@ -56,6 +59,7 @@ class StepShape:
             "draft_tokens": float(self.draft_tokens),
             "spec_batch": spec * self.batch,
             "spec_context_tokens": spec * self.context_tokens,
+            "draft_catchup_tokens": float(self.draft_catchup_tokens),
         }
 
 
@@ -193,6 +197,10 @@ def resolve(name_or_model: str | CostModel) -> CostModel:
 
 
 # -- fitting --------------------------------------------------------------------------------
+_HUBER_PASSES = 4
+_HUBER_K = 1.345
+
+
 @dataclass(frozen=True)
 class StepSample:
     """A measured step: its shape and the seconds each component took."""
@@ -213,8 +221,16 @@ class StepSample:
         shape = StepShape(
             batch=int(rec["batch_size"]), context_tokens=int(rec.get("context_tokens", 0)),
             max_k=max(ks, default=0), draft_tokens=sum(ks), prefill_tokens=int(rec.get("prefill_tokens", 0)),
+            draft_catchup_tokens=int(rec.get("draft_catchup_tokens", 0)),
         )
         return cls(shape, float(rec["draft_s"]), float(rec["verify_s"]), float(rec["overhead_s"]))
+
+
+def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
+    """Mean absolute error of predicted step times, relative to the mean step time."""
+    actual = np.array([s.total_s for s in samples])
+    predicted = np.array([model.step_time(s.shape) for s in samples])
+    return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
 
 
 def r_squared(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -227,19 +243,27 @@ def r_squared(actual: np.ndarray, predicted: np.ndarray) -> float:
 def _fit_part(
     x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float
 ) -> dict[str, float]:
-    """Least squares with a small ridge toward the prior, in column-scaled space.
+    """Huber-weighted least squares with a small ridge toward the prior, in column-scaled space.
 
     Directions the samples never vary (e.g. k always 0) keep their prior coefficients instead
-    of taking arbitrary values, so the fit never extrapolates into nonsense.
+    of taking arbitrary values, so the fit never extrapolates into nonsense; a few iteratively
+    reweighted passes keep one stalled step (a GC pause, a noisy neighbour) from steering it.
     """
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale
     p = np.array([prior.get(n, 0.0) for n in names]) * scale
     lam = np.sqrt(ridge * max(len(y), 1))
-    a = np.vstack([xs, lam * np.eye(len(names))])
-    b = np.concatenate([y, lam * p])
-    theta_s, *_ = np.linalg.lstsq(a, b, rcond=None)
+    weights = np.ones(len(y))
+    theta_s = p
+    for _ in range(_HUBER_PASSES):
+        w = np.sqrt(weights)[:, None]
+        a = np.vstack([xs * w, lam * np.eye(len(names))])
+        b = np.concatenate([y * w[:, 0], lam * p])
+        theta_s, *_ = np.linalg.lstsq(a, b, rcond=None)
+        resid = np.abs(xs @ theta_s - y)
+        spread = 1.4826 * float(np.median(resid)) or 1e-12
+        weights = np.minimum(1.0, _HUBER_K * spread / np.maximum(resid, 1e-12))
     return {n: float(t / s) for n, t, s in zip(names, theta_s, scale, strict=True)}
 
 

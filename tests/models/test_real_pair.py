@@ -67,3 +67,26 @@ def test_ragged_k_with_joins_and_finishes_is_exact(pair: dict[str, Any], propose
     reqs = [(i, p, n, (2 * i) % 5) for i, (p, n) in enumerate(zip(pair["prompts"], LENGTHS, strict=True))]
     out = run_schedule(engine, reqs, lambda sid, step: (sid * 5 + step * 3) % 9)
     assert [out[i] for i in range(5)] == pair["refs"]
+
+
+def test_goodput_scheduler_is_exact(pair: dict[str, Any]) -> None:
+    # The policy decides k per request per step (with the default cost model, refitted online after
+    # a few steps); whatever it decides, greedy output is the target's.
+    from smartspec.engine.sampling import SamplingParams
+    from smartspec.engine.scheduler import RefitConfig, Scheduler
+    from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
+
+    engine = engine_for(pair, "draft", slots=3)
+    sch = Scheduler(engine, SpeculationPolicy(PolicyConfig(mode="goodput")),
+                    refit=RefitConfig(min_samples=6, every_steps=6))
+    joins = {0: [0, 1], 2: [2], 4: [3, 4]}
+    step, done = 0, {}
+    while step <= max(joins) or sch.has_unfinished:
+        for i in joins.get(step, []):
+            sch.submit(i, pair["prompts"][i], SamplingParams(max_tokens=LENGTHS[i]))
+        out = sch.step()
+        for sid in out.finished:
+            done[sid] = sch.pop_finished(sid)
+        step += 1
+    assert [done[i].output_ids for i in range(5)] == pair["refs"]
+    assert any(k > 0 for i in range(5) for k in done[i].stats.k_history)

@@ -27,6 +27,7 @@ class Proposal:
 
     draft_token_ids: list[int]
     draft_probs: torch.Tensor | None = None  # [len(draft_token_ids), V]; None = one-hot on the tokens
+    fed_tokens: int = 0  # context tokens the proposer had to ingest for this request first (cost model)
 
     @property
     def k(self) -> int:

@@ -83,9 +83,9 @@ class DraftModelProposer:
             self._draft_one(step, tokens, probs)
 
         out: dict[int, Proposal] = {}
-        for req, _, _ in live:
+        for req, _, pending in live:
             q = torch.stack(probs[req.seq_id]) if probs[req.seq_id] else None
-            out[req.seq_id] = Proposal(tokens[req.seq_id], q)
+            out[req.seq_id] = Proposal(tokens[req.seq_id], q, fed_tokens=len(pending))
         return out
 
     def _reconcile(self, seq_id: int, track: _Track, token_ids: Sequence[int]) -> list[int]:

@@ -10,7 +10,7 @@ from smartspec.engine.engine import AdmissionLimits, SpecEngine, StepStats
 from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.sampling import SamplingParams
-from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler
+from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler, sample_of
 from smartspec.engine.sinks import MemorySink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
@@ -99,14 +99,21 @@ def test_sink_failures_never_fail_a_step_and_records_carry_the_policy(tiny_llama
 
 
 def test_cost_model_is_refitted_online_from_its_own_steps(tiny_llama: Any) -> None:
-    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=2), slots=6,
-                    refit=RefitConfig(every_steps=8, min_samples=8, min_r2=-1e9))
-    for i in range(6):
-        sch.submit(i, tiny_llama.tokenizer(PROMPTS[i]).input_ids, SamplingParams(max_tokens=40, ignore_eos=True))
+    # Varied steps (caps 0-4 per request, requests joining as others finish) so there is
+    # something to learn; the fit must predict them better than the model in force to be adopted.
+    sink = MemorySink()
+    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=4), slots=4, sinks=[sink],
+                    refit=RefitConfig(every_steps=8, min_samples=16))
+    for i in range(10):
+        sch.submit(i, tiny_llama.tokenizer(PROMPTS[i % len(PROMPTS)]).input_ids,
+                   SamplingParams(max_tokens=30 + 5 * i, ignore_eos=True), RequestSpec(max_k=i % 5))
     while sch.has_unfinished:
         sch.step()
     assert sch.fits and sch.policy.cost_model.name == "online"
-    assert sch.policy.cost_model.samples >= 8 and sch.policy.cost_model.r2 is not None
+    assert sch.policy.cost_model.samples >= 16 and sch.policy.cost_model.r2 is not None
+    # The model in force now prices steps on the scale they really took (ms), not the 50 ms prior.
+    busy = [st for st in sink.records if st.batch_size == 4]
+    assert sch.policy.cost_model.step_time(sample_of(busy[-1]).shape) < 0.04
 
 
 def test_cancel_forgets_the_request(tiny_llama: Any) -> None:

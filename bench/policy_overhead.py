@@ -1,0 +1,87 @@
+"""Policy decision time per step vs the real pair's step time (goal: <= 1 % at batch 64).
+
+    .venv/bin/python bench/policy_overhead.py [--batches 1 64 256] [--reps 200] [--no-engine]
+
+The decision is SpeculationPolicy.choose (acceptance lookup for every request, exact goodput
+selection over k = 0 … 8, probing) with per-request acceptance histories and a cost model fitted
+to this engine. The step it is compared with is the real pair's k = 0 engine step at the same
+batch size (bf16), the cheapest step there is — so the share is an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import quiet, real_pair_paths, write_report
+from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
+from smartspec.policy.cost_model import default_cost_model
+from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
+
+
+def decision_seconds(batch: int, reps: int) -> float:
+    rng = np.random.default_rng(0)
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8))
+    policy = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=8), default_cost_model(), tracker)
+    reqs = [BatchRequest(i, 8, int(rng.integers(50, 1500))) for i in range(batch)]
+    for r in reqs:
+        tracker.add(r.seq_id)
+    for _ in range(20):  # give every request its own history
+        ks = rng.integers(1, 9, size=batch)
+        tracker.observe([r.seq_id for r in reqs], ks.tolist(), rng.binomial(ks, 0.7).tolist())
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        policy.choose(reqs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def engine_step_seconds(batch: int, steps: int = 4) -> float:
+    from smartspec.engine.builder import EngineSpec, build_engine
+    from smartspec.engine.sampling import SamplingParams
+
+    target, draft = real_pair_paths()
+    engine, _ = build_engine(EngineSpec(target, draft, dtype="bfloat16", num_slots=batch, max_len=64))
+    rng = np.random.default_rng(1)
+    for i in range(batch):
+        engine.add_request(i, rng.integers(100, 20000, size=32).tolist(), SamplingParams(max_tokens=steps + 2,
+                                                                                           ignore_eos=True))
+    engine.step()  # prefill
+    times = []
+    for _ in range(steps):
+        st = engine.step({}).stats
+        assert st is not None
+        times.append(st.step_s)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--no-engine", action="store_true", help="decision times only")
+    args = ap.parse_args()
+    quiet()
+    rows = ["| batch | decision ms | real-pair k=0 step ms | share of step |", "|---|---|---|---|"]
+    for b in args.batches:
+        d = decision_seconds(b, args.reps)
+        if args.no_engine:
+            rows.append(f"| {b} | {1000 * d:.3f} | | |")
+        else:
+            s = engine_step_seconds(b)
+            rows.append(f"| {b} | {1000 * d:.3f} | {1000 * s:.0f} | {100 * d / s:.2f} % |")
+        print(rows[-1], flush=True)
+    body = "K = 8, goodput mode, per-request acceptance histories; median of decisions.\n\n" + "\n".join(rows)
+    print(f"written to {write_report('policy-overhead', 'Policy decision time', body)}")
+
+
+if __name__ == "__main__":
+    main()
