@@ -46,7 +46,9 @@ def _model(args: argparse.Namespace) -> CostModel:
         return load_cost_model(args.cost_model)
     try:
         lines = Path(args.fit).read_text().splitlines()
-        samples = [StepSample.from_record(json.loads(line)) for line in lines if line.strip()]
+        records = [json.loads(line) for line in lines if line.strip()]
+        # Steps that only prefilled verified nothing; the scheduler leaves them out of its fits too.
+        samples = [StepSample.from_record(r) for r in records if r.get("batch_size", 0) > 0]
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidRequest(f"cannot read step records from {args.fit}: {exc}", param="fit") from None
     if len(samples) < 4:

@@ -170,16 +170,17 @@ PRESETS: dict[str, CostModel] = {
 def default_cost_model() -> CostModel:
     """The built-in model used until the engine has fitted its own: deliberately conservative.
 
-    It prices a draft forward at a third of a target forward and makes verification compute-bound
-    beyond ~64 batched tokens, so speculation wins only at small batch and good acceptance; the
-    online fit then replaces it with this machine's numbers.
+    It prices a draft forward at a third of a target forward plus a fortieth per draft token, and
+    makes verification compute-bound beyond ~32 batched tokens, so with the 0.7 acceptance prior it
+    speculates only up to batch ~4 (up to ~8 once acceptance shows ~0.9); the online fit then
+    replaces it with this machine's numbers.
     """
     base = 0.1
     return CostModel(
         "default",
-        verify={"const": base, "batched_tokens": base / 64, "context_tokens": base / 1e5,
-                "prefill_tokens": base / 64},
-        draft={"spec": 0.0, "max_k": base / 3, "draft_tokens": base / 200},
+        verify={"const": base, "batched_tokens": base / 32, "context_tokens": base / 1e5,
+                "prefill_tokens": base / 32},
+        draft={"spec": 0.0, "max_k": base / 3, "draft_tokens": base / 40},
         overhead={"const": 5e-4, "batch": 1e-5, "draft_tokens": 1e-5},
         pads_to_max_k=True,
     )

@@ -25,7 +25,11 @@ class PolicyConfig:
     max_k: int = 8  # K: no request ever drafts more
     fixed_k: int = 3  # k for mode "fixed"
     hysteresis: float = 1.1  # speculate only if predicted goodput beats k = 0 by this factor
-    probe_every: int = 16  # a request held at k = 0 this many steps drafts one token to refresh its estimate
+    # A request held at k = 0 for `probe_every` steps drafts one token to refresh its estimate, in a
+    # step that speculates anyway (the padded verify width is already paid); if no step does, the
+    # requests due are probed together once the oldest has waited `stale_factor` times as long.
+    probe_every: int = 16
+    stale_factor: int = 4
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -38,6 +42,8 @@ class PolicyConfig:
             raise ValueError(f"hysteresis must be >= 1.0, got {self.hysteresis}")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0 (0 = never), got {self.probe_every}")
+        if self.stale_factor < 1:
+            raise ValueError(f"stale_factor must be >= 1, got {self.stale_factor}")
 
 
 @dataclass(frozen=True)
@@ -108,17 +114,15 @@ class SpeculationPolicy:
         )
 
     def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, int]:
-        """k = 0 is not sticky: after `probe_every` steps at 0 a request drafts one token."""
+        """k = 0 is not sticky: requests held at 0 draft one token now and then (see PolicyConfig)."""
         every = self.config.probe_every
-        probes = 0
-        for b, sid in enumerate(ids):
-            if ks[b] > 0:
-                self._zero_streak[sid] = 0
-                continue
-            streak = self._zero_streak.get(sid, 0) + 1
-            if every and streak >= every and caps[b] > 0:
-                ks[b] = 1
-                probes += 1
-                streak = 0
-            self._zero_streak[sid] = streak
-        return ks, probes
+        streaks = np.array([0 if k > 0 else self._zero_streak.get(sid, 0) + 1 for sid, k in zip(ids, ks, strict=True)])
+        due = (streaks >= every) & (caps > 0) & (ks == 0) if every else np.zeros(len(ids), dtype=bool)
+        # A lone probe in an otherwise k = 0 step would pad every request's verify to width 2.
+        if due.any() and ks.max(initial=0) == 0 and streaks[due].max() < every * self.config.stale_factor:
+            due[:] = False
+        ks = np.where(due, 1, ks)
+        streaks = np.where(due, 0, streaks)
+        for sid, streak in zip(ids, streaks, strict=True):
+            self._zero_streak[sid] = int(streak)
+        return ks, int(due.sum())

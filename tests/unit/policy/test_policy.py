@@ -29,11 +29,25 @@ def test_modes_and_caps() -> None:
 
 def test_k0_is_not_sticky_requests_are_reprobed() -> None:
     tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.7,)))
-    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4), DEAR, tracker)
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, stale_factor=2), DEAR, tracker)
     tracker.add(0)
-    ks = [pol.choose(batch([8])).ks[0] for _ in range(12)]
-    assert ks == [0, 0, 0, 1] * 3  # dear drafting: k = 0, but every 4th step a 1-token probe
+    # Nobody speculates (drafting is dear): probing alone would pad the step, so it waits until
+    # the request is stale (4 x 2 steps), then probes.
+    ks = [pol.choose(batch([8])).ks[0] for _ in range(16)]
+    assert ks == [0] * 7 + [1] + [0] * 7 + [1]
     assert SpeculationPolicy(PolicyConfig(probe_every=0), DEAR).choose(batch([8])).ks[0] == 0
+
+
+def test_probes_ride_along_in_steps_that_speculate_anyway() -> None:
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior_strength=1.0, decay=1.0))
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4), CHEAP, tracker)
+    tracker.add(0)
+    tracker.add(1)
+    for _ in range(50):  # request 0 accepts everything, request 1 nothing
+        tracker.observe([0, 1], [8, 8], [8, 0])
+    ks = [pol.choose(batch([8, 8])).ks for _ in range(8)]
+    assert all(k[0] > 0 for k in ks)
+    assert [k[1] for k in ks] == [0, 0, 0, 1, 0, 0, 0, 1]
 
 
 def test_config_is_validated() -> None:
