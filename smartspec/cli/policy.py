@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-k", type=int, default=7)
     e.add_argument("--hysteresis", type=float, default=1.1)
     e.add_argument("--per-k", action="store_true", help="also print goodput at every uniform k")
+    e.add_argument("--save", default=None, metavar="FILE.json",
+                   help="write the cost model used (e.g. the --fit result) for `generate --cost-model FILE.json`")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=explain)
 
@@ -86,6 +88,8 @@ def explain(args: argparse.Namespace) -> int:
     if not 0 <= args.max_k <= 64 or args.hysteresis < 1.0 or args.context < 0:
         raise InvalidRequest("need 0 <= --max-k <= 64, --hysteresis >= 1 and --context >= 0")
     model = _model(args)
+    if args.save:
+        Path(args.save).write_text(json.dumps(model.to_dict(), indent=2) + "\n")
     rows = explain_rows(model, conditional, sizes, args.context, args.max_k, args.hysteresis)
     if args.json:
         print(json.dumps({"cost_model": model.to_dict(), "acceptance": conditional, "context": args.context,

@@ -35,9 +35,14 @@ def test_fit_from_step_records(capsys: pytest.CaptureFixture[str], tmp_path: Pat
             lines.append(json.dumps({"batch_size": b, "context_tokens": 50 * b, "ks": [k] * b,
                                      "prefill_tokens": 0, "draft_s": draft, "verify_s": verify, "overhead_s": 0.001}))
     path.write_text("\n".join(lines))
-    assert main(["policy", "explain", "--fit", str(path), "--acceptance", "0.8", "--batch-sizes", "1,64"]) == 0
+    saved = tmp_path / "model.json"
+    assert main(["policy", "explain", "--fit", str(path), "--acceptance", "0.8", "--batch-sizes", "1,64",
+                 "--save", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "R² 1.000" in out or "R² 0.99" in out
+    # The saved fit is a static cost model that explain (and generate) accept back.
+    assert main(["policy", "explain", "--cost-model", str(saved), "--acceptance", "0.8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cost_model"]["samples"] == len(lines)
 
 
 @pytest.mark.parametrize(("args", "message"), [
