@@ -11,7 +11,7 @@ import numpy as np
 
 from smartspec.policy.acceptance import AcceptanceTracker
 from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
-from smartspec.policy.selection import select_goodput
+from smartspec.policy.selection import expected_total, select_goodput
 
 Mode = Literal["goodput", "fixed", "off"]
 MODES: tuple[Mode, ...] = ("goodput", "fixed", "off")
@@ -102,8 +102,7 @@ class SpeculationPolicy:
         step_s = self.cost_model.step_time(shape)
         shape0 = StepShape(len(batch), context, 0, 0, prefill_tokens)
         step0 = self.cost_model.step_time(shape0)
-        emitted = len(batch) + float((survival * (np.arange(survival.shape[1])[None, :] < ks[:, None])).sum()) \
-            if batch else 0.0
+        emitted = expected_total(survival, ks) if batch else 0.0
         return Decision(
             ks={sid: int(k) for sid, k in zip(ids, ks, strict=True)},
             predicted_goodput=emitted / step_s if step_s > 0 else 0.0,
