@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The README's run command: the real pair, one prompt, target-only (`--policy off`) vs fixed k.
+# The README's run command after setup: `smartspec up` on the real pair, one streamed request
+# through the OpenAI API (reply + speculation usage), then the stack is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
-TARGET=$("$BIN/smartspec" models path target)
-DRAFT=$("$BIN/smartspec" models path draft)
-PROMPT=${PROMPT:-"Write a Python function that returns the n-th Fibonacci number, with a docstring."}
-for policy in off fixed:4; do
-  echo "=== smartspec generate --policy $policy (bf16, target Qwen2.5-Coder-1.5B, draft 0.5B) ==="
-  "$BIN/smartspec" generate --target "$TARGET" --draft "$DRAFT" --chat --prompt "$PROMPT" \
-    --max-tokens "${MAX_TOKENS:-96}" --policy "$policy" 2>&1 | grep -v -E '^(Loading|Writing)'
+PORT=${PORT:-8000}
+LOG=$(mktemp)
+"$BIN/smartspec" up --port "$PORT" > "$LOG" 2>&1 &
+UP=$!
+trap 'kill -TERM $UP 2>/dev/null || true; wait $UP 2>/dev/null || true; rm -f "$LOG"' EXIT
+echo "starting the stack (redis, draft, target on the real pair; the first load takes ~30 s)..."
+for _ in $(seq 1 600); do
+  if grep -q "smartspec is up" "$LOG"; then break; fi
+  if ! kill -0 $UP 2>/dev/null; then cat "$LOG"; echo "smartspec up failed" >&2; exit 1; fi
+  sleep 1
 done
+grep "smartspec is up" "$LOG"
+"$BIN/python" scripts/demo_client.py --base-url "http://127.0.0.1:$PORT/v1" ${PROMPT:+--prompt "$PROMPT"} \
+  --max-tokens "${MAX_TOKENS:-128}"

@@ -14,20 +14,22 @@ EXIT_FAILURE = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smartspec.cli import generate, models, policy
+    from smartspec.cli import generate, models, policy, serve, up
 
     parser = argparse.ArgumentParser(prog="smartspec", description="Goodput-optimal speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
     models.register(sub)
     generate.register(sub)
     policy.register(sub)
+    serve.register(sub)
+    up.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "generate":
+    if args.command in ("generate", "serve-draft", "serve-target"):
         _quiet_transformers()
     try:
         return int(args.func(args))

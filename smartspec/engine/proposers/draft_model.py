@@ -36,9 +36,12 @@ class _Track:
 class DraftModelProposer:
     name = "draft-model"
 
-    def __init__(self, runner: ModelRunner, target_vocab_size: int) -> None:
+    def __init__(self, runner: ModelRunner, target_vocab_size: int, q_top_k: int | None = None) -> None:
         self.runner = runner
         self.target_vocab_size = target_vocab_size
+        # Sample drafts from q truncated to its q_top_k most likely tokens (renormalised), so q can
+        # be sent over the wire exactly; None keeps the full distribution (in-process use).
+        self.q_top_k = q_top_k
         self._tracks: dict[int, _Track] = {}
 
     def release(self, seq_id: int) -> None:
@@ -132,6 +135,10 @@ class DraftModelProposer:
                 torch.tensor([p.top_p for p in params]),
                 torch.tensor([p.top_k for p in params], dtype=torch.long),
             )
+            if self.q_top_k is not None and self.q_top_k < q.shape[-1]:
+                top = torch.topk(q, self.q_top_k, dim=-1)
+                q = torch.zeros_like(q).scatter_(-1, top.indices, top.values)
+                q = q / q.sum(dim=-1, keepdim=True)
             if vocab_d < vocab_t:
                 q = torch.nn.functional.pad(q, (0, vocab_t - vocab_d))
             gens = [self._tracks[rows[i][0].seq_id].generator for i in sampled]

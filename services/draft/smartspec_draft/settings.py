@@ -1,0 +1,32 @@
+"""DraftSettings: how the draft service is configured (env prefix SMARTSPEC_DRAFT_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DraftSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTSPEC_DRAFT_", extra="ignore")
+
+    method: Literal["draftModel", "ngram"] = Field("draftModel", description="draft model or n-gram prompt lookup")
+    model: str | None = Field(None, description="draft model folder (method draftModel)")
+    tokenizer: str | None = Field(None, description="tokenizer folder to fingerprint (method ngram, optional)")
+    model_id: str | None = Field(None, description="name reported by GetInfo (default: the folder name)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    host: str = "127.0.0.1"
+    port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: any free port)")
+    max_sequences: int = Field(64, ge=1, description="sequences with draft KV at once (all streams)")
+    max_len: int = Field(4096, ge=16, description="tokens per sequence, drafts included")
+    max_k: int = Field(8, ge=1, le=64, description="most draft tokens per sequence per step")
+    q_top_k: int = Field(64, ge=1, description="support of the q sent per draft token when sampling")
+    ngram_max: int = Field(4, ge=1)
+    ngram_min: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _model_needed(self) -> DraftSettings:
+        if self.method == "draftModel" and not self.model:
+            raise ValueError("method draftModel needs `model` (SMARTSPEC_DRAFT_MODEL or --model)")
+        return self

@@ -1,0 +1,1 @@
+"""smartspec target service: the engine behind gRPC Generate and the OpenAI-compatible HTTP API."""

@@ -1,0 +1,273 @@
+"""RemoteProposer: the engine's Proposer over a draft service's Session stream.
+
+The engine calls `propose` from its own thread; the stream lives on the service's event loop. A
+step waits for the draft at most `deadline_s`; a miss, an error or no connection turns that step
+into k = 0 for the requests concerned (counted in `smartspec_draft_fallback_total{cause}`), and a
+background task reconnects with backoff. A new stream knows nothing, so every sequence is
+re-admitted with its full context the next time it wants drafts.
+
+Per sequence the client mirrors what the draft holds: `known` tokens of confirmed context and the
+drafts it last proposed. Each Propose sends how many of those drafts the engine's tokens confirm
+and every token emitted after them — several after steps at k = 0, which send nothing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import torch
+
+from smartspec.engine.proposers.base import Proposal, ProposeRequest
+from smartspec.rpc import channel_options, sampling_to_wire
+from smartspec.telemetry.metrics import TargetMetrics
+from smartspec.v1 import draft_pb2, draft_pb2_grpc
+
+log = logging.getLogger(__name__)
+S = draft_pb2.SequenceStatus
+
+
+@dataclass
+class _Mirror:
+    known: int  # confirmed context tokens the draft holds once it has applied what we sent
+    outstanding: list[int] = field(default_factory=list)  # its last drafts, as far as we know
+
+
+@dataclass
+class HopSample:
+    """One Propose round trip and the draft's own compute inside it."""
+
+    batch: int
+    rtt_s: float
+    compute_s: float
+
+
+class RemoteProposer:
+    name = "remote-draft"
+
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop, *, target_vocab: int, fingerprint: str,
+                 deadline_s: float, metrics: TargetMetrics, backoff_s: tuple[float, float] = (0.1, 5.0)) -> None:
+        self.address = address
+        self.loop = loop
+        self.target_vocab = target_vocab
+        self.fingerprint = fingerprint
+        self.deadline_s = deadline_s
+        self.metrics = metrics
+        self.backoff_s = backoff_s
+        self.connected = False
+        self.incompatible: str | None = None
+        self.draft_info: Any = None
+        self.hops: deque[HopSample] = deque(maxlen=4096)
+        self._mirror: dict[int, _Mirror] = {}
+        self._pending: dict[int, asyncio.Future[draft_pb2.SessionResponse]] = {}
+        self._call: Any = None
+        self._step_id = 0
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.connects = 0
+
+    # -- engine thread ---------------------------------------------------------------------
+    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+        wanted = [r for r in requests if r.k > 0]
+        if not wanted:
+            return {}
+        if not self.connected:
+            self.metrics.fallback("incompatible" if self.incompatible else "disconnected", len(wanted))
+            return {}
+        fut = asyncio.run_coroutine_threadsafe(self._propose(wanted), self.loop)
+        try:
+            return fut.result(timeout=self.deadline_s)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            fut.cancel()
+            self.metrics.fallback("deadline", len(wanted))
+            log.warning("draft missed the %.3fs deadline for %d sequences; k = 0 this step", self.deadline_s,
+                        len(wanted))
+        except Exception as exc:  # stream broke mid-step, or a malformed answer
+            cause = "invalid" if isinstance(exc, ValueError) else "error"
+            self.metrics.fallback(cause, len(wanted))
+            log.warning("draft step failed (%s); k = 0 this step", exc)
+        return {}
+
+    def release(self, seq_id: int) -> None:
+        self.loop.call_soon_threadsafe(self._release_soon, seq_id)
+
+    # -- event loop ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._maintain())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while not self.connected and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        return self.connected
+
+    async def _maintain(self) -> None:
+        delay = self.backoff_s[0]
+        while not self._closed:
+            try:
+                async with grpc.aio.insecure_channel(self.address, options=channel_options()) as channel:
+                    stub = draft_pb2_grpc.DraftServiceStub(channel)
+                    info = (await stub.GetInfo(draft_pb2.DraftInfoRequest(), timeout=5.0)).model
+                    self.draft_info = info
+                    self.incompatible = self._check(info)
+                    if self.incompatible:
+                        log.error("refusing to speculate with draft at %s: %s", self.address, self.incompatible)
+                        await asyncio.sleep(self.backoff_s[1])
+                        continue
+                    self._call = stub.Session()
+                    self.connected = True
+                    self.connects += 1
+                    delay = self.backoff_s[0]
+                    log.info("draft session open to %s (%s)", self.address, info.model_id)
+                    await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("draft at %s unavailable (%s); retrying in %.1fs", self.address, exc, delay)
+            finally:
+                self._disconnected()
+            if not self._closed:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_s[1])
+
+    def _check(self, info: Any) -> str | None:
+        if info.method == "ngram":
+            ok = not info.tokenizer_fingerprint or info.tokenizer_fingerprint == self.fingerprint
+            return None if ok else "n-gram draft fingerprinted a different tokenizer"
+        if info.tokenizer_fingerprint != self.fingerprint:
+            return "tokenizer differs from the target's"
+        if info.vocab_size > self.target_vocab:
+            return f"draft vocabulary ({info.vocab_size}) is larger than the target's ({self.target_vocab})"
+        return None
+
+    async def _read(self) -> None:
+        while True:
+            resp = await self._call.read()
+            if resp is grpc.aio.EOF:
+                return
+            fut = self._pending.pop(resp.step_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
+
+    def _disconnected(self) -> None:
+        was = self.connected
+        self.connected = False
+        self._call = None
+        self._mirror.clear()  # a new stream holds nothing: re-admit everything
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("draft stream closed"))
+        self._pending.clear()
+        if was:
+            log.warning("draft session to %s closed", self.address)
+
+    async def _send(self, *, consume: bool = False, **payload: Any) -> asyncio.Future[draft_pb2.SessionResponse]:
+        """Write one message; its answer resolves the returned future. `consume`: nobody will await it."""
+        async with self._write_lock:
+            if self._call is None:
+                raise ConnectionError("no draft stream")
+            self._step_id += 1
+            fut: asyncio.Future[draft_pb2.SessionResponse] = self.loop.create_future()
+            if consume:
+                fut.add_done_callback(_swallow)
+            self._pending[self._step_id] = fut
+            await self._call.write(draft_pb2.SessionRequest(step_id=self._step_id, **payload))
+            return fut
+
+    def _release_soon(self, seq_id: int) -> None:
+        if self._mirror.pop(seq_id, None) is not None and self.connected:
+            task = asyncio.ensure_future(self._send(consume=True, release=draft_pb2.Release(seq_ids=[seq_id])))
+            task.add_done_callback(_swallow)
+
+    async def _propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+        t0 = time.perf_counter()
+        admits, entries = [], []
+        for r in requests:
+            tokens = r.token_ids
+            m = self._mirror.get(r.seq_id)
+            if m is None:
+                admits.append(draft_pb2.AdmitSequence(seq_id=r.seq_id, token_ids=list(tokens[:-1]),
+                                                      sampling=sampling_to_wire(r.params)))
+                m = self._mirror[r.seq_id] = _Mirror(known=len(tokens) - 1)
+            tail = tokens[m.known:]
+            accepted = 0
+            while accepted < min(len(m.outstanding), len(tail) - 1) and m.outstanding[accepted] == tail[accepted]:
+                accepted += 1
+            entries.append(draft_pb2.ProposeSequence(
+                seq_id=r.seq_id, num_accepted=accepted, new_token_ids=list(tail[accepted:]),
+                committed_len=len(tokens), num_speculative_tokens=r.k))
+            # Whatever happens to the answer, the draft applies this message: it now holds all of
+            # `tokens`, and any drafts it makes are unknown until the answer comes back.
+            m.known, m.outstanding = len(tokens), []
+        if admits:  # refused admissions show up as statuses of the Propose that follows
+            await self._send(consume=True, admit=draft_pb2.Admit(sequences=admits))
+        resp = await (await self._send(propose=draft_pb2.Propose(sequences=entries)))
+        rtt = time.perf_counter() - t0
+        self.hops.append(HopSample(len(requests), rtt, resp.compute_ns / 1e9))
+        self.metrics.draft_rpc.record(rtt)
+        return self._proposals(resp, {r.seq_id for r in requests})
+
+    def _proposals(self, resp: draft_pb2.SessionResponse, asked: set[int]) -> dict[int, Proposal]:
+        out: dict[int, Proposal] = {}
+        invalid = 0
+        for p in resp.proposals:
+            if p.seq_id not in asked:
+                invalid += 1
+                continue
+            if p.status != S.SEQUENCE_STATUS_OK:
+                self._mirror.pop(p.seq_id, None)  # unknown, mismatched, refused: re-admit next time
+                continue
+            tokens = list(p.draft_token_ids)
+            if not tokens:
+                continue
+            q = self._dense(p.draft_dists, tokens)
+            if p.draft_dists and q is None:
+                invalid += 1
+                self._mirror.pop(p.seq_id, None)
+                continue
+            self._mirror[p.seq_id].outstanding = tokens
+            out[p.seq_id] = Proposal(tokens, q)
+        if invalid:
+            self.metrics.fallback("invalid", invalid)
+        return out
+
+    def _dense(self, dists: Seq[Any], tokens: list[int]) -> torch.Tensor | None:
+        """q as [k, V] from the sparse rows; None if they are not a valid q for these tokens."""
+        if not dists:
+            return None
+        if len(dists) != len(tokens):
+            return None
+        q = torch.zeros(len(tokens), self.target_vocab)
+        for j, d in enumerate(dists):
+            ids = torch.tensor(list(d.token_ids), dtype=torch.long)
+            probs = torch.tensor(list(d.probs), dtype=torch.float32)
+            if ids.numel() != probs.numel() or ids.numel() == 0 or int(ids.max()) >= self.target_vocab \
+                    or int(ids.min()) < 0 or bool((probs < 0).any()):
+                return None
+            q[j, ids] = probs
+        sums = q.sum(dim=1)
+        if bool(((sums - 1).abs() > 1e-3).any()):
+            return None
+        return q / sums[:, None]
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a result nobody waits for, so a closed stream does not log 'never retrieved'."""
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,139 @@
+"""Assemble and run the target service: model, scheduler thread, draft client, gRPC and HTTP front ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from smartspec.engine.builder import eos_ids
+from smartspec.engine.engine import AdmissionLimits, SpecEngine
+from smartspec.engine.runner import ModelRunner
+from smartspec.engine.scheduler import Scheduler
+from smartspec.errors import InvalidRequest
+from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
+from smartspec.policy.cost_model import CostModel, resolve
+from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
+from smartspec.rpc import RunningServer, start_server
+from smartspec.telemetry.metrics import TargetMetrics
+from smartspec.v1 import common_pb2, target_pb2_grpc
+from smartspec_target.draft_client import RemoteProposer
+from smartspec_target.engine_loop import EngineLoop
+from smartspec_target.grpc_api import SERVICE_NAME, TargetServicer
+from smartspec_target.http_api import ApiContext, build_app
+from smartspec_target.settings import TargetSettings
+
+log = logging.getLogger(__name__)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: SIGTERM means drain first, which the service runs."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class TargetService:
+    settings: TargetSettings
+    ctx: ApiContext
+    engine: EngineLoop
+    draft: RemoteProposer | None
+    grpc: RunningServer
+    http: _HttpServer
+    http_task: asyncio.Task[None]
+    http_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
+
+    async def drain_and_stop(self, timeout_s: float | None = None) -> None:
+        """Stop admitting, let running requests finish, then shut every part down."""
+        await self.grpc.set_serving(False)
+        drained = await self.engine.drain(self.settings.drain_timeout_s if timeout_s is None else timeout_s)
+        if not drained:
+            log.warning("drain timed out with %d requests still running", self.engine.in_flight)
+        self.http.should_exit = True
+        await asyncio.gather(self.http_task, return_exceptions=True)
+        await self.grpc.stop(grace_s=1.0)
+        if self.draft is not None:
+            await self.draft.close()
+        self.engine.stop()
+        self.ctx.metrics.shutdown()
+
+
+def load_cost_model(value: str) -> CostModel:
+    if Path(value).is_file():
+        return CostModel.from_dict(json.loads(Path(value).read_text()))
+    return resolve(value)
+
+
+async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = None) -> TargetService:
+    """Start everything on the running loop; returns once both front ends accept connections."""
+    loop = asyncio.get_running_loop()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
+    model = model if model is not None else load_model(settings.model, settings.dtype)
+    name = settings.served_model_name or Path(settings.model).name
+    metrics = TargetMetrics(service=f"smartspec-target/{name}")
+    runner = ModelRunner(model, num_slots=settings.max_batch_size, max_len=settings.max_len)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    draft = None
+    if settings.draft_address:
+        draft = RemoteProposer(settings.draft_address, loop, target_vocab=runner.vocab_size, fingerprint=fingerprint,
+                               deadline_s=settings.draft_deadline_s, metrics=metrics,
+                               backoff_s=(min(0.1, settings.draft_backoff_max_s), settings.draft_backoff_max_s))
+        await draft.start()
+        if not await draft.wait_connected(settings.draft_connect_timeout_s):
+            log.warning("no draft at %s yet; serving at k = 0 until it connects", settings.draft_address)
+    engine = SpecEngine(runner, draft, eos_token_ids=eos_ids(tokenizer, model), max_k=settings.max_k,
+                        limits=AdmissionLimits(max_prefill_tokens=settings.max_prefill_tokens))
+    mode = settings.policy if draft is not None else "off"
+    config = PolicyConfig(mode=mode, max_k=settings.max_k, fixed_k=min(settings.fixed_k, settings.max_k),
+                          hysteresis=settings.hysteresis)
+    try:
+        cost = load_cost_model(settings.cost_model)
+    except ValueError as exc:
+        raise InvalidRequest(f"cost_model: {exc}", param="cost_model") from None
+    scheduler = Scheduler(engine, SpeculationPolicy(config, cost))
+    engine_loop = EngineLoop(scheduler, metrics, loop)
+    engine_loop.start()
+    ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics)
+    info = common_pb2.ModelInfo(model_id=name, vocab_size=runner.vocab_size, tokenizer_fingerprint=fingerprint,
+                                dtype=settings.dtype, device_type=runner.device.type,
+                                max_num_speculative_tokens=settings.max_k, method="target")
+    grpc_server = await start_server(
+        [(target_pb2_grpc.add_TargetServiceServicer_to_server, TargetServicer(ctx, info), SERVICE_NAME)],
+        settings.host, settings.grpc_port)
+    http = _HttpServer(uvicorn.Config(build_app(ctx), host=settings.host, port=settings.http_port,
+                                      log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
+    http_task = asyncio.create_task(http.serve())
+    while not http.started:
+        if http_task.done():
+            http_task.result()  # surfaces a bind error
+        await asyncio.sleep(0.01)
+    port = int(http.servers[0].sockets[0].getsockname()[1])
+    log.info("target %s: HTTP on %s:%d, gRPC on %s:%d", name, settings.host, port, settings.host, grpc_server.port)
+    return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port)
+
+
+async def serve(settings: TargetSettings) -> None:
+    """Run until SIGINT/SIGTERM, then drain: finish running requests, refuse new ones, exit."""
+    svc = await start(settings)
+    print(f"smartspec target listening: HTTP {svc.base_url}  gRPC {settings.host}:{svc.grpc.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await svc.drain_and_stop()

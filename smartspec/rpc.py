@@ -1,0 +1,76 @@
+"""gRPC plumbing shared by the services: an aio server with health and reflection, and wire <-> engine types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from smartspec.engine.sampling import SamplingParams
+from smartspec.v1 import common_pb2
+
+# Draft proposals for a batch of 32 at k = 8 with top-64 q are ~100 KB; leave ample room.
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health aio HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]], host: str, port: int
+) -> RunningServer:
+    """Start an aio server with `services` ((add_fn, servicer, full name)), grpc.health.v1 and reflection."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    for add, servicer, _ in services:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [name for _, _, name in services]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, bound, health_servicer)
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
+
+def sampling_to_wire(p: SamplingParams) -> common_pb2.SamplingParams:
+    msg = common_pb2.SamplingParams(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+    if p.seed is not None:
+        msg.seed = p.seed
+    return msg
+
+
+def sampling_from_wire(msg: common_pb2.SamplingParams, **extra: Any) -> SamplingParams:
+    """Engine SamplingParams from the wire (top_p 0 means unset, i.e. 1)."""
+    return SamplingParams(
+        temperature=float(msg.temperature),
+        top_p=float(msg.top_p) if msg.top_p > 0 else 1.0,
+        top_k=int(msg.top_k),
+        seed=int(msg.seed) if msg.HasField("seed") else None,
+        **extra,
+    )

@@ -1,0 +1,1 @@
+"""Telemetry: the services' metrics as OpenTelemetry instruments, also served as Prometheus text."""

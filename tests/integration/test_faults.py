@@ -1,0 +1,126 @@
+"""A draft that dies, stalls or restarts never changes a target's output; speculation comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from smartspec.telemetry.metrics import counter_value
+from tests.conftest import hf_greedy
+from tests.integration.conftest import DraftProcess, LoopThread
+from tests.integration.services import Stack, start_stack
+
+PROMPTS = ["def fib(n):", "import numpy as np\n", "SELECT name FROM", "The quick brown fox"]
+TOKENS = 240
+
+
+class Streams:
+    """Streaming completions on threads; `started` is set once every stream has a first chunk."""
+
+    def __init__(self, url: str, prompts: list[str]) -> None:
+        self.texts: list[str] = [""] * len(prompts)
+        self.usage: list[dict[str, Any]] = [{}] * len(prompts)
+        self.errors: list[BaseException] = []
+        self._first = [threading.Event() for _ in prompts]
+        self.threads = [threading.Thread(target=self._run, args=(url, i, p)) for i, p in enumerate(prompts)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, url: str, i: int, prompt: str) -> None:
+        body = {"model": "target", "prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"]:
+                        self.texts[i] += chunk["choices"][0]["text"]
+                        self._first[i].set()
+                    if chunk.get("usage"):
+                        self.usage[i] = chunk["usage"]
+        except BaseException as exc:  # surfaced by join()
+            self.errors.append(exc)
+            self._first[i].set()
+
+    def wait_started(self) -> None:
+        for e in self._first:
+            assert e.wait(60)
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(120)
+        assert not self.errors, self.errors
+
+
+def expected(models: dict[str, Any]) -> list[str]:
+    pair = models["pair"]
+    return [pair.tokenizer.decode(hf_greedy(pair.target, pair.tokenizer(p).input_ids, TOKENS),
+                                  skip_special_tokens=True) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def references(tiny_svc_models: dict[str, Any]) -> list[str]:
+    return expected(tiny_svc_models)
+
+
+def stack_for(loop: LoopThread, models: dict[str, Any], draft: DraftProcess, **kw: Any) -> Stack:
+    return start_stack(loop, models, draft=f"127.0.0.1:{draft.port}", policy="fixed", fixed_k=3, max_len=1024,
+                       draft_backoff_max_s=0.3, **kw)
+
+
+def fallbacks(stack: Stack, cause: str) -> float:
+    return counter_value(httpx.get(f"{stack.url}/metrics").text, "smartspec_draft_fallback_total", {"cause": cause})
+
+
+def drafted(stack: Stack) -> float:
+    r = httpx.post(f"{stack.url}/v1/completions", json={"model": "target", "prompt": "x = 1", "max_tokens": 12,
+                                                         "temperature": 0, "ignore_eos": True}, timeout=60)
+    return float(r.json()["usage"]["speculation"]["draft_tokens"])
+
+
+def test_killing_the_draft_mid_generation(loop_thread: LoopThread, tiny_svc_models: dict[str, Any],
+                                          draft_process: DraftProcess, references: list[str]) -> None:
+    stack = stack_for(loop_thread, tiny_svc_models, draft_process)
+    try:
+        streams = Streams(stack.url, PROMPTS)
+        streams.wait_started()
+        draft_process.kill()
+        streams.join()
+        assert streams.texts == references  # every request completed, output unchanged
+        assert fallbacks(stack, "disconnected") + fallbacks(stack, "error") > 0
+        assert drafted(stack) == 0  # no draft: k = 0
+        draft_process.start()  # same port: the target reconnects and speculates again
+        deadline = time.monotonic() + 30
+        while not stack.target.draft.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert drafted(stack) > 0
+    finally:
+        stack.stop()
+
+
+def test_a_stalled_draft_misses_the_deadline(loop_thread: LoopThread, tiny_svc_models: dict[str, Any],
+                                             draft_process: DraftProcess, references: list[str]) -> None:
+    stack = stack_for(loop_thread, tiny_svc_models, draft_process, draft_deadline_s=0.3)
+    try:
+        streams = Streams(stack.url, PROMPTS)
+        streams.wait_started()
+        assert draft_process.proc is not None
+        os.kill(draft_process.proc.pid, signal.SIGSTOP)
+        time.sleep(1.2)
+        os.kill(draft_process.proc.pid, signal.SIGCONT)
+        streams.join()
+        assert streams.texts == references
+        assert fallbacks(stack, "deadline") > 0
+        assert drafted(stack) > 0  # the same stream carries on once the draft answers again
+    finally:
+        stack.stop()
