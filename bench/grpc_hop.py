@@ -147,17 +147,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-hop", action="store_true")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--prompts", type=int, default=3)
     args = ap.parse_args()
     quiet()
-    body = ["## Draft hop on loopback (tiny models; round trip minus draft compute)\n", *hop_costs(args.calls)]
+    if not args.skip_hop:
+        body = ["Tiny models; round trip minus the draft's own compute, median and 99th percentile.\n",
+                *hop_costs(args.calls)]
+        print(f"written to {write_report('grpc-hop', 'Draft gRPC hop on loopback', chr(10).join(body))}")
     if not args.skip_e2e:
         rows = end_to_end(args.k, args.tokens, args.prompts)
         print("\n".join(rows), flush=True)
-        body += ["", f"## Batch 1, real pair, bf16: {args.prompts} prompts x up to {args.tokens} tokens\n", *rows]
-    print(f"written to {write_report('grpc-hop', 'Draft gRPC hop and the local stack', chr(10).join(body))}")
+        body = [f"Real pair, bf16, batch 1: {args.prompts} prompts x up to {args.tokens} tokens.\n", *rows]
+        print(f"written to {write_report('stack-e2e', 'smartspec up vs the in-process engine', chr(10).join(body))}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the target first so running requests drain.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import socket
@@ -61,7 +62,12 @@ class Stack:
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         # Own process group: the terminal's Ctrl-C reaches only us, and we stop the parts in order.
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        # Draft and target share the machine's cores and take turns every step; OpenMP threads that
+        # spin while their process waits would steal the other's cores (measured: 0.89x -> 0.98x of
+        # the in-process engine on 2 cores), so idle threads sleep unless the user said otherwise.
+        env = {**os.environ}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         self.procs.append((name, proc))
         return proc
 

@@ -124,3 +124,57 @@ def test_a_stalled_draft_misses_the_deadline(loop_thread: LoopThread, tiny_svc_m
         assert drafted(stack) > 0  # the same stream carries on once the draft answers again
     finally:
         stack.stop()
+
+
+class GarbageDraft:
+    """A draft service that answers with the wrong step id, too many tokens or ids outside the vocabulary."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+        self.n = 0
+
+    async def GetInfo(self, request: Any, context: Any) -> Any:
+        from smartspec.v1 import draft_pb2
+
+        return draft_pb2.DraftInfoResponse(model=self.info)
+
+    async def Session(self, request_iterator: Any, context: Any) -> Any:
+        from smartspec.v1 import draft_pb2
+
+        async for req in request_iterator:
+            self.n += 1
+            resp = draft_pb2.SessionResponse(step_id=req.step_id)
+            if req.WhichOneof("payload") == "propose":
+                mode = self.n % 3
+                if mode == 0:
+                    resp.step_id = req.step_id + 1000  # an answer to a question nobody asked
+                for p in req.propose.sequences:
+                    tokens = [1] * (p.num_speculative_tokens + 5) if mode == 1 else [10**6] * p.num_speculative_tokens
+                    resp.proposals.append(draft_pb2.DraftProposal(
+                        seq_id=p.seq_id, status=draft_pb2.SEQUENCE_STATUS_OK, draft_token_ids=tokens))
+            yield resp
+
+
+def test_a_draft_sending_garbage_only_costs_speculation(loop_thread: LoopThread, tiny_svc_models: dict[str, Any],
+                                                        references: list[str]) -> None:
+    from smartspec.models.loading import load_tokenizer, tokenizer_fingerprint
+    from smartspec.rpc import start_server
+    from smartspec.v1 import common_pb2, draft_pb2_grpc
+    from smartspec_draft.server import SERVICE_NAME
+
+    tok = load_tokenizer(tiny_svc_models["target"])
+    info = common_pb2.ModelInfo(model_id="garbage", vocab_size=len(tok), method="draftModel",
+                                tokenizer_fingerprint=tokenizer_fingerprint(tok), max_num_speculative_tokens=8)
+    garbage = loop_thread.run(start_server(
+        [(draft_pb2_grpc.add_DraftServiceServicer_to_server, GarbageDraft(info), SERVICE_NAME)], "127.0.0.1", 0))
+    stack = start_stack(loop_thread, tiny_svc_models, draft=f"127.0.0.1:{garbage.port}", policy="fixed", fixed_k=3,
+                        max_len=1024, draft_deadline_s=0.2)
+    try:
+        streams = Streams(stack.url, PROMPTS)
+        streams.join()
+        assert streams.texts == references
+        assert fallbacks(stack, "invalid") > 0 and fallbacks(stack, "deadline") > 0
+        assert all(u["speculation"]["accepted_tokens"] == 0 for u in streams.usage)
+    finally:
+        stack.stop()
+        loop_thread.run(garbage.stop())

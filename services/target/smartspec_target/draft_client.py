@@ -221,13 +221,14 @@ class RemoteProposer:
         rtt = time.perf_counter() - t0
         self.hops.append(HopSample(len(requests), rtt, resp.compute_ns / 1e9))
         self.metrics.draft_rpc.record(rtt)
-        return self._proposals(resp, {r.seq_id for r in requests})
+        return self._proposals(resp, {r.seq_id: r.k for r in requests})
 
-    def _proposals(self, resp: draft_pb2.SessionResponse, asked: set[int]) -> dict[int, Proposal]:
+    def _proposals(self, resp: draft_pb2.SessionResponse, asked: dict[int, int]) -> dict[int, Proposal]:
+        """Usable proposals; anything malformed counts as a failed draft step for that request."""
         out: dict[int, Proposal] = {}
         invalid = 0
         for p in resp.proposals:
-            if p.seq_id not in asked:
+            if p.seq_id not in asked or p.seq_id in out:
                 invalid += 1
                 continue
             if p.status != S.SEQUENCE_STATUS_OK:
@@ -235,6 +236,10 @@ class RemoteProposer:
                 continue
             tokens = list(p.draft_token_ids)
             if not tokens:
+                continue
+            if len(tokens) > asked[p.seq_id] or max(tokens) >= self.target_vocab:
+                invalid += 1  # more drafts than asked for, or ids the target cannot score
+                self._mirror.pop(p.seq_id, None)
                 continue
             q = self._dense(p.draft_dists, tokens)
             if p.draft_dists and q is None:
