@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,3 +76,12 @@ def sampling_from_wire(msg: common_pb2.SamplingParams, **extra: Any) -> Sampling
         seed=int(msg.seed) if msg.HasField("seed") else None,
         **extra,
     )
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM (a service's cue to drain and stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -8,10 +8,9 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from smartspec.engine.builder import NGRAM, EngineSpec, build_engine
+from smartspec.engine.builder import NGRAM, EngineSpec, build_engine, load_cost_model
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RefitConfig, Scheduler
 from smartspec.engine.sequence import Sequence
@@ -19,7 +18,6 @@ from smartspec.engine.sinks import JsonlSink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
 from smartspec.models.loading import DTYPES, load_tokenizer
-from smartspec.policy.cost_model import CostModel, resolve
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
 
@@ -136,19 +134,6 @@ def run(args: argparse.Namespace) -> int:
             _print_human(i, record)
     _print_summary(args.policy, seqs, wall, scheduler)
     return 0
-
-
-def load_cost_model(value: str) -> CostModel:
-    """A preset name, 'default', or a JSON file of static coefficients."""
-    if value.endswith(".json") or Path(value).is_file():
-        try:
-            return CostModel.from_dict(json.loads(Path(value).read_text()))
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot use cost model file {value}: {exc}", param="cost_model") from None
-    try:
-        return resolve(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="cost_model") from None
 
 
 def _print_summary(policy: str, seqs: list[Sequence], wall: float, scheduler: Scheduler) -> None:

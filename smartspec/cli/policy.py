@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from smartspec.cli.generate import load_cost_model
+from smartspec.engine.builder import load_cost_model
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepSample, fit_cost_model
 from smartspec.policy.selection import goodput, select_goodput

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
 from smartspec.engine.runner import ModelRunner
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
-from smartspec.rpc import RunningServer, start_server
+from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from smartspec_draft.session import DraftCore, StreamSession
 from smartspec_draft.settings import DraftSettings
@@ -97,9 +96,5 @@ async def serve(settings: DraftSettings) -> None:
     """Run until SIGINT/SIGTERM; on either, stop taking streams and exit."""
     running, _ = await start(settings)
     print(f"smartspec draft service listening on {settings.host}:{running.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_signal()
     await running.stop()

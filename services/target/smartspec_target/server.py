@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +12,13 @@ from typing import Any
 
 import uvicorn
 
-from smartspec.engine.builder import eos_ids
+from smartspec.engine.builder import eos_ids, load_cost_model
 from smartspec.engine.engine import AdmissionLimits, SpecEngine
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.scheduler import Scheduler
-from smartspec.errors import InvalidRequest
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
-from smartspec.policy.cost_model import CostModel, resolve
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
-from smartspec.rpc import RunningServer, start_server
+from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.v1 import common_pb2, target_pb2_grpc
 from smartspec_target.draft_client import RemoteProposer
@@ -72,12 +68,6 @@ class TargetService:
         self.ctx.metrics.shutdown()
 
 
-def load_cost_model(value: str) -> CostModel:
-    if Path(value).is_file():
-        return CostModel.from_dict(json.loads(Path(value).read_text()))
-    return resolve(value)
-
-
 async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = None) -> TargetService:
     """Start everything on the running loop; returns once both front ends accept connections."""
     loop = asyncio.get_running_loop()
@@ -100,10 +90,7 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     mode = settings.policy if draft is not None else "off"
     config = PolicyConfig(mode=mode, max_k=settings.max_k, fixed_k=min(settings.fixed_k, settings.max_k),
                           hysteresis=settings.hysteresis)
-    try:
-        cost = load_cost_model(settings.cost_model)
-    except ValueError as exc:
-        raise InvalidRequest(f"cost_model: {exc}", param="cost_model") from None
+    cost = load_cost_model(settings.cost_model)
     scheduler = Scheduler(engine, SpeculationPolicy(config, cost))
     engine_loop = EngineLoop(scheduler, metrics, loop)
     engine_loop.start()
@@ -130,10 +117,6 @@ async def serve(settings: TargetSettings) -> None:
     """Run until SIGINT/SIGTERM, then drain: finish running requests, refuse new ones, exit."""
     svc = await start(settings)
     print(f"smartspec target listening: HTTP {svc.base_url}  gRPC {settings.host}:{svc.grpc.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_signal()
     log.info("signal received: draining")
     await svc.drain_and_stop()
