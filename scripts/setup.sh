@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-# Debian packages: redis-server for `smartspec up` (and the telemetry tests to come).
-APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev redis-server"}
+# Debian packages: redis-server (`smartspec up`, telemetry) and prometheus (the scrape tests).
+APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev redis-server prometheus"}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from smartspec.engine.builder import NGRAM, EngineSpec, build_engine, load_cost_model
+from smartspec.engine.builder import NGRAM, EngineSpec, build_engine
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RefitConfig, Scheduler
 from smartspec.engine.sequence import Sequence
@@ -18,6 +18,7 @@ from smartspec.engine.sinks import JsonlSink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
 from smartspec.models.loading import DTYPES, load_tokenizer
+from smartspec.policy.cost_model import load_cost_model
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from smartspec.engine.builder import load_cost_model
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import CostModel, StepSample, fit_cost_model
+from smartspec.policy.cost_model import CostModel, StepSample, fit_cost_model, load_cost_model
 from smartspec.policy.selection import goodput, select_goodput
 
 
@@ -34,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the cost model used (e.g. the --fit result) for `generate --cost-model FILE.json`")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=explain)
+    s = verbs.add_parser("show", help="the policy in force (published by the controller) and its age")
+    s.add_argument("--service", default=None, help="service name (default: the one `smartspec up` started)")
+    s.add_argument("--redis-url", default=None, help="redis://host:port (default: the one `smartspec up` started)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=show)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -113,3 +117,9 @@ def explain(args: argparse.Namespace) -> int:
             line += "".join(f" {g:.0f} |" for g in r["goodput_per_k"])
         print(line)
     return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from smartspec.cli.policy_show import show_policy
+
+    return show_policy(args.service, args.redis_url, args.json)

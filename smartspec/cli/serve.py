@@ -39,7 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-len", type=int)
     t.add_argument("--draft-deadline-s", type=float)
     t.add_argument("--cost-model")
+    t.add_argument("--service", help="service name in the Redis keys")
+    t.add_argument("--replica", help="this replica's name in step records")
+    t.add_argument("--redis-url", help="redis://host:port for step records and the controller's policy")
+    t.add_argument("--otlp-endpoint", help="host:port of an OTLP gRPC receiver (e.g. the controller)")
+    t.add_argument("--otlp-interval-s", type=float)
     t.set_defaults(func=_serve_target)
+    c = sub.add_parser("controller", help="run the goodput controller (env SMARTSPEC_CONTROLLER_*)")
+    c.add_argument("--service")
+    c.add_argument("--redis-url")
+    c.add_argument("--host")
+    c.add_argument("--http-port", type=int)
+    c.add_argument("--otlp-port", type=int)
+    c.add_argument("--interval-s", type=float)
+    c.add_argument("--cost-model")
+    c.set_defaults(func=_serve_controller)
 
 
 def _settings(cls: Any, args: argparse.Namespace, skip: tuple[str, ...] = ("command", "func")) -> Any:
@@ -71,6 +85,16 @@ def _serve_target(args: argparse.Namespace) -> int:
     from smartspec_target.settings import TargetSettings
 
     settings = _settings(TargetSettings, args)
+    _logging()
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _serve_controller(args: argparse.Namespace) -> int:
+    from smartspec_controller.server import serve
+    from smartspec_controller.settings import ControllerSettings
+
+    settings = _settings(ControllerSettings, args)
     _logging()
     asyncio.run(serve(settings))
     return 0

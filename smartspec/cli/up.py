@@ -1,4 +1,4 @@
-"""`smartspec up`: the local stack — redis-server, the draft service and the target service — on loopback.
+"""`smartspec up`: the local stack — redis-server, controller, draft and target services — on loopback.
 
 Each part runs as its own process (as it would in its own pod); Ctrl-C or SIGTERM stops them all,
 the target first so running requests drain.
@@ -19,11 +19,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smartspec.cli import stackfile
 from smartspec.errors import InvalidRequest, ResourceShortage
+from smartspec.telemetry.keys import check_service
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    u = sub.add_parser("up", help="run redis + draft + target locally; prints the OpenAI base URL")
+    u = sub.add_parser("up", help="run redis + controller + draft + target locally; prints the OpenAI base URL")
     u.add_argument("--models", choices=["real", "tiny"], default="real",
                    help="real: the fetched Qwen2.5-Coder pair; tiny: seeded random models (a quick look)")
     u.add_argument("--port", type=int, default=8000, help="HTTP port of the OpenAI-compatible API")
@@ -32,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--fixed-k", type=int, default=3, help="k for --policy fixed")
     u.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     u.add_argument("--max-batch-size", type=int, default=32)
+    u.add_argument("--service", default="smartspec", help="service name in the Redis keys")
+    u.add_argument("--no-controller", action="store_true", help="targets keep their local default policy")
     u.add_argument("--ready-timeout-s", type=float, default=300.0)
     u.set_defaults(func=run)
 
@@ -72,7 +76,7 @@ class Stack:
         return proc
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):  # target first (drains), then draft, then redis
+        for _, proc in reversed(self.procs):  # target first (drains), then draft, controller, redis
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -123,6 +127,10 @@ def _wait_http(url: str, stack: Stack, timeout_s: float) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise InvalidRequest(f"--port must be in 1..65535, got {args.port}", param="port")
+    try:
+        check_service(args.service)
+    except ValueError as exc:
+        raise InvalidRequest(f"--service: {exc}", param="service") from None
     stack = Stack()
     py = [sys.executable, "-m", "smartspec.cli.main"]
     stopping = False
@@ -136,14 +144,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         target, draft = _models(args, stack)
         redis = redis_binary()
+        redis_url = None
+        control: list[str] = []
+        info: dict[str, object] = {"service": args.service}
         if redis:
             rport = free_port()
             stack.start("redis-server", [redis, "--bind", "127.0.0.1", "--port", str(rport), "--save", "",
                                          "--appendonly", "no", "--loglevel", "warning"])
-            print(f"redis: redis://127.0.0.1:{rport}", flush=True)
+            redis_url = f"redis://127.0.0.1:{rport}"
+            print(f"redis: {redis_url}", flush=True)
+            control = ["--redis-url", redis_url, "--service", args.service]
+            info["redis_url"] = redis_url
         else:
-            print("redis: no redis-server found (install Debian's redis-server); continuing without it",
+            print("redis: no redis-server found (install Debian's redis-server); no controller, local policy only",
                   file=sys.stderr, flush=True)
+        if redis_url and not args.no_controller:
+            cport, oport = free_port(), free_port()
+            stack.start("controller", [*py, "controller", *control, "--http-port", str(cport),
+                                       "--otlp-port", str(oport)])
+            control += ["--otlp-endpoint", f"127.0.0.1:{oport}"]
+            info["controller_url"] = f"http://127.0.0.1:{cport}"
+            print(f"controller: {info['controller_url']} (OTLP 127.0.0.1:{oport})", flush=True)
         dport = free_port()
         draft_cmd = [*py, "serve-draft", "--port", str(dport), "--dtype", args.dtype,
                      "--max-sequences", str(args.max_batch_size)]
@@ -155,9 +176,10 @@ def run(args: argparse.Namespace) -> int:
         stack.start("target", [*py, "serve-target", "--model", target, "--draft-address", f"127.0.0.1:{dport}",
                                "--http-port", str(args.port), "--grpc-port", str(free_port()), "--dtype", args.dtype,
                                "--policy", args.policy, "--fixed-k", str(args.fixed_k),
-                               "--max-batch-size", str(args.max_batch_size)])
+                               "--max-batch-size", str(args.max_batch_size), *control])
         base = f"http://127.0.0.1:{args.port}"
         _wait_http(f"{base}/health", stack, args.ready_timeout_s)
+        stackfile.write({**info, "target_url": base})
         print(f"smartspec is up: OpenAI base URL {base}/v1 (model {Path(target).name}); Ctrl-C stops it", flush=True)
         while not stopping:
             problem = stack.dead()
@@ -167,4 +189,5 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0
     finally:
+        stackfile.remove()
         stack.stop()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from smartspec.engine.engine import SpecEngine
@@ -12,9 +10,7 @@ from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
 from smartspec.engine.runner import ModelRunner
-from smartspec.errors import InvalidRequest
 from smartspec.models.loading import check_pair, load_model, load_tokenizer
-from smartspec.policy.cost_model import CostModel, resolve
 
 NGRAM = "ngram"
 
@@ -63,16 +59,3 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
         proposer = DraftModelProposer(draft_runner, runner.vocab_size)
     engine = SpecEngine(runner, proposer, eos_token_ids=eos_ids(tokenizer, target), max_k=spec.max_k)
     return engine, tokenizer
-
-
-def load_cost_model(value: str) -> CostModel:
-    """A preset name, 'default', or a JSON file of static coefficients."""
-    if value.endswith(".json") or Path(value).is_file():
-        try:
-            return CostModel.from_dict(json.loads(Path(value).read_text()))
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot use cost model file {value}: {exc}", param="cost_model") from None
-    try:
-        return resolve(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="cost_model") from None

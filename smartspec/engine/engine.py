@@ -54,6 +54,9 @@ class StepStats:
     draft_catchup_tokens: int = 0  # context the proposer ingested beyond 2 tokens per request (a prompt, a k=0 stretch)
     policy_version: int = 0  # set by the scheduler
     decision_s: float = 0.0  # part of overhead_s: time the k decision took
+    # Set by the scheduler: per workload class, [tested, accepted] counts per draft position
+    # (tested = reached, i.e. every earlier draft passed), for the controller's acceptance priors.
+    acceptance_by_class: dict[str, list[list[int]]] = field(default_factory=dict)
 
     @property
     def step_s(self) -> float:
@@ -279,6 +282,7 @@ class SpecEngine:
             self.waiting.popleft()
             self.runner.add(seq.seq_id)
             self.running.append(seq.seq_id)
+            seq.stats.admitted_s = time.perf_counter()
             admitted.append(seq)
             tokens += seq.prompt_len
         return admitted

@@ -23,7 +23,7 @@ from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
-from smartspec.policy.cost_model import CostModel, StepSample, StepShape, fit_cost_model, relative_error
+from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model, plausible, relative_error
 from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,6 @@ class RefitConfig:
     min_r2: float | None = None
 
 
-def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
-    """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
-    uniform k at the batch sizes and contexts seen: where the policy will ask."""
-    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
-    probe = {seen[0], seen[len(seen) // 2], seen[-1]}
-    for batch, ctx in probe:
-        for k in range(max_k + 1):
-            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
-            total = sum(parts)
-            if total <= 0 or min(parts) < -0.05 * total:
-                return False
-    return True
-
-
 def sample_of(stats: StepStats) -> StepSample:
     shape = StepShape(stats.batch_size, stats.context_tokens, max(stats.ks, default=0), sum(stats.ks),
                       stats.prefill_tokens, stats.draft_catchup_tokens)
@@ -93,6 +79,7 @@ class Scheduler:
         self._last_fit_step: int | None = None
         self.sink_errors = 0
         self.fits: list[float] = []  # R² of every adopted fit
+        self.allow_request_override = True  # a policy may forbid requests' own speculation settings
 
     # -- requests ------------------------------------------------------------------------
     def submit(self, seq_id: int, prompt_ids: list[int], params: SamplingParams,
@@ -126,6 +113,7 @@ class Scheduler:
         stats.decision_s = self._last.decision_s if self._last else 0.0
         ids = [sid for sid, (k, _) in out.verdicts.items() if k > 0]
         self.policy.acceptance.observe(ids, [out.verdicts[i][0] for i in ids], [out.verdicts[i][1] for i in ids])
+        stats.acceptance_by_class = self._acceptance_by_class(ids, out.verdicts)
         for sid in out.finished:
             self._forget(sid)
         for sink in self.sinks:
@@ -149,6 +137,8 @@ class Scheduler:
         batch = []
         for seq in running:
             spec = self._specs.get(seq.seq_id, RequestSpec())
+            if not self.allow_request_override:
+                spec = RequestSpec(klass=spec.klass)
             cap = 0 if spec.mode == "off" else min(self.policy.config.max_k, seq.remaining - 1)
             if spec.max_k is not None:
                 cap = min(cap, spec.max_k)
@@ -156,6 +146,22 @@ class Scheduler:
         decision = self.policy.choose(batch, prefill_tokens=sum(s.prompt_len for s in prefill))
         self._last = decision
         return decision.ks
+
+    def _acceptance_by_class(self, ids: list[int], verdicts: dict[int, tuple[int, int]]) -> dict[str, list[list[int]]]:
+        """[tested, accepted] per draft position and class; a position counts as tested when every
+        earlier draft passed (the estimator's truncation rule), so the controller pools unbiasedly."""
+        out: dict[str, list[list[int]]] = {}
+        for sid in ids:
+            k, a = verdicts[sid]
+            klass = self._specs.get(sid, RequestSpec()).klass
+            tested, accepted = out.setdefault(klass, [[], []])
+            for pos in range(min(k, a + 1)):
+                if pos == len(tested):
+                    tested.append(0)
+                    accepted.append(0)
+                tested[pos] += 1
+                accepted[pos] += int(pos < a)
+        return out
 
     def _refit(self) -> None:
         self._last_fit_step = self.steps

@@ -27,6 +27,7 @@ class SeqStats:
     num_accepted_tokens: int = 0
     k_history: list[int] = field(default_factory=list)  # k verified in each step after the prefill
     arrival_s: float = field(default_factory=time.perf_counter)
+    admitted_s: float | None = None  # prefill started (left the waiting queue)
     first_token_s: float | None = None
     finish_s: float | None = None
 

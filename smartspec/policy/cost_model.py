@@ -18,8 +18,10 @@ when speculating (how the published n-gram presets model draft and overhead).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,6 +188,21 @@ def default_cost_model() -> CostModel:
     )
 
 
+def load_cost_model(value: str) -> CostModel:
+    """A preset name, 'default', or a JSON file of static coefficients."""
+    from smartspec.errors import InvalidRequest
+
+    if value.endswith(".json") or Path(value).is_file():
+        try:
+            return CostModel.from_dict(json.loads(Path(value).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot use cost model file {value}: {exc}", param="cost_model") from None
+    try:
+        return resolve(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="cost_model") from None
+
+
 def resolve(name_or_model: str | CostModel) -> CostModel:
     if isinstance(name_or_model, CostModel):
         return name_or_model
@@ -219,9 +236,12 @@ class StepSample:
     def from_record(cls, rec: Mapping[str, Any]) -> StepSample:
         """From a step record (the engine's StepStats as a dict, e.g. one line of a steps.jsonl)."""
         ks = [int(k) for k in rec.get("ks", [])]
+        # A JSON-lines record lists every k; a Redis step record carries only max k and Σk.
+        max_k = int(rec["max_k"]) if "max_k" in rec else max(ks, default=0)
+        draft_tokens = int(rec["sum_k"]) if "sum_k" in rec else sum(ks)
         shape = StepShape(
             batch=int(rec["batch_size"]), context_tokens=int(rec.get("context_tokens", 0)),
-            max_k=max(ks, default=0), draft_tokens=sum(ks), prefill_tokens=int(rec.get("prefill_tokens", 0)),
+            max_k=max_k, draft_tokens=draft_tokens, prefill_tokens=int(rec.get("prefill_tokens", 0)),
             draft_catchup_tokens=int(rec.get("draft_catchup_tokens", 0)),
         )
         return cls(shape, float(rec["draft_s"]), float(rec["verify_s"]), float(rec["overhead_s"]))
@@ -295,3 +315,17 @@ def fit_cost_model(
     predicted = np.array([model.step_time(s.shape) for s in samples])
     actual = np.array([s.total_s for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+
+
+def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
+    """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
+    uniform k at the batch sizes and contexts seen: where the policy will ask."""
+    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
+    probe = {seen[0], seen[len(seen) // 2], seen[-1]}
+    for batch, ctx in probe:
+        for k in range(max_k + 1):
+            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
+            total = sum(parts)
+            if total <= 0 or min(parts) < -0.05 * total:
+                return False
+    return True

@@ -29,11 +29,14 @@ class TargetMetrics:
 
     service: str = "smartspec"
     extra_readers: list[MetricReader] = field(default_factory=list)  # e.g. an OTLP exporter
+    instance: str = ""  # the replica (OTLP resource only: Prometheus gets it from the scrape target)
+    model: str = ""
 
     def __post_init__(self) -> None:
         self.registry = CollectorRegistry()
         reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
-        resource = Resource.create({"service.name": self.service})
+        resource = Resource.create({"service.name": self.service, "service.instance.id": self.instance,
+                                    "smartspec.model": self.model})
         self.provider = MeterProvider(metric_readers=[reader, *self.extra_readers], resource=resource)
         m = self.provider.get_meter("smartspec.target")
         self.num_drafts = m.create_counter("smartspec_spec_decode_num_drafts", unit="1",
@@ -67,6 +70,18 @@ class TargetMetrics:
                                             explicit_bucket_boundaries_advisory=list(STEP_BUCKETS))
         self.draft_fallback = m.create_counter("smartspec_draft_fallback", unit="1",
                                                description="Steps a request ran at k = 0 because the draft failed")
+        # Control plane: the policy in force and telemetry delivery.
+        self.policy_version = m.create_gauge("smartspec_policy_version", unit="1",
+                                             description="Version of the controller policy in force (0: local default)")
+        self.policy_fallback = m.create_counter("smartspec_policy_fallback", unit="1",
+                                                description="Times the target fell back to its local default policy")
+        self.policy_rejected = m.create_counter("smartspec_policy_rejected", unit="1",
+                                                description="Published policies not applied (invalid, stale, expired)")
+        self.records_written = m.create_counter("smartspec_telemetry_records_written", unit="1",
+                                                description="Step records written to Redis")
+        self.records_dropped = m.create_counter("smartspec_telemetry_records_dropped", unit="1",
+                                                description="Step records dropped because Redis was slow or down")
+        self.policy_version.set(0)
         self._running = 0
         self._waiting = 0
 

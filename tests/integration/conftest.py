@@ -95,3 +95,23 @@ def draft_process(tiny_svc_models: dict[str, Any]) -> Iterator[DraftProcess]:
 
 def tiny_paths(models: dict[str, Any]) -> tuple[Path, Path]:
     return Path(models["target"]), Path(models["draft"])
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One real redis-server per test session; each test starts from an empty database."""
+    from tests.integration.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server: Any) -> Any:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()  # a fault test may have stopped it
+    client = redis_server.client()
+    client.flushall()
+    yield redis_server
+    client.close()

@@ -18,11 +18,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence
 from smartspec.errors import SmartspecError
+from smartspec.policy.document import PolicyDocument
 from smartspec.telemetry.metrics import TargetMetrics
+from smartspec.telemetry.otel import record_request_span
+from smartspec_target.policy_sync import PolicySwitch
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +75,14 @@ class RequestHandle:
 
 
 class EngineLoop:
-    def __init__(self, scheduler: Scheduler, metrics: TargetMetrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, scheduler: Scheduler, metrics: TargetMetrics, loop: asyncio.AbstractEventLoop,
+                 switch: PolicySwitch | None = None, tracer: Tracer | None = None, model_name: str = "") -> None:
         self.scheduler = scheduler
         self.metrics = metrics
         self.loop = loop
+        self.switch = switch
+        self.tracer = tracer
+        self.model_name = model_name
         self.draining = False
         self.failed: str | None = None
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -114,6 +123,10 @@ class EngineLoop:
     def cancel(self, seq_id: int) -> None:
         self._commands.put(("cancel", seq_id))
 
+    def set_policy(self, doc: PolicyDocument | None, reason: str = "") -> None:
+        """Swap the policy in force (None: the local default) before the next step."""
+        self._commands.put(("policy", (doc, reason)))
+
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Stop admitting; wait until every running request has finished (or the timeout)."""
         self.draining = True
@@ -150,6 +163,9 @@ class EngineLoop:
             done.set_result(None)
         elif kind == "wake":
             return
+        elif kind == "policy":
+            if self.switch is not None:
+                self.switch.apply(*arg)
         elif kind == "cancel":
             seq = self.scheduler.engine.seqs.get(arg)
             if seq is not None and not seq.finished:
@@ -192,6 +208,11 @@ class EngineLoop:
         if st.first_token_s is not None:
             self.metrics.ttft.record(st.first_token_s - st.arrival_s)
         self.metrics.e2e.record((st.finish_s or time.perf_counter()) - st.arrival_s)
+        if self.tracer is not None:
+            try:
+                record_request_span(self.tracer, seq, self.model_name)
+            except Exception:  # tracing must never fail a request
+                log.exception("request span not recorded")
         if handle is not None:
             self._push(handle, self._delta(seq, tokens, seq.finish_reason or "stop"))
 

@@ -12,20 +12,22 @@ from typing import Any
 
 import uvicorn
 
-from smartspec.engine.builder import eos_ids, load_cost_model
+from smartspec.engine.builder import eos_ids
 from smartspec.engine.engine import AdmissionLimits, SpecEngine
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.scheduler import Scheduler
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
+from smartspec.policy.cost_model import load_cost_model
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
-from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.v1 import common_pb2, target_pb2_grpc
 from smartspec_target.draft_client import RemoteProposer
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.grpc_api import SERVICE_NAME, TargetServicer
 from smartspec_target.http_api import ApiContext, build_app
+from smartspec_target.policy_sync import PolicySwitch
 from smartspec_target.settings import TargetSettings
+from smartspec_target.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class TargetService:
     http: _HttpServer
     http_task: asyncio.Task[None]
     http_port: int
+    telemetry: Telemetry
 
     @property
     def base_url(self) -> str:
@@ -65,6 +68,7 @@ class TargetService:
         if self.draft is not None:
             await self.draft.close()
         self.engine.stop()
+        await self.telemetry.close()
         self.ctx.metrics.shutdown()
 
 
@@ -74,7 +78,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
     model = model if model is not None else load_model(settings.model, settings.dtype)
     name = settings.served_model_name or Path(settings.model).name
-    metrics = TargetMetrics(service=f"smartspec-target/{name}")
+    telemetry = Telemetry(settings, name)
+    metrics = telemetry.metrics
     runner = ModelRunner(model, num_slots=settings.max_batch_size, max_len=settings.max_len)
     fingerprint = tokenizer_fingerprint(tokenizer)
     draft = None
@@ -91,9 +96,11 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     config = PolicyConfig(mode=mode, max_k=settings.max_k, fixed_k=min(settings.fixed_k, settings.max_k),
                           hysteresis=settings.hysteresis)
     cost = load_cost_model(settings.cost_model)
-    scheduler = Scheduler(engine, SpeculationPolicy(config, cost))
-    engine_loop = EngineLoop(scheduler, metrics, loop)
+    scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks)
+    switch = PolicySwitch(scheduler, metrics, can_speculate=draft is not None)
+    engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name)
     engine_loop.start()
+    telemetry.follow_policy(engine_loop.set_policy)
     ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics)
     info = common_pb2.ModelInfo(model_id=name, vocab_size=runner.vocab_size, tokenizer_fingerprint=fingerprint,
                                 dtype=settings.dtype, device_type=runner.device.type,
@@ -110,7 +117,7 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
         await asyncio.sleep(0.01)
     port = int(http.servers[0].sockets[0].getsockname()[1])
     log.info("target %s: HTTP on %s:%d, gRPC on %s:%d", name, settings.host, port, settings.host, grpc_server.port)
-    return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port)
+    return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port, telemetry)
 
 
 async def serve(settings: TargetSettings) -> None:

@@ -30,3 +30,12 @@ class TargetSettings(BaseSettings):
     hysteresis: float = Field(1.1, ge=1.0)
     cost_model: str = Field("default", description="default, a preset name, or a JSON coefficients file")
     drain_timeout_s: float = Field(600.0, ge=0, description="on SIGTERM, wait this long for running requests")
+    # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
+    service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
+    replica: str | None = Field(None, description="this replica's name in step records (default host:port)")
+    redis_url: str | None = Field(None, description="redis://host:port; step records out, policy in")
+    steps_stream_maxlen: int = Field(100_000, ge=100, description="cap (approximate) of the step-record stream")
+    telemetry_buffer: int = Field(10_000, ge=10, description="records held while Redis is slow or down")
+    policy_poll_s: float = Field(1.0, gt=0, description="also re-read the policy key this often (pub/sub is primary)")
+    otlp_endpoint: str | None = Field(None, description="host:port of an OTLP gRPC receiver for metrics and traces")
+    otlp_interval_s: float = Field(5.0, gt=0, description="OTLP metric export period")

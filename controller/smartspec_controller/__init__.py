@@ -1,0 +1,1 @@
+"""The goodput controller: step records and OTLP metrics in, a versioned speculation policy out."""

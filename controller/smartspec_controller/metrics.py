@@ -1,0 +1,44 @@
+"""The controller's own metrics (DESIGN §5 names), as OTel instruments served in Prometheus text."""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+
+class ControllerMetrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
+        self.provider = MeterProvider(metric_readers=[reader],
+                                      resource=Resource.create({"service.name": f"{service}-controller"}))
+        m = self.provider.get_meter("smartspec.controller")
+        self.goodput = m.create_gauge("smartspec_controller_goodput_tokens_per_second", unit="1",
+                                      description="Emitted tokens per engine-second, measured and predicted")
+        self.policy_version = m.create_gauge("smartspec_controller_policy_version", unit="1",
+                                             description="Version of the newest published policy")
+        self.r2 = m.create_gauge("smartspec_controller_cost_model_r2", unit="1",
+                                 description="R² of the cost model in force on held-out steps")
+        self.telemetry_age = m.create_gauge("smartspec_controller_telemetry_age_seconds", unit="s",
+                                            description="Seconds since the newest step record")
+        self.current_k = m.create_gauge("smartspec_controller_recommended_k", unit="1",
+                                        description="k the policy recommends at the current batch size")
+        self.batch_size = m.create_gauge("smartspec_controller_batch_size", unit="1",
+                                         description="Mean running requests per step, recent window")
+        self.records = m.create_counter("smartspec_controller_step_records", unit="1",
+                                        description="Step records consumed from Redis")
+        self.bad_records = m.create_counter("smartspec_controller_bad_records", unit="1",
+                                            description="Stream entries that were not valid step records")
+        self.fits = m.create_counter("smartspec_controller_cost_model_fits", unit="1",
+                                     description="Cost-model refits by outcome (adopted, rejected)")
+        self.otlp_points = m.create_counter("smartspec_controller_otlp_data_points", unit="1",
+                                            description="Metric data points received over OTLP")
+        self.telemetry_age.set(0.0)
+
+    def prometheus_text(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()

@@ -1,0 +1,370 @@
+"""The controller service: consume step records, receive OTLP metrics, decide every interval, publish.
+
+Loops (one asyncio task each): the consumer reads `smartspec:{service}:steps` through a consumer
+group (a restarted controller resumes where the group left off, pending entries first); the
+decider runs every `interval_s`: reads the operator's spec, refits the cost model, pools
+acceptance, predicts, and publishes a new policy version when the decision changed or the one in
+force is due for refresh. HTTP serves /metrics, /health, /policy and /status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError, ResponseError
+
+from smartspec.policy.cost_model import CostModel, load_cost_model
+from smartspec.policy.document import (
+    CurrentLoad,
+    GoodputReport,
+    PolicyDocument,
+    PolicySpec,
+    default_spec,
+    parse_document,
+    parse_spec,
+)
+from smartspec.rpc import RunningServer, start_server, wait_for_signal
+from smartspec.telemetry.keys import SCHEMA_VERSION, check_service, policy_key, policy_spec_key, status_key, steps_key
+from smartspec.telemetry.records import BadRecord, decode
+from smartspec_controller import decide
+from smartspec_controller.metrics import ControllerMetrics
+from smartspec_controller.otlp_receiver import LoadView, services
+from smartspec_controller.settings import ControllerSettings
+from smartspec_controller.window import TelemetryWindow, measured
+
+log = logging.getLogger(__name__)
+PRIOR_CHANGE = 0.05  # republish when a pooled acceptance rate moved by more than this
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.service = check_service(settings.service)
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.metrics = ControllerMetrics(self.service)
+        self.view = LoadView()
+        self.spec = default_spec()
+        self.spec_error: str | None = None
+        self.window = TelemetryWindow(max_k=16, fit_window=settings.fit_window,
+                                      acceptance_window=self.spec.acceptance.window)
+        self.online_model: CostModel = load_cost_model(settings.cost_model)
+        self.last_fit: decide.FitResult | None = None
+        self.doc: PolicyDocument | None = None
+        self.version = 0
+        self.status: dict[str, Any] = {}
+        self.redis_ok = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self.grpc: RunningServer | None = None
+        self.http: _HttpServer | None = None
+        self.http_port = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port)
+        self.http = _HttpServer(uvicorn.Config(self._app(), host=self.settings.host, port=self.settings.http_port,
+                                               log_level="warning", lifespan="off"))
+        self._tasks.append(asyncio.create_task(self.http.serve()))
+        while not self.http.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()
+            await asyncio.sleep(0.01)
+        self.http_port = int(self.http.servers[0].sockets[0].getsockname()[1])
+        self._tasks.append(asyncio.create_task(self._consume_loop(), name="consume"))
+        self._tasks.append(asyncio.create_task(self._decide_loop(), name="decide"))
+        log.info("controller for %s: HTTP %s:%d, OTLP gRPC %s:%d, Redis %s", self.service, self.settings.host,
+                 self.http_port, self.settings.host, self.grpc.port, self.settings.redis_url)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.should_exit = True
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.grpc is not None:
+            await self.grpc.stop(grace_s=0.5)
+        await self.redis.aclose()
+        self.metrics.shutdown()
+
+    @property
+    def otlp_port(self) -> int:
+        return self.grpc.port if self.grpc else 0
+
+    # -- consuming step records --------------------------------------------------------------------
+    async def _ensure_group(self) -> None:
+        try:  # from the start of the (capped) stream: a new controller learns from the history there
+            await self.redis.xgroup_create(steps_key(self.service), self.settings.consumer_group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _consume_loop(self) -> None:
+        key, group = steps_key(self.service), self.settings.consumer_group
+        consumer = self.settings.name
+        cursor = "0"  # this consumer's pending entries first (delivered before a crash, never acked)
+        backoff = 0.1
+        need_group = True
+        while True:
+            try:
+                if need_group:
+                    await self._ensure_group()
+                    need_group = False
+                block = None if cursor == "0" else 500
+                resp: Any = await self.redis.xreadgroup(group, consumer, {key: cursor}, count=500, block=block)
+                entries: list[Any] = resp[0][1] if resp else []
+                if cursor == "0" and not entries:
+                    cursor = ">"
+                    continue
+                ids: list[Any] = []
+                for entry_id, fields in entries:
+                    ids.append(entry_id)
+                    if fields:
+                        self._ingest(fields)
+                if ids:
+                    await self.redis.xack(key, group, *ids)
+                self._redis_up()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted empty, or the stream was deleted
+                    need_group, cursor = True, "0"
+                    continue
+                log.exception("controller: Redis refused a read")
+                await asyncio.sleep(1.0)
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+                need_group, cursor = True, "0"
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 2.0)
+
+    def _ingest(self, fields: dict[Any, Any]) -> None:
+        try:
+            rec = decode(fields)
+        except BadRecord as exc:
+            self.metrics.bad_records.add(1)
+            log.warning("controller: skipped a stream entry: %s", exc)
+            return
+        self.window.add(rec)
+        self.metrics.records.add(1)
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.info("controller: Redis is back")
+        self.redis_ok = True
+
+    def _redis_down(self, exc: BaseException) -> None:
+        if self.redis_ok:
+            log.warning("controller: Redis unavailable (%s); retrying", exc)
+        self.redis_ok = False
+
+    # -- deciding -------------------------------------------------------------------------------------
+    async def _decide_loop(self) -> None:
+        while True:
+            try:
+                await self.decide_once()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+            except Exception:
+                log.exception("controller: decision failed; keeping the policy in force")
+            await asyncio.sleep(self.settings.interval_s)
+
+    async def _read_spec(self) -> None:
+        raw = await self.redis.get(policy_spec_key(self.service))
+        if raw is None:
+            spec, error = default_spec(), None
+        else:
+            try:
+                spec, error = parse_spec(raw), None
+            except ValueError as exc:
+                spec, error = self.spec, str(exc)  # keep obeying the last valid spec
+        if error and error != self.spec_error:
+            log.warning("controller: %s; keeping the last valid spec", error)
+        self.spec_error = error
+        if spec != self.spec:
+            log.info("controller: policy spec now %s", spec.model_dump_json(by_alias=True))
+            self.window.acceptance_window = spec.acceptance.window
+        self.spec = spec
+
+    def _model(self) -> CostModel:
+        static = decide.spec_cost_model(self.spec)
+        if static is not None:
+            return static
+        s = self.settings
+        if self.window.new_samples >= max(8, s.min_fit_samples // 4) and len(self.window.samples) >= s.min_fit_samples:
+            self.window.new_samples = 0
+            fit = decide.refit(self.window, self.online_model, s.holdout_fraction, max(self.spec.max_k, 1))
+            if fit is not None:
+                self.last_fit = fit
+                self.metrics.fits.add(1, {"outcome": "adopted" if fit.adopted else "rejected"})
+                if fit.adopted:
+                    log.info("controller: cost model refitted (%s; held-out R² %s)", fit.reason, fit.holdout_r2)
+                    self.online_model = fit.model
+                else:
+                    log.info("controller: refit not published: %s", fit.reason)
+        return self.online_model
+
+    async def decide_once(self) -> PolicyDocument | None:
+        """One pass of the slow loop; returns the document published now, if any."""
+        await self._read_spec()
+        now = time.time()
+        spec, model = self.spec, self._model()
+        recent = self.window.since(self.settings.load_window_s, now)
+        seen = measured(recent)
+        pri = decide.priors(self.window, spec)
+        ctx = decide.context_per_request(recent or list(self.window.recent))
+        table = {str(b): decide.k_at(b, model, spec, pri["default"], ctx) for b in self.settings.batch_sizes}
+        batch = seen["batch_size"]
+        if batch is None:  # no steps lately: the OTLP gauges say whether anything is running
+            running = self.view.latest("smartspec_num_requests_running", max_age_s=15.0)
+            batch = sum(running.values()) / len(running) if running else None
+        current = None if batch is None else CurrentLoad(
+            batch_size=round(batch, 3), k=decide.k_at(max(1, round(batch)), model, spec, pri["default"], ctx))
+        predicted = decide.predicted_goodput(recent, model, spec, pri["default"])
+        cost = model.to_dict()
+        if cost.get("r2") is not None and not math.isfinite(cost["r2"]):
+            cost["r2"] = None
+        published = None
+        if self._changed(spec, cost, pri, table, current, now):
+            published = await self._publish(spec, cost, pri, table, current, seen["goodput"], predicted, now)
+        await self._write_status(seen, predicted, model, table, current, now)
+        self._update_metrics(seen["goodput"], predicted, model, current, now)
+        return published
+
+    def _changed(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]], table: dict[str, int],
+                 current: CurrentLoad | None, now: float) -> bool:
+        d = self.doc
+        if d is None or now - d.issued_at >= self.settings.refresh_fraction * (d.expires_at - d.issued_at):
+            return True
+        if (d.mode, d.max_k, d.fixed_k, d.hysteresis, d.per_request_override) != (
+                spec.mode, spec.max_k, spec.fixed_k, spec.hysteresis, spec.per_request_override.allowed):
+            return True
+        if d.cost_model != cost or d.recommended_k != table or (d.current is None) != (current is None):
+            return True
+        if current is not None and d.current is not None and current.k != d.current.k:
+            return True
+        for klass, rates in pri.items():
+            old = d.acceptance_prior.get(klass)
+            if old is None or max(abs(a - b) for a, b in zip(old, rates, strict=False)) > PRIOR_CHANGE:
+                return True
+        return False
+
+    async def _publish(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]],
+                       table: dict[str, int], current: CurrentLoad | None, measured_gp: float | None,
+                       predicted_gp: float | None, now: float) -> PolicyDocument:
+        key = policy_key(self.service)
+        raw = await self.redis.get(key)
+        if raw is not None:  # versions continue across controller restarts (and across controllers)
+            with contextlib.suppress(ValueError):
+                self.version = max(self.version, parse_document(raw).version)
+        doc = PolicyDocument(
+            service=self.service, version=self.version + 1, mode=spec.mode, max_k=spec.max_k, fixed_k=spec.fixed_k,
+            hysteresis=spec.hysteresis, per_request_override=spec.per_request_override.allowed, cost_model=cost,
+            acceptance_prior=pri, recommended_k=table, current=current,
+            goodput=GoodputReport(measured=measured_gp, predicted=predicted_gp),
+            issued_at=now, expires_at=now + spec.expiry_s, decided_by=self.settings.name)
+        body = doc.model_dump_json()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, body)
+            pipe.publish(key, body)
+            await pipe.execute()
+        self.version, self.doc = doc.version, doc
+        log.info("controller: published policy v%d (%s, K=%d, k at batch %s = %s, cost model %s)", doc.version,
+                 doc.mode, doc.max_k, current.batch_size if current else "-", current.k if current else "-",
+                 cost.get("name"))
+        return doc
+
+    async def _write_status(self, seen: dict[str, float | None], predicted: float | None, model: CostModel,
+                            table: dict[str, int], current: CurrentLoad | None, now: float) -> None:
+        fit = self.last_fit
+        self.status = {
+            "schema_version": SCHEMA_VERSION, "service": self.service, "decided_by": self.settings.name,
+            "decided_at": now, "policy_version": self.version, "mode": self.spec.mode,
+            "max_k": self.spec.max_k, "spec_error": self.spec_error,
+            "measured_goodput": seen["goodput"], "predicted_goodput": predicted,
+            "mean_k": seen["mean_k"], "mean_batch_size": seen["batch_size"],
+            "current": None if current is None else current.model_dump(), "recommended_k": table,
+            "cost_model": {"name": model.name, "r2": model.r2, "samples": model.samples,
+                           "last_fit": None if fit is None else {"adopted": fit.adopted, "reason": fit.reason,
+                                                                 "holdout_r2": fit.holdout_r2,
+                                                                 "holdout_error": fit.holdout_error}},
+            "replicas": self.window.replicas(now=now), "telemetry_age_s": self.window.age_s(now),
+            "records": self.window.records, "otlp_instances": sorted(self.view.values),
+        }
+        await self.redis.set(status_key(self.service), json.dumps(self.status, allow_nan=False, default=_finite))
+
+    def _update_metrics(self, measured_gp: float | None, predicted: float | None, model: CostModel,
+                        current: CurrentLoad | None, now: float) -> None:
+        m = self.metrics
+        if measured_gp is not None:
+            m.goodput.set(measured_gp, {"kind": "measured"})
+        if predicted is not None:
+            m.goodput.set(predicted, {"kind": "predicted"})
+        m.policy_version.set(self.version)
+        if model.r2 is not None and math.isfinite(model.r2):
+            m.r2.set(model.r2)
+        age = self.window.age_s(now)
+        if age is not None:
+            m.telemetry_age.set(age)
+        if current is not None:
+            m.current_k.set(current.k)
+            m.batch_size.set(current.batch_size)
+        m.otlp_points.add(self.view.points - getattr(self, "_points_seen", 0))
+        self._points_seen = self.view.points
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+    def _app(self) -> FastAPI:
+        app = FastAPI(title="smartspec controller", docs_url=None, redoc_url=None)
+
+        @app.get("/health")
+        async def health() -> JSONResponse:
+            ok = self.redis_ok
+            return JSONResponse({"status": "ok" if ok else "degraded", "redis": ok, "policy_version": self.version},
+                                status_code=200 if ok else 503)
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(self.metrics.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+        @app.get("/policy")
+        async def policy() -> JSONResponse:
+            if self.doc is None:
+                return JSONResponse({"error": {"message": "no policy published yet"}}, status_code=404)
+            return JSONResponse(json.loads(self.doc.model_dump_json()))
+
+        @app.get("/status")
+        async def status() -> JSONResponse:
+            return JSONResponse(json.loads(json.dumps(self.status, default=_finite)))
+
+        return app
+
+
+def _finite(value: Any) -> Any:
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+async def serve(settings: ControllerSettings) -> None:
+    ctl = Controller(settings)
+    await ctl.start()
+    print(f"smartspec controller listening: HTTP http://{settings.host}:{ctl.http_port}  "
+          f"OTLP {settings.host}:{ctl.otlp_port}", flush=True)
+    await wait_for_signal()
+    await ctl.stop()

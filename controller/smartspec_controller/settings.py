@@ -1,0 +1,34 @@
+"""ControllerSettings: how the controller is configured (env prefix SMARTSPEC_CONTROLLER_)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_name() -> str:
+    return f"controller/{socket.gethostname()}-{os.getpid()}"
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTSPEC_CONTROLLER_", extra="ignore")
+
+    service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
+    redis_url: str = Field("redis://127.0.0.1:6379", description="redis://host:port")
+    host: str = "127.0.0.1"
+    http_port: int = Field(8090, ge=0, le=65535, description="/metrics, /health, /policy, /status (0: any free port)")
+    otlp_port: int = Field(4317, ge=0, le=65535, description="OTLP gRPC receiver for the targets' metrics (0: any)")
+    name: str = Field(default_factory=_default_name, description="decided_by in published policies")
+    consumer_group: str = Field("smartspec-controller", description="Redis consumer group on the step stream")
+    interval_s: float = Field(1.0, gt=0, description="how often to decide (the slow loop)")
+    cost_model: str = Field("default", description="starting cost model: default, a preset, or a JSON file")
+    fit_window: int = Field(2000, ge=16, description="most recent steps the cost model is fitted on")
+    min_fit_samples: int = Field(40, ge=8, description="steps needed before the first fit")
+    holdout_fraction: float = Field(0.25, gt=0, lt=0.9, description="newest steps kept out of the fit to judge it")
+    load_window_s: float = Field(5.0, gt=0, description="recent seconds that define the current load")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+                                   description="batch sizes in the recommended-k table")
+    refresh_fraction: float = Field(0.3, gt=0, lt=1, description="republish after this fraction of the expiry")

@@ -1,0 +1,61 @@
+"""The target's telemetry parts, built from its settings: metrics (+ OTLP), traces, the Redis step sink, policy sync."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
+from smartspec.engine.sinks import StepSink
+from smartspec.policy.document import PolicyDocument
+from smartspec.telemetry.keys import check_service
+from smartspec.telemetry.metrics import TargetMetrics
+from smartspec.telemetry.otel import otlp_metric_reader, tracer_provider
+from smartspec.telemetry.redis_sink import RedisStepSink
+from smartspec_target.policy_sync import PolicySync
+from smartspec_target.settings import TargetSettings
+
+
+class Telemetry:
+    def __init__(self, settings: TargetSettings, model_name: str) -> None:
+        self.settings = settings
+        service = check_service(settings.service)
+        self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
+        endpoint = settings.otlp_endpoint
+        readers: list[MetricReader] = [otlp_metric_reader(endpoint, settings.otlp_interval_s)] if endpoint else []
+        # service.name is the Kubernetes service; the replica tells pods apart (no request ids anywhere).
+        self.metrics = TargetMetrics(service=service, extra_readers=readers, instance=self.replica, model=model_name)
+        self.provider: TracerProvider | None = None
+        self.tracer: Tracer | None = None
+        if settings.otlp_endpoint:
+            self.provider = tracer_provider(service, settings.otlp_endpoint)
+            self.tracer = self.provider.get_tracer("smartspec.target")
+        self.sink: RedisStepSink | None = None
+        self.sinks: list[StepSink] = []
+        if settings.redis_url:
+            self.sink = RedisStepSink(
+                settings.redis_url, service, self.replica, stream_maxlen=settings.steps_stream_maxlen,
+                buffer=settings.telemetry_buffer,
+                on_dropped=lambda n: self.metrics.records_dropped.add(n),
+                on_written=lambda n: self.metrics.records_written.add(n))
+            self.sinks.append(self.sink)
+        self.sync: PolicySync | None = None
+
+    def follow_policy(self, submit: Callable[[PolicyDocument | None, str], None]) -> None:
+        """Start following the controller's policy (needs Redis; without it the local default stays)."""
+        if self.settings.redis_url:
+            self.sync = PolicySync(self.settings.redis_url, self.settings.service, submit, self.metrics,
+                                   poll_s=self.settings.policy_poll_s)
+            self.sync.start()
+
+    async def close(self) -> None:
+        if self.sync is not None:
+            await self.sync.close()
+        if self.sink is not None:
+            self.sink.close()
+        if self.provider is not None:
+            self.provider.shutdown()
