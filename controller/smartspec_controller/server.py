@@ -211,7 +211,8 @@ class Controller:
         s = self.settings
         if self.window.new_samples >= max(8, s.min_fit_samples // 4) and len(self.window.samples) >= s.min_fit_samples:
             self.window.new_samples = 0
-            fit = decide.refit(self.window, self.online_model, s.holdout_fraction, max(self.spec.max_k, 1))
+            fit = decide.refit(self.window, self.online_model, s.holdout_fraction, max(self.spec.max_k, 1),
+                               ridge=s.fit_ridge)
             if fit is not None:
                 self.last_fit = fit
                 self.metrics.fits.add(1, {"outcome": "adopted" if fit.adopted else "rejected"})
@@ -305,7 +306,8 @@ class Controller:
             "cost_model": {"name": model.name, "r2": model.r2, "samples": model.samples,
                            "last_fit": None if fit is None else {"adopted": fit.adopted, "reason": fit.reason,
                                                                  "holdout_r2": fit.holdout_r2,
-                                                                 "holdout_error": fit.holdout_error}},
+                                                                 "holdout_error": fit.holdout_error,
+                                                                 "error_in_force": fit.error_in_force}},
             "replicas": self.window.replicas(now=now), "telemetry_age_s": self.window.age_s(now),
             "records": self.window.records, "otlp_instances": sorted(self.view.values),
         }

@@ -78,7 +78,7 @@ class TelemetryWindow:
         out = np.full(self.max_k, prior)
         if c is None:
             return out
-        pooled = (c.accepted + strength * prior) / (c.tested + strength)
+        pooled = (c.accepted + strength * prior) / np.maximum(c.tested + strength, 1e-12)
         return np.where(c.tested >= min_trials, pooled, out)
 
     def trials(self, klass: str) -> np.ndarray:

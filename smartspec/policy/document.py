@@ -64,6 +64,8 @@ class PolicySpec(_Strict):
     def _bounds(self) -> PolicySpec:
         if self.schema_version != SCHEMA_VERSION:
             raise ValueError(f"schemaVersion {self.schema_version} is not supported (this is {SCHEMA_VERSION})")
+        if self.fixed_k > self.max_k and "fixed_k" not in self.model_fields_set:
+            self.fixed_k = self.max_k  # only the default exceeds K: follow K down
         if self.fixed_k > self.max_k:
             raise ValueError(f"fixedSpeculationLength ({self.fixed_k}) must be <= maxSpeculationLength ({self.max_k})")
         return self

@@ -115,3 +115,14 @@ def redis_db(redis_server: Any) -> Any:
     client.flushall()
     yield redis_server
     client.close()
+
+
+@pytest.fixture(scope="session")
+def small_svc_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A ~25M-parameter pair: steps long enough (~20-50 ms here) that compute, not scheduling jitter,
+    sets their duration, as with real models; for tests that judge the cost model."""
+    from smartspec.models.tiny import TinyShape
+
+    shape = TinyShape(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536)
+    target, draft = tiny_pair("qwen2", seed=0, shape=shape, draft_layers=2).save(tmp_path_factory.mktemp("small"))
+    return {"target": str(target), "draft": str(draft)}

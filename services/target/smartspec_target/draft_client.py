@@ -198,6 +198,7 @@ class RemoteProposer:
     async def _propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
         t0 = time.perf_counter()
         admits, entries = [], []
+        fed: dict[int, int] = {}  # tokens the draft must run through first (its catch-up, for the cost model)
         for r in requests:
             tokens = r.token_ids
             m = self._mirror.get(r.seq_id)
@@ -205,10 +206,12 @@ class RemoteProposer:
                 admits.append(draft_pb2.AdmitSequence(seq_id=r.seq_id, token_ids=list(tokens[:-1]),
                                                       sampling=sampling_to_wire(r.params)))
                 m = self._mirror[r.seq_id] = _Mirror(known=len(tokens) - 1)
+                fed[r.seq_id] = len(tokens) - 1
             tail = tokens[m.known:]
             accepted = 0
             while accepted < min(len(m.outstanding), len(tail) - 1) and m.outstanding[accepted] == tail[accepted]:
                 accepted += 1
+            fed[r.seq_id] = fed.get(r.seq_id, 0) + len(tail) - accepted
             entries.append(draft_pb2.ProposeSequence(
                 seq_id=r.seq_id, num_accepted=accepted, new_token_ids=list(tail[accepted:]),
                 committed_len=len(tokens), num_speculative_tokens=r.k))
@@ -221,9 +224,10 @@ class RemoteProposer:
         rtt = time.perf_counter() - t0
         self.hops.append(HopSample(len(requests), rtt, resp.compute_ns / 1e9))
         self.metrics.draft_rpc.record(rtt)
-        return self._proposals(resp, {r.seq_id: r.k for r in requests})
+        return self._proposals(resp, {r.seq_id: r.k for r in requests}, fed)
 
-    def _proposals(self, resp: draft_pb2.SessionResponse, asked: dict[int, int]) -> dict[int, Proposal]:
+    def _proposals(self, resp: draft_pb2.SessionResponse, asked: dict[int, int],
+                   fed: dict[int, int]) -> dict[int, Proposal]:
         """Usable proposals; anything malformed counts as a failed draft step for that request."""
         out: dict[int, Proposal] = {}
         invalid = 0
@@ -247,7 +251,7 @@ class RemoteProposer:
                 self._mirror.pop(p.seq_id, None)
                 continue
             self._mirror[p.seq_id].outstanding = tokens
-            out[p.seq_id] = Proposal(tokens, q)
+            out[p.seq_id] = Proposal(tokens, q, fed_tokens=fed.get(p.seq_id, 0))
         if invalid:
             self.metrics.fallback("invalid", invalid)
         return out

@@ -68,8 +68,7 @@ class TargetService:
         if self.draft is not None:
             await self.draft.close()
         self.engine.stop()
-        await self.telemetry.close()
-        self.ctx.metrics.shutdown()
+        await self.telemetry.close()  # shuts the metrics down too
 
 
 async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = None) -> TargetService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable
@@ -53,9 +54,12 @@ class Telemetry:
             self.sync.start()
 
     async def close(self) -> None:
+        """Flush and stop; the blocking parts (last batch to Redis, last OTLP export with its retries)
+        run on a worker thread so the event loop — and any receiver it hosts — keeps going."""
         if self.sync is not None:
             await self.sync.close()
         if self.sink is not None:
-            self.sink.close()
+            await asyncio.to_thread(self.sink.close)
         if self.provider is not None:
-            self.provider.shutdown()
+            await asyncio.to_thread(self.provider.shutdown)
+        await asyncio.to_thread(self.metrics.shutdown)

@@ -1,0 +1,107 @@
+"""The controller's view and decisions on synthetic step records from a known cost model and acceptance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smartspec.policy.cost_model import CostModel, StepSample, StepShape, default_cost_model
+from smartspec.policy.document import parse_spec
+from smartspec.policy.selection import expected_total
+from smartspec.telemetry.records import StepRecord
+from smartspec_controller import decide
+from smartspec_controller.window import TelemetryWindow, measured
+
+TRUTH = CostModel("truth", verify={"const": 0.02, "batched_tokens": 4e-4, "context_tokens": 2e-7},
+                  draft={"max_k": 0.004, "draft_tokens": 2e-4}, overhead={"const": 1e-3})
+OTHER = CostModel("other", verify={"const": 0.05, "batched_tokens": 1e-3}, draft={"max_k": 0.01})
+
+
+def record(model: CostModel, batch: int, k: int, ts: float, rng: np.random.Generator, noise: float = 0.02,
+           alpha: float = 0.8, replica: str = "r0") -> StepRecord:
+    # contexts vary independently of the batch size, as they do in service (else the fit cannot tell them apart)
+    shape = StepShape(batch, int(rng.integers(50, 600)) * batch, k, k * batch)
+    d, v, o = (x * (1 + noise * rng.standard_normal()) for x in model.components(shape))
+    surv = np.tile(np.cumprod(np.full(max(k, 1), alpha)), (batch, 1))
+    emitted = round(expected_total(surv, np.full(batch, k)))
+    # per position: everyone tests position 0; a fraction alpha^j reaches position j
+    tested = [round(batch * alpha**j) for j in range(k)]
+    accepted = [round(batch * alpha ** (j + 1)) for j in range(k)]
+    return StepRecord(ts=ts, replica=replica, step=0, batch_size=batch, num_prefills=0, emitted=emitted,
+                      sum_k=k * batch, max_k=k, policy_version=1, acceptance={"default": [tested, accepted]},
+                      sample=StepSample(shape, max(d, 0.0), v, o))
+
+
+def window_of(model: CostModel, n: int, seed: int = 0, start: float = 1000.0) -> TelemetryWindow:
+    rng = np.random.default_rng(seed)
+    w = TelemetryWindow(max_k=8)
+    for i in range(n):
+        w.add(record(model, int(rng.choice([1, 2, 4, 8, 16])), int(rng.integers(0, 6)), start + i * 0.01, rng))
+    return w
+
+
+def test_refit_adopts_a_fit_that_predicts_held_out_steps_better() -> None:
+    w = window_of(TRUTH, 400)
+    fit = decide.refit(w, default_cost_model(), holdout_fraction=0.25, max_k=8)
+    assert fit is not None and fit.adopted, fit
+    assert fit.holdout_error < 0.05 < fit.current_error
+    assert fit.holdout_r2 is not None and fit.holdout_r2 > 0.95
+    assert fit.model.r2 == fit.holdout_r2
+
+
+def test_refit_refuses_a_fit_worse_than_the_model_in_force() -> None:
+    # Older steps come from another machine (the training part), the newest match the current model.
+    w = window_of(OTHER, 300)
+    rng = np.random.default_rng(1)
+    for i in range(100):
+        w.add(record(TRUTH, int(rng.choice([1, 4, 16])), int(rng.integers(0, 6)), 2000 + i, rng))
+    fit = decide.refit(w, TRUTH, holdout_fraction=0.25, max_k=8)
+    assert fit is not None and not fit.adopted and fit.model is TRUTH
+    assert fit.holdout_error > fit.current_error
+
+
+def test_too_few_steps_means_no_fit() -> None:
+    assert decide.refit(window_of(TRUTH, 12), TRUTH, 0.25, 8) is None
+
+
+def test_pooled_acceptance_counts_only_tested_positions() -> None:
+    w = window_of(TRUTH, 300)
+    cond = w.conditional("default", prior=0.5)
+    tested = w.trials("default")
+    seen = tested >= 20
+    assert seen[:3].all()
+    np.testing.assert_allclose(cond[:3], 0.8, atol=0.05)  # conditional, not cumulative (0.8, 0.64, …)
+    assert (cond[~seen] == 0.5).all()
+
+
+def test_acceptance_window_slides() -> None:
+    w = TelemetryWindow(max_k=4, acceptance_window=10)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        w.add(record(TRUTH, 4, 2, i, rng, alpha=0.2))
+    for i in range(10):
+        w.add(record(TRUTH, 4, 2, 100 + i, rng, alpha=1.0))
+    assert w.conditional("default", prior=0.5, strength=0.0, min_trials=1)[0] == pytest.approx(1.0)
+
+
+def test_k_follows_the_mode_and_load() -> None:
+    pri = [0.8] * 8
+    goodput = parse_spec({"maxSpeculationLength": 8})
+    assert decide.k_at(1, TRUTH, goodput, pri, 300) > decide.k_at(64, TRUTH, goodput, pri, 300)
+    assert decide.k_at(1, TRUTH, parse_spec({"mode": "fixed", "fixedSpeculationLength": 3}), pri, 300) == 3
+    assert decide.k_at(1, TRUTH, parse_spec({"mode": "off"}), pri, 300) == 0
+    assert decide.k_at(1, TRUTH, parse_spec({"maxSpeculationLength": 2}), pri, 300) <= 2
+
+
+def test_predicted_goodput_matches_measured_when_the_model_is_right() -> None:
+    spec = parse_spec({})
+    rng = np.random.default_rng(0)
+    pri = [0.8] * 8
+    recs = []
+    for i, b in enumerate([1, 2, 4, 8] * 20):
+        k = decide.k_at(b, TRUTH, spec, pri, 300)
+        recs.append(record(TRUTH, b, k, i, rng, noise=0.0))
+    seen = measured(recs)
+    predicted = decide.predicted_goodput(recs, TRUTH, spec, pri)
+    assert seen["goodput"] is not None and predicted is not None
+    assert predicted == pytest.approx(seen["goodput"], rel=0.03)  # emitted counts are rounded per step

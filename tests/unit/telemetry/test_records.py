@@ -1,0 +1,56 @@
+"""Step records: every documented field is written, and what is written decodes to the same step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smartspec.engine.engine import StepStats
+from smartspec.telemetry import records
+from smartspec.telemetry.keys import check_service, service_keys
+
+
+def stats() -> StepStats:
+    return StepStats(step_id=7, batch_size=3, num_prefills=1, ks=[2, 0, 3], num_proposed_per_pos=[2, 2, 1],
+                     num_accepted_per_pos=[2, 1, 0], num_emitted=9, context_tokens=120, num_forwards=1,
+                     real_tokens=12, padded_tokens=16, draft_s=0.01, verify_s=0.02, overhead_s=0.003,
+                     prefill_tokens=11, draft_catchup_tokens=4, policy_version=5, decision_s=0.0004,
+                     acceptance_by_class={"default": [[2, 2, 1], [2, 1, 0]]})
+
+
+def test_encode_writes_every_documented_field_as_a_string() -> None:
+    entry = records.encode(stats(), "pod-a", ts=1700000000.5)
+    assert set(entry) == set(records.FIELDS)
+    assert all(isinstance(v, str) for v in entry.values())
+    assert entry["sum_k"] == "5" and entry["max_k"] == "3" and entry["emitted"] == "9"
+    assert json.loads(entry["accepted_per_pos"]) == [2, 1, 0]
+
+
+def test_decode_round_trip() -> None:
+    rec = records.decode({k.encode(): v.encode() for k, v in records.encode(stats(), "pod-a", 1.5).items()})
+    assert (rec.replica, rec.step, rec.batch_size, rec.emitted, rec.policy_version) == ("pod-a", 7, 3, 9, 5)
+    assert rec.sample.shape.max_k == 3 and rec.sample.shape.draft_tokens == 5
+    assert rec.sample.shape.prefill_tokens == 11 and rec.sample.shape.draft_catchup_tokens == 4
+    assert rec.step_s == pytest.approx(0.033)
+    assert rec.acceptance == {"default": [[2, 2, 1], [2, 1, 0]]}
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda e: e.update(v="99"), "schema"),
+    (lambda e: e.pop("verify_s"), "lacks"),
+    (lambda e: e.update(batch_size="three"), "malformed"),
+    (lambda e: e.update(acceptance="[1,2"), "malformed"),
+])
+def test_decode_rejects_what_it_cannot_read(mutate: object, why: str) -> None:
+    entry = records.encode(stats(), "pod-a", 1.0)
+    mutate(entry)  # type: ignore[operator]
+    with pytest.raises(records.BadRecord, match=why):
+        records.decode(entry)
+
+
+def test_service_names_are_dns_labels() -> None:
+    assert service_keys("chat-a")[0] == "smartspec:chat-a:steps"
+    for bad in ("", "Chat", "a:b", "-a", "x" * 64):
+        with pytest.raises(ValueError):
+            check_service(bad)
