@@ -6,14 +6,16 @@ import asyncio
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from smartspec.engine.sampling import SamplingParams
 from smartspec.v1 import common_pb2
+
+if TYPE_CHECKING:  # the controller uses this module without torch installed
+    from smartspec.engine.sampling import SamplingParams
 
 # Draft proposals for a batch of 32 at k = 8 with top-64 q are ~100 KB; leave ample room.
 MAX_MESSAGE_BYTES = 64 << 20
@@ -69,6 +71,7 @@ def sampling_to_wire(p: SamplingParams) -> common_pb2.SamplingParams:
 
 def sampling_from_wire(msg: common_pb2.SamplingParams, **extra: Any) -> SamplingParams:
     """Engine SamplingParams from the wire (top_p 0 means unset, i.e. 1)."""
+    from smartspec.engine.sampling import SamplingParams
     return SamplingParams(
         temperature=float(msg.temperature),
         top_p=float(msg.top_p) if msg.top_p > 0 else 1.0,

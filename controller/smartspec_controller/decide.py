@@ -31,6 +31,11 @@ class FitResult:
     holdout_error: float  # mean |error| / mean step time of the candidate on the held-out steps
     current_error: float  # the same for the model that was in force
     reason: str
+    current_r2: float | None = None  # R² of the model that was in force, on the same held-out steps
+
+    @property
+    def r2_in_force(self) -> float | None:
+        return self.holdout_r2 if self.adopted else self.current_r2
 
     @property
     def error_in_force(self) -> float:
@@ -53,14 +58,14 @@ def refit(window: TelemetryWindow, current: CostModel, holdout_fraction: float, 
     train, hold = samples[:-n_hold], samples[-n_hold:]
     cand = fit_cost_model(train, prior=current, pads_to_max_k=True, ridge=ridge, name="online")
     cand_err, cur_err = rel_err(cand, hold), rel_err(current, hold)
-    r2 = holdout_r2(cand, hold)
+    r2, cur_r2 = holdout_r2(cand, hold), holdout_r2(current, hold)
     if not plausible(cand, train, max_k):
-        return FitResult(False, current, r2, cand_err, cur_err, "negative time where the policy would ask")
+        return FitResult(False, current, r2, cand_err, cur_err, "negative time where the policy would ask", cur_r2)
     if cand_err >= cur_err:
         return FitResult(False, current, r2, cand_err, cur_err,
-                         f"held-out error {cand_err:.1%} is no better than the current {cur_err:.1%}")
+                         f"held-out error {cand_err:.1%} is no better than the current {cur_err:.1%}", cur_r2)
     model = replace(cand, r2=r2, samples=len(train))
-    return FitResult(True, model, r2, cand_err, cur_err, f"held-out error {cand_err:.1%} < {cur_err:.1%}")
+    return FitResult(True, model, r2, cand_err, cur_err, f"held-out error {cand_err:.1%} < {cur_err:.1%}", cur_r2)
 
 
 def holdout_r2(model: CostModel, samples: list[StepSample]) -> float | None:

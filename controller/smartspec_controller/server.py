@@ -306,6 +306,7 @@ class Controller:
             "cost_model": {"name": model.name, "r2": model.r2, "samples": model.samples,
                            "last_fit": None if fit is None else {"adopted": fit.adopted, "reason": fit.reason,
                                                                  "holdout_r2": fit.holdout_r2,
+                                                                 "r2_in_force": fit.r2_in_force,
                                                                  "holdout_error": fit.holdout_error,
                                                                  "error_in_force": fit.error_in_force}},
             "replicas": self.window.replicas(now=now), "telemetry_age_s": self.window.age_s(now),
@@ -321,8 +322,9 @@ class Controller:
         if predicted is not None:
             m.goodput.set(predicted, {"kind": "predicted"})
         m.policy_version.set(self.version)
-        if model.r2 is not None and math.isfinite(model.r2):
-            m.r2.set(model.r2)
+        r2 = self.last_fit.r2_in_force if self.last_fit is not None else None
+        if r2 is not None and math.isfinite(r2):
+            m.r2.set(r2)
         age = self.window.age_s(now)
         if age is not None:
             m.telemetry_age.set(age)

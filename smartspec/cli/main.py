@@ -13,16 +13,21 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 
 
+missing: list[str] = []  # commands this install cannot offer
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from smartspec.cli import generate, models, policy, serve, up
+    import importlib
 
     parser = argparse.ArgumentParser(prog="smartspec", description="Goodput-optimal speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
-    models.register(sub)
-    generate.register(sub)
-    policy.register(sub)
-    serve.register(sub)
-    up.register(sub)
+    for name in ("models", "generate", "policy", "serve", "up"):
+        try:
+            module = importlib.import_module(f"smartspec.cli.{name}")
+        except ImportError as exc:  # a role install (e.g. the controller's) lacks torch: skip those commands
+            missing.append(f"{name} ({exc.name} is not installed)")
+            continue
+        module.register(sub)
     return parser
 
 

@@ -82,6 +82,13 @@ class TargetMetrics:
         self.records_dropped = m.create_counter("smartspec_telemetry_records_dropped", unit="1",
                                                 description="Step records dropped because Redis was slow or down")
         self.policy_version.set(0)
+        # Series that exist from the start (at 0), so dashboards' rate() and alerts see them before any event.
+        for cause in FALLBACK_CAUSES:
+            self.draft_fallback.add(0, {"cause": cause})
+        for reason in ("absent", "expired"):
+            self.policy_fallback.add(0, {"reason": reason})
+        self.records_dropped.add(0)
+        self.records_written.add(0)
         self._running = 0
         self._waiting = 0
 

@@ -1,0 +1,146 @@
+"""Controller on, real pair: load steps 1 → N → 1 concurrent requests; does the published k follow?
+
+Starts `smartspec up` (redis, controller, draft, target as processes), runs closed-loop chat
+clients (1, then N, then 1 concurrent), and samples once a second what the controller published
+(`smartspec:{service}:policy`: version, k at the current batch size) and measured (status: mean
+batch size, goodput of decode steps). Prints the time series and how long k took to move after
+each load step; writes them to bench/results/<date>-controller-load-step/.
+
+    python -m bench.controller_load_step [--models real|tiny] [--high 16] [--phase-s 40,60,40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from bench.common import PROMPTS, write_report
+from smartspec.cli.up import free_port
+from smartspec.telemetry.keys import policy_key, status_key
+
+
+def start_stack(models: str, port: int, stack_file: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SMARTSPEC_STACK_FILE": str(stack_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "up", "--models", models, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print("  up:", line.rstrip(), flush=True)
+        if "smartspec is up" in line:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+            return proc
+    raise RuntimeError("smartspec up exited before the stack was up")
+
+
+class Clients:
+    """Closed-loop clients: `active` of them keep one chat completion in flight each."""
+
+    def __init__(self, base: str, max_tokens: int, limit: int) -> None:
+        self.base, self.max_tokens = base, max_tokens
+        self.active = 0
+        self.done_tokens = 0
+        self.stop = False
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(limit)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self.base, timeout=600) as client:
+            n = 0
+            while not self.stop:
+                if i >= self.active:
+                    time.sleep(0.05)
+                    continue
+                prompt = PROMPTS[(i + n) % len(PROMPTS)]
+                n += 1
+                r = client.post("/v1/chat/completions", json={
+                    "model": "target", "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": self.max_tokens, "temperature": 0})
+                if r.status_code == 200:
+                    self.done_tokens += r.json()["usage"]["completion_tokens"]
+
+
+def sample(client: redis.Redis, service: str, t0: float, concurrency: int) -> dict[str, Any]:
+    doc = client.get(policy_key(service))
+    st = client.get(status_key(service))
+    d: dict[str, Any] = json.loads(doc) if doc else {}
+    s: dict[str, Any] = json.loads(st) if st else {}
+    cur = d.get("current") or {}
+    return {"t": round(time.time() - t0, 1), "clients": concurrency, "version": d.get("version"),
+            "batch": s.get("mean_batch_size"), "k_published": cur.get("k"), "mean_k_served": s.get("mean_k"),
+            "goodput": s.get("measured_goodput"), "predicted": s.get("predicted_goodput"),
+            "r2": ((s.get("cost_model") or {}).get("last_fit") or {}).get("r2_in_force")}
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", choices=["real", "tiny"], default="real")
+    ap.add_argument("--high", type=int, default=16, help="concurrent requests in the middle phase")
+    ap.add_argument("--phase-s", default="40,60,40", help="seconds at 1, at --high, at 1 again")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    phases = [float(x) for x in args.phase_s.split(",")]
+    levels = [1, args.high, 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        stack_file = Path(tmp) / "stack.json"
+        port = free_port()
+        proc = start_stack(args.models, port, stack_file)
+        try:
+            info = json.loads(stack_file.read_text())
+            client = redis.Redis.from_url(info["redis_url"])
+            clients = Clients(f"http://127.0.0.1:{port}/v1", args.max_tokens, args.high)
+            rows: list[dict[str, Any]] = []
+            t0 = time.time()
+            steps_at = []
+            for level, seconds in zip(levels, phases, strict=True):
+                clients.active = level
+                steps_at.append(time.time() - t0)
+                end = time.time() + seconds
+                while time.time() < end:
+                    time.sleep(1.0)
+                    row = sample(client, info["service"], t0, level)
+                    rows.append(row)
+                    print("  " + "  ".join(f"{k}={fmt(v, 2)}" for k, v in row.items()), flush=True)
+            clients.stop = True
+        finally:
+            proc.send_signal(2)
+            proc.wait(timeout=120)
+    table = ["| t s | clients | policy version | mean batch | published k | mean k served | goodput tok/s "
+             "| predicted tok/s | cost-model R² |", "|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['t']} | {r['clients']} | {fmt(r['version'])} | {fmt(r['batch'], 2)} | {fmt(r['k_published'])} "
+              f"| {fmt(r['mean_k_served'], 2)} | {fmt(r['goodput'])} | {fmt(r['predicted'])} | {fmt(r['r2'], 3)} |"
+              for r in rows]
+    moves = []
+    for i in (1, 2):
+        before = [r["k_published"] for r in rows if r["t"] < steps_at[i] and r["k_published"] is not None]
+        after = [r for r in rows if r["t"] >= steps_at[i] and r["k_published"] is not None
+                 and (not before or r["k_published"] != before[-1])]
+        if before and after:
+            moves.append(f"load {levels[i - 1]} → {levels[i]} at t={steps_at[i]:.0f}s: published k "
+                         f"{before[-1]} → {after[0]['k_published']} after {after[0]['t'] - steps_at[i]:.1f}s")
+        else:
+            moves.append(f"load {levels[i - 1]} → {levels[i]} at t={steps_at[i]:.0f}s: published k did not change")
+    body = "\n".join(["## k after each load step", "", *[f"- {m}" for m in moves], "", "## Time series (1 s samples)",
+                      "", *table])
+    print("\n" + body)
+    print(f"\nwritten to {write_report('controller-load-step', 'Controller on: load steps and published k', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
