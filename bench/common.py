@@ -65,7 +65,10 @@ def results_dir(tag: str) -> Path:
 def write_report(tag: str, title: str, body: str) -> Path:
     """Write `body` (markdown) with the exact command and machine into bench/results/<date>-<tag>/."""
     out = results_dir(tag) / "README.md"
-    cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    script = Path(sys.argv[0])
+    # As a module invocation from the repository root: no path of the machine that ran it.
+    run = ["-m", f"bench.{script.stem}"] if script.parent.name == "bench" else [script.name]
+    cmd = " ".join(shlex.quote(a) for a in ["python", *run, *sys.argv[1:]])
     out.write_text(f"# {title}\n\nCommand: `{cmd}`\n\nMachine: {machine()}\n\n{body}\n")
     return out
 

@@ -51,6 +51,8 @@ class Clients:
         self.active = 0
         self.done_tokens = 0
         self.stop = False
+        self.error: str | None = None
+        self.model = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(limit)]
         for t in self.threads:
             t.start()
@@ -65,10 +67,12 @@ class Clients:
                 prompt = PROMPTS[(i + n) % len(PROMPTS)]
                 n += 1
                 r = client.post("/v1/chat/completions", json={
-                    "model": "target", "messages": [{"role": "user", "content": prompt}],
+                    "model": self.model, "messages": [{"role": "user", "content": prompt}],
                     "max_tokens": self.max_tokens, "temperature": 0})
-                if r.status_code == 200:
-                    self.done_tokens += r.json()["usage"]["completion_tokens"]
+                if r.status_code != 200:  # a benchmark that measures errors measures nothing
+                    self.error = f"request failed: {r.status_code} {r.text[:200]}"
+                    return
+                self.done_tokens += r.json()["usage"]["completion_tokens"]
 
 
 def sample(client: redis.Redis, service: str, t0: float, concurrency: int) -> dict[str, Any]:
@@ -103,7 +107,7 @@ def main() -> int:
         try:
             info = json.loads(stack_file.read_text())
             client = redis.Redis.from_url(info["redis_url"])
-            clients = Clients(f"http://127.0.0.1:{port}/v1", args.max_tokens, args.high)
+            clients = Clients(f"http://127.0.0.1:{port}", args.max_tokens, args.high)
             rows: list[dict[str, Any]] = []
             t0 = time.time()
             steps_at = []
@@ -113,10 +117,14 @@ def main() -> int:
                 end = time.time() + seconds
                 while time.time() < end:
                     time.sleep(1.0)
+                    if clients.error:
+                        raise RuntimeError(clients.error)
                     row = sample(client, info["service"], t0, level)
                     rows.append(row)
                     print("  " + "  ".join(f"{k}={fmt(v, 2)}" for k, v in row.items()), flush=True)
             clients.stop = True
+            final = {"policy": json.loads(client.get(policy_key(info["service"])) or "null"),
+                     "status": json.loads(client.get(status_key(info["service"])) or "null")}
         finally:
             proc.send_signal(2)
             proc.wait(timeout=120)
@@ -126,19 +134,24 @@ def main() -> int:
               f"| {fmt(r['mean_k_served'], 2)} | {fmt(r['goodput'])} | {fmt(r['predicted'])} | {fmt(r['r2'], 3)} |"
               for r in rows]
     moves = []
-    for i in (1, 2):
-        before = [r["k_published"] for r in rows if r["t"] < steps_at[i] and r["k_published"] is not None]
-        after = [r for r in rows if r["t"] >= steps_at[i] and r["k_published"] is not None
-                 and (not before or r["k_published"] != before[-1])]
-        if before and after:
-            moves.append(f"load {levels[i - 1]} → {levels[i]} at t={steps_at[i]:.0f}s: published k "
-                         f"{before[-1]} → {after[0]['k_published']} after {after[0]['t'] - steps_at[i]:.1f}s")
-        else:
-            moves.append(f"load {levels[i - 1]} → {levels[i]} at t={steps_at[i]:.0f}s: published k did not change")
-    body = "\n".join(["## k after each load step", "", *[f"- {m}" for m in moves], "", "## Time series (1 s samples)",
-                      "", *table])
+    bounds = [*steps_at, rows[-1]["t"] + 1 if rows else 0.0]
+    for i, level in enumerate(levels):  # per phase: the k it settled on (median of its second half)
+        mid, end = (bounds[i] + bounds[i + 1]) / 2, bounds[i + 1]
+        settled = sorted(r["k_published"] for r in rows if mid <= r["t"] < end and r["k_published"] is not None)
+        if not settled:
+            moves.append(f"phase {i + 1} ({level} clients): no published k")
+            continue
+        k = settled[len(settled) // 2]
+        reached = next((r["t"] for r in rows if bounds[i] <= r["t"] < end and r["k_published"] == k), None)
+        when = "" if reached is None or i == 0 else f", first published {reached - bounds[i]:.0f}s after the step"
+        moves.append(f"phase {i + 1} ({level} clients, t={bounds[i]:.0f}-{end:.0f}s): published k settled at "
+                     f"{k}{when}")
+    body = "\n".join(["## Published k per load phase", "", *[f"- {m}" for m in moves], "",
+                      "## Time series (1 s samples)", "", *table])
     print("\n" + body)
-    print(f"\nwritten to {write_report('controller-load-step', 'Controller on: load steps and published k', body)}")
+    report = write_report("controller-load-step", "Controller on: load steps and published k", body)
+    (report.parent / "final-policy-and-status.json").write_text(json.dumps(final, indent=2) + "\n")
+    print(f"\nwritten to {report}")
     return 0
 
 

@@ -264,31 +264,57 @@ def r_squared(actual: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 - float(np.sum((actual - predicted) ** 2)) / ss_tot
 
 
+# Coefficients that may be negative: the per-request verify term (the published fits have one; the
+# padding model absorbs part of it). Every other feature is a cost, and a negative cost lets the
+# policy buy "free" speculation — or price k = 0 above its true cost — where the samples never went.
+SIGNED_FEATURES = frozenset({"batch"})
+
+
 def _fit_part(
-    x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float
+    x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
+    signed: frozenset[str] = SIGNED_FEATURES,
 ) -> dict[str, float]:
-    """Huber-weighted least squares with a small ridge toward the prior, in column-scaled space.
+    """Huber-weighted least squares with a small ridge toward the prior, in column-scaled space,
+    with every cost coefficient kept >= 0 (active set: pin the most negative to 0, refit the rest).
 
     Directions the samples never vary (e.g. k always 0) keep their prior coefficients instead
     of taking arbitrary values, so the fit never extrapolates into nonsense; a few iteratively
     reweighted passes keep one stalled step (a GC pause, a noisy neighbour) from steering it.
     """
-    scale = np.abs(x).max(axis=0)
+    pinned: set[int] = set()
+    while True:
+        theta = _huber_ridge(x, y, names, prior, ridge, pinned)
+        bad = [i for i, n in enumerate(names) if n not in signed and i not in pinned and theta[i] < 0]
+        if not bad:
+            return {n: float(t) for n, t in zip(names, theta, strict=True)}
+        pinned.add(min(bad, key=lambda i: theta[i] * max(float(np.abs(x[:, i]).max()), 1e-12)))
+
+
+def _huber_ridge(x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
+                 pinned: set[int]) -> np.ndarray:
+    free = [i for i in range(len(names)) if i not in pinned]
+    theta = np.zeros(len(names))
+    if not free:
+        return theta
+    xf = x[:, free]
+    scale = np.abs(xf).max(axis=0)
     scale[scale == 0] = 1.0
-    xs = x / scale
-    p = np.array([prior.get(n, 0.0) for n in names]) * scale
+    xs = xf / scale
+    p = np.array([max(prior.get(names[i], 0.0), 0.0) if names[i] not in SIGNED_FEATURES else prior.get(names[i], 0.0)
+                  for i in free]) * scale
     lam = np.sqrt(ridge * max(len(y), 1))
     weights = np.ones(len(y))
     theta_s = p
     for _ in range(_HUBER_PASSES):
         w = np.sqrt(weights)[:, None]
-        a = np.vstack([xs * w, lam * np.eye(len(names))])
+        a = np.vstack([xs * w, lam * np.eye(len(free))])
         b = np.concatenate([y * w[:, 0], lam * p])
         theta_s, *_ = np.linalg.lstsq(a, b, rcond=None)
         resid = np.abs(xs @ theta_s - y)
         spread = 1.4826 * float(np.median(resid)) or 1e-12
         weights = np.minimum(1.0, _HUBER_K * spread / np.maximum(resid, 1e-12))
-    return {n: float(t / s) for n, t, s in zip(names, theta_s, scale, strict=True)}
+    theta[free] = theta_s / scale
+    return theta
 
 
 def fit_cost_model(

@@ -50,14 +50,31 @@ def test_refit_adopts_a_fit_that_predicts_held_out_steps_better() -> None:
 
 
 def test_refit_refuses_a_fit_worse_than_the_model_in_force() -> None:
-    # Older steps come from another machine (the training part), the newest match the current model.
-    w = window_of(OTHER, 300)
-    rng = np.random.default_rng(1)
-    for i in range(100):
-        w.add(record(TRUTH, int(rng.choice([1, 4, 16])), int(rng.integers(0, 6)), 2000 + i, rng))
+    # Noisy steps of the very model in force: no fit on them predicts the held-out steps better.
+    rng = np.random.default_rng(3)
+    w = TelemetryWindow(max_k=8)
+    for i in range(120):
+        w.add(record(TRUTH, int(rng.choice([1, 4, 16])), int(rng.integers(0, 6)), i, rng, noise=0.3))
     fit = decide.refit(w, TRUTH, holdout_fraction=0.25, max_k=8)
     assert fit is not None and not fit.adopted and fit.model is TRUTH
-    assert fit.holdout_error > fit.current_error
+    assert fit.holdout_error >= fit.current_error and "no better" in fit.reason
+
+
+def test_a_new_regime_is_learned_within_a_few_refits() -> None:
+    # Steps from one machine, then a load change to batch sizes the window never saw (only 30 steps).
+    w = TelemetryWindow(max_k=8)
+    rng = np.random.default_rng(4)
+    for i in range(300):
+        w.add(record(TRUTH, 1, int(rng.integers(0, 6)), i, rng))
+    model = decide.refit(w, default_cost_model(), 0.25, 8)
+    assert model is not None and model.adopted
+    for i in range(30):
+        w.add(record(TRUTH, 16, int(rng.integers(0, 6)), 400 + i, rng))
+    again = decide.refit(w, model.model, 0.25, 8)
+    assert again is not None and again.adopted, again.reason
+    at16 = [s for s in w.samples if s.shape.batch == 16]
+    from smartspec.policy.cost_model import relative_error
+    assert relative_error(again.model, at16) < 0.1 < relative_error(model.model, at16)
 
 
 def test_too_few_steps_means_no_fit() -> None:
@@ -105,3 +122,13 @@ def test_predicted_goodput_matches_measured_when_the_model_is_right() -> None:
     predicted = decide.predicted_goodput(recs, TRUTH, spec, pri)
     assert seen["goodput"] is not None and predicted is not None
     assert predicted == pytest.approx(seen["goodput"], rel=0.03)  # emitted counts are rounded per step
+
+
+def test_operator_cost_models_replace_the_online_fit() -> None:
+    assert decide.spec_cost_model(parse_spec({})) is None  # online
+    preset = decide.spec_cost_model(parse_spec({"costModel": {"source": "preset", "preset": "h100-llama70b"}}))
+    assert preset is not None and preset.name == "h100-llama70b"
+    static = decide.spec_cost_model(parse_spec({"costModel": {"source": "coefficients", "coefficients": {
+        "verify": {"const": 0.02, "batched_tokens": 1e-4}, "draft": {"max_k": 0.003}}}}))
+    assert static is not None and static.name == "operator"
+    assert static.step_time(StepShape(1, 10, 2, 2)) == pytest.approx(0.02 + 3e-4 + 0.006)
