@@ -30,6 +30,11 @@ class PolicyConfig:
     # requests due are probed together once the oldest has waited `stale_factor` times as long.
     probe_every: int = 16
     stale_factor: int = 4
+    # The converse for the cost model: one speculating step in `explore_every` runs at k = 0, so the
+    # fit always has k = 0 steps at the batch sizes in use. Without them the k = 0 cost at a new
+    # batch size is extrapolated from elsewhere (measured on the real pair at batch 16: the fit,
+    # which had only k > 0 steps there, priced a k = 0 step at 311 ms against 183 ms measured).
+    explore_every: int = 50
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -42,6 +47,8 @@ class PolicyConfig:
             raise ValueError(f"hysteresis must be >= 1.0, got {self.hysteresis}")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0 (0 = never), got {self.probe_every}")
+        if self.explore_every < 0:
+            raise ValueError(f"explore_every must be >= 0 (0 = never), got {self.explore_every}")
         if self.stale_factor < 1:
             raise ValueError(f"stale_factor must be >= 1, got {self.stale_factor}")
 
@@ -76,6 +83,7 @@ class SpeculationPolicy:
 
     def __post_init__(self) -> None:
         self._zero_streak: dict[int, int] = {}
+        self._spec_steps = 0  # speculating goodput decisions so far (for exploration)
 
     def forget(self, seq_id: int) -> None:
         self._zero_streak.pop(seq_id, None)
@@ -98,6 +106,10 @@ class SpeculationPolicy:
                                  prefill_tokens=prefill_tokens, hysteresis=self.config.hysteresis)
             ks = sel.ks.copy()
             ks, probes = self._probe(ids, ks, caps)
+            if ks.any() and self.config.explore_every:
+                self._spec_steps += 1
+                if self._spec_steps % self.config.explore_every == 0:
+                    ks = np.zeros_like(ks)  # a k = 0 sample at this batch size for the cost model
         shape = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens)
         step_s = self.cost_model.step_time(shape)
         shape0 = StepShape(len(batch), context, 0, 0, prefill_tokens)
