@@ -30,10 +30,12 @@ class PolicyConfig:
     # requests due are probed together once the oldest has waited `stale_factor` times as long.
     probe_every: int = 16
     stale_factor: int = 4
-    # The converse for the cost model: one speculating step in `explore_every` runs at k = 0, so the
-    # fit always has k = 0 steps at the batch sizes in use. Without them the k = 0 cost at a new
-    # batch size is extrapolated from elsewhere (measured on the real pair at batch 16: the fit,
-    # which had only k > 0 steps there, priced a k = 0 step at 311 ms against 183 ms measured).
+    # For the cost model: one step in `explore_every` runs the other side — k = 0 if the policy
+    # speculates, else the k it would pick without hysteresis (at least 1) — so the fit has both
+    # kinds of steps at the batch sizes in use. Without them a cost at a new batch size is
+    # extrapolated from elsewhere (measured on the real pair at batch 16: a fit with only k > 0
+    # steps there priced a k = 0 step at 311 ms against 183 ms measured, and one with only k = 0
+    # steps there predicted twice the goodput that k = 5 then delivered).
     explore_every: int = 50
 
     def __post_init__(self) -> None:
@@ -83,7 +85,7 @@ class SpeculationPolicy:
 
     def __post_init__(self) -> None:
         self._zero_streak: dict[int, int] = {}
-        self._spec_steps = 0  # speculating goodput decisions so far (for exploration)
+        self._decisions = 0  # goodput decisions with something to decide (for exploration)
 
     def forget(self, seq_id: int) -> None:
         self._zero_streak.pop(seq_id, None)
@@ -106,10 +108,10 @@ class SpeculationPolicy:
                                  prefill_tokens=prefill_tokens, hysteresis=self.config.hysteresis)
             ks = sel.ks.copy()
             ks, probes = self._probe(ids, ks, caps)
-            if ks.any() and self.config.explore_every:
-                self._spec_steps += 1
-                if self._spec_steps % self.config.explore_every == 0:
-                    ks = np.zeros_like(ks)  # a k = 0 sample at this batch size for the cost model
+            if self.config.explore_every and caps.any():
+                self._decisions += 1
+                if self._decisions % self.config.explore_every == 0:
+                    ks = self._explore(ks, survival, caps, context, prefill_tokens)
         shape = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens)
         step_s = self.cost_model.step_time(shape)
         shape0 = StepShape(len(batch), context, 0, 0, prefill_tokens)
@@ -123,6 +125,15 @@ class SpeculationPolicy:
             decision_s=time.perf_counter() - t0,
             probes=probes,
         )
+
+    def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, context: int,
+                 prefill_tokens: int) -> np.ndarray:
+        """The other side of the decision, for one step: k = 0, or the best k > 0 ignoring hysteresis."""
+        if ks.any():
+            return np.zeros_like(ks)
+        best = select_goodput(survival, caps, self.cost_model, context_tokens=context,
+                              prefill_tokens=prefill_tokens, hysteresis=1.0).ks
+        return best if best.any() else np.minimum(caps, 1)
 
     def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, int]:
         """k = 0 is not sticky: requests held at 0 draft one token now and then (see PolicyConfig)."""

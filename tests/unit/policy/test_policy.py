@@ -59,10 +59,13 @@ def test_config_is_validated() -> None:
         PolicyConfig(hysteresis=0.9)
 
 
-def test_one_speculating_step_in_explore_every_runs_at_k0() -> None:
+def test_one_step_in_explore_every_runs_the_other_side() -> None:
     pol = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5), CHEAP)
     ks = [max(pol.choose(batch([8, 8])).ks.values()) for _ in range(10)]
     assert ks == [5, 5, 5, 5, 0] * 2  # the cost model gets k = 0 steps at this batch size too
+    dear = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5, probe_every=0), DEAR)
+    ks = [max(dear.choose(batch([8, 8])).ks.values()) for _ in range(10)]
+    assert ks[:4] == [0] * 4 and ks[4] >= 1 and ks[5:9] == [0] * 4 and ks[9] >= 1  # ... and k > 0 steps
     never = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=0), CHEAP)
     assert all(max(never.choose(batch([8])).ks.values()) == 5 for _ in range(10))
     with pytest.raises(ValueError, match="explore_every"):
