@@ -51,13 +51,14 @@ def refit(window: TelemetryWindow, current: CostModel, holdout_fraction: float, 
     fits on many more steps, and a strong pull toward a far-off starting model biases the
     coefficients that the step shapes only weakly separate (measured: held-out error 11 % at
     1e-3 vs 1.2 % at 1e-5 on synthetic steps from a known model, tests/unit/controller)."""
-    samples = list(window.samples)
-    # Every m-th step is held out (not the newest block): after a load change the new regime is
-    # in the training part at once, so a fit that knows it can replace one that does not within
-    # a few refits instead of after a quarter of the window has turned over.
+    # One step in m is held out, chosen by a stable hash of (replica, step) — not the newest block:
+    # after a load change the new regime is in the training part at once, so a fit that knows it
+    # replaces one that does not within a few refits; and a step is never in one fit's training
+    # part and the next one's held-out part.
     m = max(2, round(1 / holdout_fraction))
-    hold = samples[m - 1::m]
-    train = [x for i, x in enumerate(samples) if i % m != m - 1]
+    pairs = list(zip(window.samples, window.sample_keys, strict=True))
+    hold = [x for x, key in pairs if key % m == 0]
+    train = [x for x, key in pairs if key % m != 0]
     if len(hold) < 8 or len(train) < 16:
         return None
     cand = fit_cost_model(train, prior=current, pads_to_max_k=True, ridge=ridge, name="online")

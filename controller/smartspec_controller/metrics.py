@@ -22,7 +22,7 @@ class ControllerMetrics:
         self.r2 = m.create_gauge("smartspec_controller_cost_model_r2", unit="1",
                                  description="R² of the cost model in force on held-out steps")
         self.telemetry_age = m.create_gauge("smartspec_controller_telemetry_age_seconds", unit="s",
-                                            description="Seconds since the newest step record")
+                                            description="Seconds since the newest step record (none before one)")
         self.current_k = m.create_gauge("smartspec_controller_recommended_k", unit="1",
                                         description="k the policy recommends at the current batch size")
         self.batch_size = m.create_gauge("smartspec_controller_batch_size", unit="1",
@@ -35,7 +35,6 @@ class ControllerMetrics:
                                      description="Cost-model refits by outcome (adopted, rejected)")
         self.otlp_points = m.create_counter("smartspec_controller_otlp_data_points", unit="1",
                                             description="Metric data points received over OTLP")
-        self.telemetry_age.set(0.0)
 
     def prometheus_text(self) -> bytes:
         return bytes(generate_latest(self.registry))

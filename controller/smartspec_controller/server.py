@@ -45,6 +45,20 @@ from smartspec_controller.window import TelemetryWindow, measured
 
 log = logging.getLogger(__name__)
 PRIOR_CHANGE = 0.05  # republish when a pooled acceptance rate moved by more than this
+# Publish atomically, and only over an older version: two controllers (a rolling update) never
+# publish the same version with different content. Returns 0, or the newer version found.
+_PUBLISH_IF_NEWER = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and tonumber(doc['version']) and tonumber(doc['version']) >= tonumber(ARGV[1]) then
+    return tonumber(doc['version'])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[1], ARGV[2])
+return 0
+"""
 
 
 class _HttpServer(uvicorn.Server):
@@ -70,7 +84,9 @@ class Controller:
         self.version = 0
         self.status: dict[str, Any] = {}
         self.redis_ok = True
+        self._last_id = (0, 0)  # newest stream entry ingested
         self._tasks: list[asyncio.Task[None]] = []
+        self._cas = self.redis.register_script(_PUBLISH_IF_NEWER)
         self.grpc: RunningServer | None = None
         self.http: _HttpServer | None = None
         self.http_port = 0
@@ -108,15 +124,19 @@ class Controller:
 
     # -- consuming step records --------------------------------------------------------------------
     async def _ensure_group(self) -> None:
+        key, group = steps_key(self.service), self.settings.consumer_group
         try:  # from the start of the (capped) stream: a new controller learns from the history there
-            await self.redis.xgroup_create(steps_key(self.service), self.settings.consumer_group, id="0", mkstream=True)
+            await self.redis.xgroup_create(key, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        # Entries a crashed controller had read but not acknowledged become ours (one controller per
+        # service); the "0" cursor then reads them before anything new.
+        await self.redis.xautoclaim(key, group, self.settings.consumer, min_idle_time=0, start_id="0-0", count=100_000)
 
     async def _consume_loop(self) -> None:
         key, group = steps_key(self.service), self.settings.consumer_group
-        consumer = self.settings.name
+        consumer = self.settings.consumer
         cursor = "0"  # this consumer's pending entries first (delivered before a crash, never acked)
         backoff = 0.1
         need_group = True
@@ -134,8 +154,10 @@ class Controller:
                 ids: list[Any] = []
                 for entry_id, fields in entries:
                     ids.append(entry_id)
-                    if fields:
+                    eid = _entry_id(entry_id)
+                    if fields and eid > self._last_id:  # re-read after a failed XACK: count once
                         self._ingest(fields)
+                        self._last_id = eid
                 if ids:
                     await self.redis.xack(key, group, *ids)
                 self._redis_up()
@@ -283,10 +305,11 @@ class Controller:
             goodput=GoodputReport(measured=measured_gp, predicted=predicted_gp),
             issued_at=now, expires_at=now + spec.expiry_s, decided_by=self.settings.name)
         body = doc.model_dump_json()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, body)
-            pipe.publish(key, body)
-            await pipe.execute()
+        newer = int(await self._cas(keys=[key], args=[doc.version, body]))
+        if newer:  # another controller got there first: continue after its version next time
+            self.version = max(self.version, newer)
+            log.warning("controller: policy v%d already published by another controller; not overwriting", newer)
+            return doc
         self.version, self.doc = doc.version, doc
         log.info("controller: published policy v%d (%s, K=%d, k at batch %s = %s, cost model %s)", doc.version,
                  doc.mode, doc.max_k, current.batch_size if current else "-", current.k if current else "-",
@@ -322,8 +345,11 @@ class Controller:
         if predicted is not None:
             m.goodput.set(predicted, {"kind": "predicted"})
         m.policy_version.set(self.version)
+        # R² of the model in force: the online fit's held-out R²; NaN for an operator's static model.
         r2 = self.last_fit.r2_in_force if self.last_fit is not None else None
-        if r2 is not None and math.isfinite(r2):
+        if decide.spec_cost_model(self.spec) is not None:
+            m.r2.set(float("nan"))
+        elif r2 is not None and math.isfinite(r2):
             m.r2.set(r2)
         age = self.window.age_s(now)
         if age is not None:
@@ -359,6 +385,12 @@ class Controller:
             return JSONResponse(json.loads(json.dumps(self.status, default=_finite)))
 
         return app
+
+
+def _entry_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _finite(value: Any) -> Any:

@@ -23,12 +23,14 @@ class ControllerSettings(BaseSettings):
     otlp_port: int = Field(4317, ge=0, le=65535, description="OTLP gRPC receiver for the targets' metrics (0: any)")
     name: str = Field(default_factory=_default_name, description="decided_by in published policies")
     consumer_group: str = Field("smartspec-controller", description="Redis consumer group on the step stream")
+    consumer: str = Field(default_factory=socket.gethostname,
+                          description="this controller's consumer name in the group (stable across restarts)")
     interval_s: float = Field(1.0, gt=0, description="how often to decide (the slow loop)")
     cost_model: str = Field("default", description="starting cost model: default, a preset, or a JSON file")
     fit_window: int = Field(2000, ge=16, description="most recent steps the cost model is fitted on")
     min_fit_samples: int = Field(40, ge=8, description="steps needed before the first fit")
     fit_ridge: float = Field(1e-5, ge=0, description="pull of each refit toward the model in force")
-    holdout_fraction: float = Field(0.25, gt=0, lt=0.9, description="newest steps kept out of the fit to judge it")
+    holdout_fraction: float = Field(0.25, gt=0, lt=0.9, description="share of steps kept out of the fit to judge it")
     load_window_s: float = Field(5.0, gt=0, description="recent seconds that define the current load")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
                                    description="batch sizes in the recommended-k table")

@@ -9,6 +9,7 @@ measured goodput.
 from __future__ import annotations
 
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ class TelemetryWindow:
 
     def __post_init__(self) -> None:
         self.samples: deque[StepSample] = deque(maxlen=self.fit_window)
+        # A stable key per sample (its replica and step), so a step is held out of every fit or of
+        # none, however the window slides.
+        self.sample_keys: deque[int] = deque(maxlen=self.fit_window)
         self._classes: dict[str, _ClassCounts] = {}
         self.last_ts: float | None = None
         self.last_seen: dict[str, float] = {}  # replica -> newest record ts
@@ -47,6 +51,7 @@ class TelemetryWindow:
         self.last_seen[rec.replica] = max(self.last_seen.get(rec.replica, 0.0), rec.ts)
         if rec.batch_size > 0:  # prefill-only steps verify nothing; the engine leaves them out of fits too
             self.samples.append(rec.sample)
+            self.sample_keys.append(zlib.crc32(f"{rec.replica}/{rec.step}".encode()))
             self.new_samples += 1
         for klass, (tested, accepted) in rec.acceptance.items():
             self._count(klass, tested, accepted)

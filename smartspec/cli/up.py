@@ -63,8 +63,10 @@ def redis_binary() -> str | None:
 class Stack:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    optional: set[str] = field(default_factory=set)  # parts whose death costs telemetry, not serving
+    _reported: set[str] = field(default_factory=set)
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, cmd: list[str], essential: bool = True) -> subprocess.Popen[bytes]:
         # Own process group: the terminal's Ctrl-C reaches only us, and we stop the parts in order.
         # Draft and target share the machine's cores and take turns every step; OpenMP threads that
         # spin while their process waits would steal the other's cores (measured: 0.89x -> 0.98x of
@@ -73,6 +75,8 @@ class Stack:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         proc = subprocess.Popen(cmd, start_new_session=True, env=env)
         self.procs.append((name, proc))
+        if not essential:
+            self.optional.add(name)
         return proc
 
     def stop(self) -> None:
@@ -88,9 +92,18 @@ class Stack:
             self.tmp.cleanup()
 
     def dead(self) -> str | None:
+        """The first essential part (draft, target) that exited; optional parts are only reported,
+        because Redis or the controller being down never stops serving (DESIGN §5)."""
         for name, proc in self.procs:
-            if proc.poll() is not None:
+            if proc.poll() is None:
+                continue
+            if name not in self.optional:
                 return f"{name} exited with status {proc.returncode}"
+            if name not in self._reported:
+                self._reported.add(name)
+                print(f"smartspec up: {name} exited with status {proc.returncode}; serving goes on "
+                      "(targets keep their policy until it expires, then their local default)",
+                      file=sys.stderr, flush=True)
         return None
 
 
@@ -124,6 +137,30 @@ def _wait_http(url: str, stack: Stack, timeout_s: float) -> None:
     raise ResourceShortage(f"the target did not become ready within {timeout_s:.0f}s")
 
 
+def _write_spec(redis_url: str, service: str, policy: str, fixed_k: int) -> None:
+    """What the operator's SpeculationPolicy would say: --policy and --fixed-k, as the controller's spec."""
+    import redis
+
+    from smartspec.policy.document import parse_spec
+    from smartspec.telemetry.keys import policy_spec_key
+
+    try:
+        spec = parse_spec({"mode": policy, "maxSpeculationLength": max(8, fixed_k), "fixedSpeculationLength": fixed_k})
+    except ValueError as exc:
+        raise InvalidRequest(f"--policy/--fixed-k: {exc}", param="fixed_k") from None
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.set(policy_spec_key(service), spec.model_dump_json(by_alias=True))
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise ResourceShortage(f"redis-server at {redis_url} did not start") from None
+            time.sleep(0.05)
+    client.close()
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise InvalidRequest(f"--port must be in 1..65535, got {args.port}", param="port")
@@ -150,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         if redis:
             rport = free_port()
             stack.start("redis-server", [redis, "--bind", "127.0.0.1", "--port", str(rport), "--save", "",
-                                         "--appendonly", "no", "--loglevel", "warning"])
+                                         "--appendonly", "no", "--loglevel", "warning"], essential=False)
             redis_url = f"redis://127.0.0.1:{rport}"
             print(f"redis: {redis_url}", flush=True)
             control = ["--redis-url", redis_url, "--service", args.service]
@@ -159,9 +196,10 @@ def run(args: argparse.Namespace) -> int:
             print("redis: no redis-server found (install Debian's redis-server); no controller, local policy only",
                   file=sys.stderr, flush=True)
         if redis_url and not args.no_controller:
+            _write_spec(redis_url, args.service, args.policy, args.fixed_k)  # the controller obeys --policy
             cport, oport = free_port(), free_port()
             stack.start("controller", [*py, "controller", *control, "--http-port", str(cport),
-                                       "--otlp-port", str(oport)])
+                                       "--otlp-port", str(oport)], essential=False)
             control += ["--otlp-endpoint", f"127.0.0.1:{oport}"]
             info["controller_url"] = f"http://127.0.0.1:{cport}"
             print(f"controller: {info['controller_url']} (OTLP 127.0.0.1:{oport})", flush=True)

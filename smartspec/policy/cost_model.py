@@ -121,17 +121,29 @@ class CostModel:
             raise ValueError(f"unknown cost-model keys {sorted(extra)}")
         if "verify" not in data:
             raise ValueError("a cost model needs at least `verify` coefficients")
-        return cls(
-            name=str(data.get("name", "static")),
-            verify={k: float(v) for k, v in data["verify"].items()},
-            draft={k: float(v) for k, v in data.get("draft", {}).items()},
-            overhead={k: float(v) for k, v in data.get("overhead", {}).items()},
-            draft_fraction=float(data.get("draft_fraction", 0.0)),
-            overhead_fraction=float(data.get("overhead_fraction", 0.0)),
-            pads_to_max_k=bool(data.get("pads_to_max_k", True)),
-            r2=None if data.get("r2") is None else float(data["r2"]),
-            samples=int(data.get("samples", 0)),
-        )
+        try:
+            model = cls(
+                name=str(data.get("name", "static")),
+                verify=_coefficients(data["verify"]),
+                draft=_coefficients(data.get("draft", {})),
+                overhead=_coefficients(data.get("overhead", {})),
+                draft_fraction=float(data.get("draft_fraction", 0.0)),
+                overhead_fraction=float(data.get("overhead_fraction", 0.0)),
+                pads_to_max_k=bool(data.get("pads_to_max_k", True)),
+                r2=None if data.get("r2") is None else float(data["r2"]),
+                samples=int(data.get("samples", 0)),
+            )
+        except (TypeError, AttributeError) as exc:  # e.g. `"verify": [1]` or `"const": null`: bad input, not a bug
+            raise ValueError(f"malformed cost model: {exc}") from None
+        return model
+
+
+def _coefficients(part: Any) -> dict[str, float]:
+    values = {str(k): float(v) for k, v in part.items()}
+    bad = [k for k, v in values.items() if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"cost-model coefficients must be finite numbers: {bad}")
+    return values
 
 
 # -- presets --------------------------------------------------------------------------------

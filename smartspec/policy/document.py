@@ -19,7 +19,8 @@ MAX_K_LIMIT = 16  # the CRD's bound on maxSpeculationLength
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No NaN/Infinity: a document with `expires_at: Infinity` would never expire.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class AcceptanceSpec(_Strict):

@@ -45,3 +45,20 @@ def test_show_prints_the_policy_in_force(loop_thread: LoopThread, redis_db: Any,
         stackfile.remove()
         client.close()
     assert not os.path.exists(tmp_path / "stack.json")
+
+
+def test_up_hands_its_policy_flags_to_the_controller(redis_db: Any) -> None:
+    from smartspec.cli.up import _write_spec
+    from smartspec.errors import InvalidRequest
+    from smartspec.policy.document import parse_spec
+    from smartspec.telemetry.keys import policy_spec_key
+
+    client = redis_db.client()
+    _write_spec(redis_db.url, "smartspec", "fixed", 5)
+    spec = parse_spec(client.get(policy_spec_key("smartspec")))
+    assert (spec.mode, spec.fixed_k, spec.max_k) == ("fixed", 5, 8)
+    _write_spec(redis_db.url, "smartspec", "off", 3)
+    assert parse_spec(client.get(policy_spec_key("smartspec"))).mode == "off"
+    with pytest.raises(InvalidRequest, match="fixed"):
+        _write_spec(redis_db.url, "smartspec", "fixed", 40)
+    client.close()

@@ -60,9 +60,9 @@ def test_step_records_arrive_with_the_documented_fields(plane: dict[str, Any]) -
 
 def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_svc_models: dict[str, Any],
                                                 redis_db: Any) -> None:
-    """The controller's model predicts held-out steps within 15 %: the newest steps of its window, which
-    it does not fit on (what it reports in its status), and, allowing for this shared machine's drift,
-    within 25 % for a later load phase it has not seen at all."""
+    """The controller's model predicts held-out steps within 15 %: one step in four of its window,
+    chosen by a stable hash and never fitted on (what it reports in its status), and, allowing for
+    this shared machine's drift, within 25 % for a later load phase it has not seen at all."""
     client = redis_db.client()
     set_spec(client, "smartspec", {"mode": "fixed", "maxSpeculationLength": 8, "fixedSpeculationLength": 4})
     ctl = start_controller(loop_thread, redis_db.url)
@@ -102,7 +102,7 @@ def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_s
             print(f"  {x.shape} actual {x.total_s * 1e3:.1f} ms (draft {x.draft_s * 1e3:.1f}, verify "
                   f"{x.verify_s * 1e3:.1f}), predicted {fitted.step_time(x.shape) * 1e3:.1f} ms "
                   f"{tuple(round(c * 1e3, 1) for c in fitted.components(x.shape))}")
-        assert len(held_out) >= 20 and error < 0.25
+        assert len(held_out) >= 20 and error < 0.25 and r2 is not None and r2 > 0.5
     finally:
         stack.stop()
         draft.kill()

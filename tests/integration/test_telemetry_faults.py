@@ -114,3 +114,41 @@ def test_controller_death_keeps_the_policy_until_expiry_then_the_local_default(f
         stack.stop()
         ctl.kill()
         client.close()
+
+
+def test_a_restarted_controller_resumes_the_stream_and_never_reuses_a_version(faulty: dict[str, Any]) -> None:
+    from smartspec.engine.engine import StepStats
+    from smartspec.telemetry import records
+    from smartspec.telemetry.keys import policy_key
+
+    loop, redis_server = faulty["loop"], faulty["redis"]
+    client = redis_server.client()
+
+    def write_steps(n: int, first: int) -> None:
+        for i in range(first, first + n):
+            stats = StepStats(step_id=i, batch_size=2, num_prefills=0, ks=[2, 2], num_proposed_per_pos=[2, 2],
+                              num_accepted_per_pos=[2, 1], num_emitted=5, context_tokens=40, num_forwards=1,
+                              real_tokens=6, padded_tokens=6, draft_s=0.01, verify_s=0.02, overhead_s=0.001)
+            client.xadd(steps_key("smartspec"), records.encode(stats, "r0", time.time()))  # type: ignore[arg-type]
+
+    ctl = start_controller(loop, redis_server.url)
+    try:
+        write_steps(10, 1)
+        wait_for(lambda: ctl.window.records == 10, 5, "the first records")
+    finally:
+        loop.run(ctl.stop())
+    write_steps(15, 11)  # while no controller runs
+    # Another controller (a rolling update) published a higher version meanwhile: never overwritten.
+    doc = published(client)
+    assert doc is not None
+    rival = doc.model_copy(update={"version": doc.version + 100, "decided_by": "rival",
+                                   "issued_at": time.time(), "expires_at": time.time() + 30})
+    client.set(policy_key("smartspec"), rival.model_dump_json())
+    ctl = start_controller(loop, redis_server.url)
+    try:
+        wait_for(lambda: ctl.window.records == 15, 5, "the records written while it was down")
+        nxt = wait_for(lambda: (d := published(client)) and d.decided_by != "rival" and d, 5, "its next policy")
+        assert nxt.version > rival.version
+    finally:
+        loop.run(ctl.stop())
+        client.close()

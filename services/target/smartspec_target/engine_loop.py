@@ -165,7 +165,12 @@ class EngineLoop:
             return
         elif kind == "policy":
             if self.switch is not None:
-                self.switch.apply(*arg)
+                try:
+                    self.switch.apply(*arg)
+                except Exception:  # a policy that cannot be applied must not stop the engine thread
+                    log.exception("policy could not be applied; back to the local default")
+                    self.metrics.policy_rejected.add(1, {"reason": "apply"})
+                    self.switch.apply(None, "apply-error")
         elif kind == "cancel":
             seq = self.scheduler.engine.seqs.get(arg)
             if seq is not None and not seq.finished:

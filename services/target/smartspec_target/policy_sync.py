@@ -129,11 +129,13 @@ class PolicySync:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("policy: Redis unavailable (%s); keeping the policy in force until it expires", exc)
-                end = time.monotonic() + backoff
-                while time.monotonic() < end:
-                    self._check_expiry()
-                    await asyncio.sleep(min(0.2, backoff))
-                backoff = min(2 * backoff, 2.0)
+            except Exception:  # a bug here must not stop the fall-back to the local default
+                log.exception("policy: sync failed; retrying")
+            end = time.monotonic() + backoff  # back off, still watching expiry
+            while time.monotonic() < end:
+                self._check_expiry()
+                await asyncio.sleep(min(0.2, backoff))
+            backoff = min(2 * backoff, 2.0)
 
     async def _read(self) -> None:
         raw = await self._client.get(self.key)

@@ -32,7 +32,7 @@ class TargetSettings(BaseSettings):
     drain_timeout_s: float = Field(600.0, ge=0, description="on SIGTERM, wait this long for running requests")
     # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
-    replica: str | None = Field(None, description="this replica's name in step records (default host:port)")
+    replica: str | None = Field(None, description="this replica's name in step records (default hostname-pid)")
     redis_url: str | None = Field(None, description="redis://host:port; step records out, policy in")
     steps_stream_maxlen: int = Field(100_000, ge=100, description="cap (approximate) of the step-record stream")
     telemetry_buffer: int = Field(10_000, ge=10, description="records held while Redis is slow or down")

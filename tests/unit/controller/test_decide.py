@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from smartspec.telemetry.records import StepRecord
 from smartspec_controller import decide
 from smartspec_controller.window import TelemetryWindow, measured
 
+STEP_IDS = itertools.count(1)
 TRUTH = CostModel("truth", verify={"const": 0.02, "batched_tokens": 4e-4, "context_tokens": 2e-7},
                   draft={"max_k": 0.004, "draft_tokens": 2e-4}, overhead={"const": 1e-3})
 OTHER = CostModel("other", verify={"const": 0.05, "batched_tokens": 1e-3}, draft={"max_k": 0.01})
@@ -27,7 +30,7 @@ def record(model: CostModel, batch: int, k: int, ts: float, rng: np.random.Gener
     # per position: everyone tests position 0; a fraction alpha^j reaches position j
     tested = [round(batch * alpha**j) for j in range(k)]
     accepted = [round(batch * alpha ** (j + 1)) for j in range(k)]
-    return StepRecord(ts=ts, replica=replica, step=0, batch_size=batch, num_prefills=0, emitted=emitted,
+    return StepRecord(ts=ts, replica=replica, step=next(STEP_IDS), batch_size=batch, num_prefills=0, emitted=emitted,
                       sum_k=k * batch, max_k=k, policy_version=1, acceptance={"default": [tested, accepted]},
                       sample=StepSample(shape, max(d, 0.0), v, o))
 

@@ -37,6 +37,8 @@ def test_spec_uses_the_crd_field_names_and_defaults() -> None:
     ({"costModel": {"source": "preset", "preset": "a100-imaginary"}}, "preset"),
     ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"warp": 1}}}}, "warp"),
     ({"maxSpecLength": 3}, "maxSpecLength"),
+    ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": None}}}}, "malformed"),
+    ({"hysteresis": float("nan")}, "hysteresis"),
 ])
 def test_spec_errors_name_the_field(raw: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
@@ -57,6 +59,9 @@ def test_document_round_trip_and_expiry() -> None:
     ({"acceptance_prior": {"default": [1.2]}}, "acceptance_prior"),
     ({"cost_model": {"verify": {"nope": 1.0}}}, "nope"),
     ({"expires_at": 0.0}, "expires_at"),
+    ({"expires_at": float("inf")}, "expires_at"),
+    ({"cost_model": {"verify": {"const": None}}}, "malformed cost model"),
+    ({"cost_model": {"verify": [1]}}, "malformed cost model"),
 ])
 def test_invalid_documents_are_rejected(kw: dict[str, object], why: str) -> None:
     raw = doc().model_dump()
