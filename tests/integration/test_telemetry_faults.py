@@ -85,6 +85,40 @@ def test_redis_outage_drops_records_but_never_a_request(faulty: dict[str, Any]) 
         client.close()
 
 
+def test_a_hung_redis_never_slows_a_step(faulty: dict[str, Any]) -> None:
+    """Redis frozen (SIGSTOP: connections open, no answers) — the slow case, not the refused one."""
+    import signal
+
+    from smartspec.telemetry.records import decode
+
+    loop, redis_server = faulty["loop"], faulty["redis"]
+    stack = start_stack(loop, faulty["models"], redis_url=redis_server.url, telemetry_buffer=10)
+    client = redis_server.client()
+    try:
+        url = stack.url
+        reference = complete_many(url, PROMPTS, max_tokens=TOKENS)
+        before = [decode(f).step_s for _, f in client.xrange(steps_key("smartspec"))]
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.perf_counter()
+            assert complete_many(url, PROMPTS, max_tokens=TOKENS) == reference
+            frozen_s = time.perf_counter() - t0
+            assert metric(url, "smartspec_telemetry_records_dropped_total") > 0
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        t0 = time.perf_counter()
+        assert complete_many(url, PROMPTS, max_tokens=TOKENS) == reference
+        normal_s = time.perf_counter() - t0
+        print(f"4 x {TOKENS} tokens: {frozen_s:.2f}s with Redis frozen, {normal_s:.2f}s with it answering; "
+              f"median step before {sorted(before)[len(before) // 2] * 1e3:.1f} ms")
+        # The writer thread waits out its 1 s socket timeouts; the steps never do.
+        assert frozen_s < 2 * normal_s + 0.5
+    finally:
+        stack.stop()
+        client.close()
+
+
 def test_controller_death_keeps_the_policy_until_expiry_then_the_local_default(faulty: dict[str, Any]) -> None:
     loop, redis_server = faulty["loop"], faulty["redis"]
     client = redis_server.client()
