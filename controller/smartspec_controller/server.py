@@ -95,8 +95,8 @@ class Controller:
     async def start(self) -> None:
         self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port)
         self.http = _HttpServer(uvicorn.Config(self._app(), host=self.settings.host, port=self.settings.http_port,
-                                               log_level="warning", lifespan="off"))
-        self._tasks.append(asyncio.create_task(self.http.serve()))
+                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+        self._tasks.append(asyncio.create_task(self.http.serve(), name="http"))
         while not self.http.started:
             if self._tasks[0].done():
                 self._tasks[0].result()
@@ -107,15 +107,21 @@ class Controller:
         log.info("controller for %s: HTTP %s:%d, OTLP gRPC %s:%d, Redis %s", self.service, self.settings.host,
                  self.http_port, self.settings.host, self.grpc.port, self.settings.redis_url)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every loop and server; each part gets `timeout_s`, then it is cancelled (never hangs)."""
         if self.http is not None:
             self.http.should_exit = True
         for task in self._tasks[1:]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s) if self._tasks else (set(), set())
+        for task in pending:  # e.g. the HTTP server still waiting for a client to close its connection
+            log.warning("controller: %s did not stop within %.0fs; cancelled", task.get_name(), timeout_s)
+            task.cancel()
         if self.grpc is not None:
-            await self.grpc.stop(grace_s=0.5)
-        await self.redis.aclose()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.grpc.stop(grace_s=0.5), timeout_s)
+        with contextlib.suppress(asyncio.TimeoutError, RedisError, OSError):
+            await asyncio.wait_for(self.redis.aclose(), timeout_s)
         self.metrics.shutdown()
 
     @property

@@ -61,3 +61,16 @@ def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.02)
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def stop_all(*stoppers: Any) -> None:
+    """Run every stopper even if an earlier one fails (a controller left running on the session loop
+    would keep publishing into the next test), then raise the first failure."""
+    errors: list[BaseException] = []
+    for stop in stoppers:
+        try:
+            stop()
+        except BaseException as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]

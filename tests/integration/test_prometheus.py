@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.integration.conftest import LoopThread
-from tests.integration.control_plane import complete_many, start_controller, wait_for
+from tests.integration.control_plane import complete_many, start_controller, stop_all, wait_for
 from tests.integration.prometheus import Prometheus
 from tests.integration.services import start_stack
 
@@ -62,6 +62,4 @@ def test_prometheus_scrapes_every_documented_metric(loop_thread: LoopThread, tin
         per_pos = prom.query("smartspec_spec_decode_num_accepted_tokens_per_pos_total")
         assert {s["metric"]["position"] for s in per_pos} >= {"0"}
     finally:
-        prom.stop()
-        stack.stop()
-        loop_thread.run(ctl.stop())
+        stop_all(prom.stop, stack.stop, lambda: loop_thread.run(ctl.stop()))

@@ -21,6 +21,7 @@ from tests.integration.control_plane import (
     published,
     set_spec,
     start_controller,
+    stop_all,
     wait_for,
 )
 from tests.integration.services import start_stack
@@ -37,9 +38,7 @@ def plane(loop_thread: LoopThread, tiny_svc_models: dict[str, Any], redis_db: An
                         otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", otlp_interval_s=0.3, policy="fixed", fixed_k=4)
     client = redis_db.client()
     yield {"ctl": ctl, "stack": stack, "redis": client, "server": redis_db}
-    stack.stop()
-    loop_thread.run(ctl.stop())
-    client.close()
+    stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()), client.close)
 
 
 def test_step_records_arrive_with_the_documented_fields(plane: dict[str, Any]) -> None:
@@ -104,10 +103,7 @@ def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_s
                   f"{tuple(round(c * 1e3, 1) for c in fitted.components(x.shape))}")
         assert len(held_out) >= 20 and error < 0.25 and r2 is not None and r2 > 0.5
     finally:
-        stack.stop()
-        draft.kill()
-        loop_thread.run(ctl.stop())
-        client.close()
+        stop_all(stack.stop, draft.kill, lambda: loop_thread.run(ctl.stop()), client.close)
 
 
 def test_published_policy_is_in_force_within_a_second(plane: dict[str, Any]) -> None:
