@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
+
+from smartspec.telemetry.metrics import prometheus_provider
 
 
 class ControllerMetrics:
     def __init__(self, service: str) -> None:
-        self.registry = CollectorRegistry()
-        reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
-        self.provider = MeterProvider(metric_readers=[reader],
-                                      resource=Resource.create({"service.name": f"{service}-controller"}))
+        self.registry, self.provider = prometheus_provider({"service.name": f"{service}-controller"})
         m = self.provider.get_meter("smartspec.controller")
         self.goodput = m.create_gauge("smartspec_controller_goodput_tokens_per_second", unit="1",
                                       description="Emitted tokens per engine-second, measured and predicted")

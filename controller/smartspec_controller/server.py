@@ -85,6 +85,7 @@ class Controller:
         self.status: dict[str, Any] = {}
         self.redis_ok = True
         self._last_id = (0, 0)  # newest stream entry ingested
+        self._points_counted = 0  # OTLP data points already added to the counter
         self._tasks: list[asyncio.Task[None]] = []
         self._cas = self.redis.register_script(_PUBLISH_IF_NEWER)
         self.grpc: RunningServer | None = None
@@ -341,7 +342,7 @@ class Controller:
             "replicas": self.window.replicas(now=now), "telemetry_age_s": self.window.age_s(now),
             "records": self.window.records, "otlp_instances": sorted(self.view.values),
         }
-        await self.redis.set(status_key(self.service), json.dumps(self.status, allow_nan=False, default=_finite))
+        await self.redis.set(status_key(self.service), json.dumps(self.status, allow_nan=False))
 
     def _update_metrics(self, measured_gp: float | None, predicted: float | None, model: CostModel,
                         current: CurrentLoad | None, now: float) -> None:
@@ -363,8 +364,8 @@ class Controller:
         if current is not None:
             m.current_k.set(current.k)
             m.batch_size.set(current.batch_size)
-        m.otlp_points.add(self.view.points - getattr(self, "_points_seen", 0))
-        self._points_seen = self.view.points
+        m.otlp_points.add(self.view.points - self._points_counted)
+        self._points_counted = self.view.points
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def _app(self) -> FastAPI:
@@ -388,7 +389,7 @@ class Controller:
 
         @app.get("/status")
         async def status() -> JSONResponse:
-            return JSONResponse(json.loads(json.dumps(self.status, default=_finite)))
+            return JSONResponse(self.status)
 
         return app
 
@@ -397,10 +398,6 @@ def _entry_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _finite(value: Any) -> Any:
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
 async def serve(settings: ControllerSettings) -> None:

@@ -112,8 +112,8 @@ class Scheduler:
         stats.policy_version = self.policy.version
         stats.decision_s = self._last.decision_s if self._last else 0.0
         ids = [sid for sid, (k, _) in out.verdicts.items() if k > 0]
-        self.policy.acceptance.observe(ids, [out.verdicts[i][0] for i in ids], [out.verdicts[i][1] for i in ids])
-        stats.acceptance_by_class = self._acceptance_by_class(ids, out.verdicts)
+        stats.acceptance_by_class = self.policy.acceptance.observe(
+            ids, [out.verdicts[i][0] for i in ids], [out.verdicts[i][1] for i in ids])
         for sid in out.finished:
             self._forget(sid)
         for sink in self.sinks:
@@ -146,22 +146,6 @@ class Scheduler:
         decision = self.policy.choose(batch, prefill_tokens=sum(s.prompt_len for s in prefill))
         self._last = decision
         return decision.ks
-
-    def _acceptance_by_class(self, ids: list[int], verdicts: dict[int, tuple[int, int]]) -> dict[str, list[list[int]]]:
-        """[tested, accepted] per draft position and class; a position counts as tested when every
-        earlier draft passed (the estimator's truncation rule), so the controller pools unbiasedly."""
-        out: dict[str, list[list[int]]] = {}
-        for sid in ids:
-            k, a = verdicts[sid]
-            klass = self._specs.get(sid, RequestSpec()).klass
-            tested, accepted = out.setdefault(klass, [[], []])
-            for pos in range(min(k, a + 1)):
-                if pos == len(tested):
-                    tested.append(0)
-                    accepted.append(0)
-                tested[pos] += 1
-                accepted[pos] += int(pos < a)
-        return out
 
     def _refit(self) -> None:
         self._last_fit_step = self.steps

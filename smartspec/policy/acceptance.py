@@ -102,11 +102,15 @@ class AcceptanceTracker:
         self._pool(klass).prior = cfg.prior_vector()
 
     # -- updates --------------------------------------------------------------------------
-    def observe(self, seq_ids: Sequence[int], ks: Sequence[int], accepted: Sequence[int]) -> None:
-        """One step's outcomes: request seq_ids[b] proposed ks[b] drafts and had accepted[b] accepted."""
+    def observe(self, seq_ids: Sequence[int], ks: Sequence[int],
+                accepted: Sequence[int]) -> dict[str, list[list[int]]]:
+        """One step's outcomes: request seq_ids[b] proposed ks[b] drafts and had accepted[b] accepted.
+
+        Returns this step's counts per class, [tested per position, accepted per position], for
+        the step record (the controller pools them with the same truncation rule)."""
         known = [b for b, sid in enumerate(seq_ids) if sid in self._row and ks[b] > 0]
         if not known:
-            return
+            return {}
         rows = np.array([self._row[seq_ids[b]] for b in known])
         k = np.minimum(np.array([ks[b] for b in known]), self.config.max_k)
         a = np.minimum(np.array([accepted[b] for b in known]), k)
@@ -119,11 +123,16 @@ class AcceptanceTracker:
         by_class: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             by_class.setdefault(self._class_of[row], []).append(i)
+        step: dict[str, list[list[int]]] = {}
         for klass, idx in by_class.items():
             pool = self._pool(klass)
             g = self.config.pooled_decay
-            pool.tested = g * pool.tested + tested[idx].sum(axis=0)
-            pool.accepted = g * pool.accepted + passed[idx].sum(axis=0)
+            t, p = tested[idx].sum(axis=0), passed[idx].sum(axis=0)
+            pool.tested = g * pool.tested + t
+            pool.accepted = g * pool.accepted + p
+            width = int(np.count_nonzero(t))  # positions tested form a prefix; drop the untested tail
+            step[klass] = [[int(x) for x in t[:width]], [int(x) for x in p[:width]]]
+        return step
 
     # -- estimates ------------------------------------------------------------------------
     def prior(self, klass: str = DEFAULT_CLASS) -> np.ndarray:

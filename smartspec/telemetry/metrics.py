@@ -7,7 +7,9 @@ without `_total`; the Prometheus exporter appends it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -15,12 +17,23 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
-from smartspec.engine.engine import StepStats
+if TYPE_CHECKING:  # the controller uses this module without torch installed
+    from smartspec.engine.engine import StepStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 K_BUCKETS = tuple(float(k) for k in range(17))
 FALLBACK_CAUSES = ("deadline", "disconnected", "error", "incompatible", "invalid")
+
+
+def prometheus_provider(resource: dict[str, str], extra_readers: Sequence[MetricReader] = (),
+                        ) -> tuple[CollectorRegistry, MeterProvider]:
+    """A MeterProvider owned by one service instance whose instruments read out as Prometheus text
+    from its own registry (plus any extra readers, e.g. OTLP)."""
+    registry = CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry, disable_target_info=True, scope_info_enabled=False)
+    provider = MeterProvider(metric_readers=[reader, *extra_readers], resource=Resource.create(resource))
+    return registry, provider
 
 
 @dataclass
@@ -33,11 +46,9 @@ class TargetMetrics:
     model: str = ""
 
     def __post_init__(self) -> None:
-        self.registry = CollectorRegistry()
-        reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
-        resource = Resource.create({"service.name": self.service, "service.instance.id": self.instance,
-                                    "smartspec.model": self.model})
-        self.provider = MeterProvider(metric_readers=[reader, *self.extra_readers], resource=resource)
+        self.registry, self.provider = prometheus_provider(
+            {"service.name": self.service, "service.instance.id": self.instance, "smartspec.model": self.model},
+            self.extra_readers)
         m = self.provider.get_meter("smartspec.target")
         self.num_drafts = m.create_counter("smartspec_spec_decode_num_drafts", unit="1",
                                            description="Requests that were given drafts, summed over steps")

@@ -1,9 +1,10 @@
 """RedisStepSink: step records to the capped stream `smartspec:{service}:steps`, off the step's path.
 
-`record()` only encodes the step and appends it to a bounded local buffer; a writer thread sends
-buffered records in batches (one pipelined XADD round trip per batch). When Redis is slow or
-down the buffer fills and the OLDEST records are dropped and counted, so a step never waits on
-Redis and the newest telemetry is what reaches the controller once Redis is back.
+`record()` only appends the step (and its wall-clock time) to a bounded local buffer; a writer
+thread encodes buffered records and sends them in batches (one pipelined XADD round trip per
+batch). When Redis is slow or down the buffer fills and the OLDEST records are dropped and
+counted, so a step never waits on Redis and the newest telemetry is what reaches the controller
+once Redis is back.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class RedisStepSink:
         self._on_written = on_written or (lambda n: None)
         # Short socket timeouts: a hung Redis stalls only this writer thread, and only briefly.
         self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._buffer: deque[dict[str, str]] = deque()
+        self._buffer: deque[tuple[StepStats, float]] = deque()  # the engine never mutates a step's stats later
         self._capacity = buffer
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -53,12 +54,11 @@ class RedisStepSink:
 
     # -- the step's side: never blocks on I/O ----------------------------------------------------
     def record(self, stats: StepStats) -> None:
-        entry = records.encode(stats, self.replica, time.time())
         with self._lock:
             if len(self._buffer) >= self._capacity:
                 self._buffer.popleft()
                 self._drop(1)
-            self._buffer.append(entry)
+            self._buffer.append((stats, time.time()))
             full = len(self._buffer) >= self.batch
         if full:
             self._wake.set()
@@ -85,7 +85,8 @@ class RedisStepSink:
                 return True
             try:
                 pipe = self._client.pipeline(transaction=False)
-                for entry in chunk:
+                for stats, ts in chunk:
+                    entry = records.encode(stats, self.replica, ts)
                     pipe.xadd(self.key, entry, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
                 pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -105,7 +106,7 @@ class RedisStepSink:
             self.written += len(chunk)
             self._on_written(len(chunk))
 
-    def _requeue(self, chunk: list[dict[str, str]]) -> None:
+    def _requeue(self, chunk: list[tuple[StepStats, float]]) -> None:
         with self._lock:
             room = self._capacity - len(self._buffer)
             keep = chunk[len(chunk) - room:] if room < len(chunk) else chunk

@@ -53,7 +53,7 @@ class PolicySwitch:
             self.scheduler.refit = self._local_refit
             self.scheduler.allow_request_override = True
             for klass in self._prior_classes:
-                tracker.set_prior(self._local_config_prior(), klass)
+                tracker.set_prior(tracker.config.prior, klass)
             self._prior_classes.clear()
             self.doc = None
             self.metrics.policy_version.set(0)
@@ -78,9 +78,6 @@ class PolicySwitch:
         self.metrics.policy_version.set(doc.version)
         log.info("policy v%d in force (%s, K=%d, cost model %s, decided by %s)", doc.version, doc.mode, max_k,
                  pol.cost_model.name, doc.decided_by)
-
-    def _local_config_prior(self) -> list[float]:
-        return list(self.scheduler.policy.acceptance.config.prior)
 
 
 class PolicySync:
