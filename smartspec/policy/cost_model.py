@@ -124,9 +124,9 @@ class CostModel:
         try:
             model = cls(
                 name=str(data.get("name", "static")),
-                verify=_coefficients(data["verify"]),
-                draft=_coefficients(data.get("draft", {})),
-                overhead=_coefficients(data.get("overhead", {})),
+                verify=_coefficients("verify", data["verify"]),
+                draft=_coefficients("draft", data.get("draft", {})),
+                overhead=_coefficients("overhead", data.get("overhead", {})),
                 draft_fraction=float(data.get("draft_fraction", 0.0)),
                 overhead_fraction=float(data.get("overhead_fraction", 0.0)),
                 pads_to_max_k=bool(data.get("pads_to_max_k", True)),
@@ -138,8 +138,13 @@ class CostModel:
         return model
 
 
-def _coefficients(part: Any) -> dict[str, float]:
-    values = {str(k): float(v) for k, v in part.items()}
+def _coefficients(part_name: str, part: Any) -> dict[str, float]:
+    values = {}
+    for k, v in part.items():
+        try:
+            values[str(k)] = float(v)
+        except (TypeError, ValueError):  # name the coefficient: "could not convert" alone says nothing
+            raise ValueError(f"cost-model coefficient {part_name}.{k} must be a number, got {v!r}") from None
     bad = [k for k, v in values.items() if not np.isfinite(v)]
     if bad:
         raise ValueError(f"cost-model coefficients must be finite numbers: {bad}")

@@ -37,7 +37,7 @@ def test_spec_uses_the_crd_field_names_and_defaults() -> None:
     ({"costModel": {"source": "preset", "preset": "a100-imaginary"}}, "preset"),
     ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"warp": 1}}}}, "warp"),
     ({"maxSpecLength": 3}, "maxSpecLength"),
-    ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": None}}}}, "malformed"),
+    ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": None}}}}, "verify.const must be a number"),
     ({"hysteresis": float("nan")}, "hysteresis"),
 ])
 def test_spec_errors_name_the_field(raw: dict[str, object], field: str) -> None:
@@ -60,7 +60,7 @@ def test_document_round_trip_and_expiry() -> None:
     ({"cost_model": {"verify": {"nope": 1.0}}}, "nope"),
     ({"expires_at": 0.0}, "expires_at"),
     ({"expires_at": float("inf")}, "expires_at"),
-    ({"cost_model": {"verify": {"const": None}}}, "malformed cost model"),
+    ({"cost_model": {"verify": {"const": None}}}, "verify.const must be a number"),
     ({"cost_model": {"verify": [1]}}, "malformed cost model"),
 ])
 def test_invalid_documents_are_rejected(kw: dict[str, object], why: str) -> None:

@@ -1,0 +1,1 @@
+"""The smartspec kopf operator: SpeculativeService -> Deployments/Services/ConfigMap, SpeculationPolicy -> Redis."""

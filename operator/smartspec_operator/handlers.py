@@ -1,0 +1,298 @@
+"""kopf handlers: reconcile SpeculativeServices, apply SpeculationPolicies through Redis, report status.
+
+Spec changes are handled once each (create/update/resume, idempotent: apply patches only what differs);
+status is level-triggered (one daemon per object re-reads Deployments and the controller's Redis status
+every `status_interval_s`). Errors that heal by themselves (API conflicts, 5xx, Redis down) are
+`kopf.TemporaryError`s and retried; errors in the input are `kopf.PermanentError`s and shown in status.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import kopf
+from redis.exceptions import RedisError
+
+from smartspec.policy.document import parse_spec
+from smartspec_operator import status as st
+from smartspec_operator.kube import Kube, KubeError
+from smartspec_operator.manifests import Owner, build, child_name, redis_url
+from smartspec_operator.settings import OperatorSettings
+from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, parse_service_spec
+from smartspec_operator.store import Store
+
+Log = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands handlers as `logger`
+GIVE_UP_AFTER = 3  # retries of a delete-time cleanup before deletion goes ahead regardless
+
+
+def _namespaced(namespace: str | None) -> str:
+    if not namespace:  # both kinds are namespaced (the CRDs say so); kopf's types allow None
+        raise kopf.PermanentError("a smartspec object without a namespace")
+    return namespace
+
+
+def _parts(memo: Any) -> tuple[OperatorSettings, Kube, Store]:
+    return memo.settings, memo.kube, memo.store
+
+
+def _transient(exc: Exception, what: str) -> kopf.TemporaryError | kopf.PermanentError:
+    if isinstance(exc, KubeError) and not exc.temporary:
+        return kopf.PermanentError(f"{what}: {exc}")
+    return kopf.TemporaryError(f"{what}: {exc}", delay=2)
+
+
+@kopf.on.startup()
+async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    s: OperatorSettings = memo.settings
+    settings.persistence.finalizer = "smartspec.io/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="smartspec.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="smartspec.io", key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.networking.request_timeout = s.request_timeout_s
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = s.request_timeout_s
+    settings.execution.max_workers = 4
+
+
+@kopf.on.login()
+def login(*, memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    s: OperatorSettings = memo.settings
+    if s.kube_url:
+        info: kopf.ConnectionInfo | None = kopf.ConnectionInfo(server=s.kube_url, default_namespace="default")
+    else:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        memo.kube.use(info)  # our own client talks with the same credentials
+    return info
+
+
+@kopf.on.cleanup()
+async def close(*, memo: Any, **_: Any) -> None:
+    await memo.kube.close()
+    await memo.store.close()
+
+
+# -- indices: which services use which policy, and each policy's spec (both kept live by kopf)
+
+@kopf.index(GROUP, VERSION, POLICIES)
+def policy_specs(*, namespace: str | None, name: str, spec: Any,
+                 **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): copy.deepcopy(dict(spec))}
+
+
+@kopf.index(GROUP, VERSION, SERVICES)
+def policy_users(*, namespace: str | None, name: str, spec: Any, memo: Any,
+                 **_: Any) -> dict[tuple[str | None, str], tuple[str, str]]:
+    ref = (spec.get("policyRef") or {}).get("name") or DEFAULT_POLICY
+    url = (spec.get("redis") or {}).get("url") or memo.settings.redis_url
+    return {(namespace, ref): (name, url)}
+
+
+def _first(index: Any, key: tuple[str, str]) -> Any:
+    return next(iter(index.get(key, [])), None)
+
+
+# -- SpeculativeService
+
+@kopf.on.resume(GROUP, VERSION, SERVICES)
+@kopf.on.create(GROUP, VERSION, SERVICES)
+@kopf.on.update(GROUP, VERSION, SERVICES)
+async def reconcile_service(*, spec: Any, name: str, namespace: str | None, meta: Any, memo: Any,
+                            policy_specs: Any = None, logger: Log, **_: Any) -> None:
+    namespace = _namespaced(namespace)
+    settings, kube, store = _parts(memo)
+    generation = int(meta.get("generation") or 0)
+    try:
+        svc = parse_service_spec(copy.deepcopy(dict(spec)))
+    except ValueError as exc:
+        await _status_quietly(kube, namespace, name, {"conditions": [st.condition(
+            "Ready", False, "InvalidSpec", str(exc), generation, [], time.time())]}, logger)
+        raise kopf.PermanentError(str(exc)) from None
+    owner = Owner(name, namespace, str(meta["uid"]))
+    done: dict[str, str] = {}
+    try:
+        for obj in build(owner, svc, settings):
+            done[f"{obj['kind']}/{obj['metadata']['name']}"] = await kube.apply(obj)
+        if svc.draft is None:  # speculation switched off: the draft's Deployment and Service go
+            for kind in ("Deployment", "Service"):
+                if await _delete_owned(kube, kind, namespace, child_name(name, "draft"), owner.uid):
+                    done[f"{kind}/{child_name(name, 'draft')}"] = "deleted"
+    except KubeError as exc:
+        raise _transient(exc, "applying the service's objects") from None
+    try:
+        policy = await _sync_policy(store, redis_url(svc, settings), svc.policy_ref.name, name, namespace,
+                                    policy_specs)
+    except RedisError as exc:
+        raise kopf.TemporaryError(f"writing the policy spec to Redis: {exc}", delay=2) from None
+    try:
+        await kube.patch("SpeculativeService", namespace, name,
+                         {"status": {"observedGeneration": generation, "policy": policy}}, subresource="status")
+    except KubeError as exc:
+        raise _transient(exc, "writing status") from None
+    changed = {k: v for k, v in done.items() if v != "unchanged"}
+    logger.info(f"reconciled generation {generation}: {changed or 'no changes'}; policy {policy['message']}")
+
+
+async def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str) -> bool:
+    live = await kube.get(kind, namespace, name)
+    refs = (live or {}).get("metadata", {}).get("ownerReferences") or []
+    if live is None or not any(r.get("uid") == uid for r in refs):
+        return False  # not ours: never delete what someone else made
+    return await kube.delete(kind, namespace, name)
+
+
+async def _sync_policy(store: Store, url: str, ref: str, name: str, namespace: str,
+                       policy_specs: Any) -> dict[str, Any]:
+    """Write the referenced policy's spec to this service's Redis; the result goes to status.policy."""
+    spec = _first(policy_specs, (namespace, ref))
+    if spec is None:
+        await store.clear_spec(url, name)
+        return {"name": ref, "applied": False,
+                "message": f"SpeculationPolicy {ref!r} not found in {namespace}; the controller uses its defaults"}
+    try:
+        parse_spec(spec)
+    except ValueError as exc:  # the last valid spec stays in force
+        return {"name": ref, "applied": False, "message": str(exc)}
+    await store.write_spec(url, name, spec)
+    return {"name": ref, "applied": True, "message": f"{ref} applied"}
+
+
+@kopf.on.delete(GROUP, VERSION, SERVICES)
+async def forget_service(*, spec: Any, name: str, memo: Any, retry: int, logger: Log, **_: Any) -> None:
+    """Children go with their owner reference; the Redis keys are ours to delete."""
+    settings, _kube, store = _parts(memo)
+    url = (spec.get("redis") or {}).get("url") or settings.redis_url
+    try:
+        n = await store.forget(url, name)
+    except RedisError as exc:
+        if retry < GIVE_UP_AFTER:
+            raise kopf.TemporaryError(f"deleting Redis keys: {exc}", delay=2) from None
+        logger.warning(f"Redis keys of {name} left behind (Redis unreachable after {retry} tries): {exc}")
+        return
+    logger.info(f"deleted {n} Redis keys of {name}")
+
+
+@kopf.daemon(GROUP, VERSION, SERVICES, cancellation_timeout=5.0, backoff=5.0)
+async def report_service(*, stopped: Any, name: str, namespace: str | None, body: Any, memo: Any,
+                         logger: Log, **_: Any) -> None:
+    """Every `status_interval_s`: Deployments' readiness + the controller's decision -> status."""
+    namespace = _namespaced(namespace)
+    settings = memo.settings
+    while not stopped:
+        try:
+            await _refresh_service(memo, name, namespace, body)
+        except KubeError as exc:  # the next tick tries again
+            logger.warning(f"status refresh failed: {exc}")
+        await stopped.wait(settings.status_interval_s)
+
+
+async def _refresh_service(memo: Any, name: str, namespace: str, body: Any) -> None:
+    settings, kube, store = _parts(memo)
+    try:
+        svc = parse_service_spec(copy.deepcopy(dict(body["spec"])))
+    except ValueError:
+        return  # the reconcile handler reports an invalid spec
+    current = dict(body.get("status") or {})
+    deployments = {role: await kube.get("Deployment", namespace, child_name(name, role))
+                   for role in ("target", "draft", "controller")}
+    decision, redis_error = None, None
+    try:
+        decision = await store.decision(redis_url(svc, settings), name)
+    except RedisError as exc:
+        redis_error = f"Redis unreachable: {exc}"
+    new = st.service_status(
+        generation=int(body["metadata"].get("generation") or 0), observed_generation=current.get("observedGeneration"),
+        deployments=deployments, with_draft=svc.draft is not None, decision=decision, redis_error=redis_error,
+        policy=current.get("policy") or {}, previous=list(current.get("conditions") or []), now=time.time(),
+        stale_s=settings.telemetry_stale_s)
+    if not st.same(new, {k: current.get(k) for k in new}):
+        await kube.patch("SpeculativeService", namespace, name, {"status": new}, subresource="status")
+
+
+# -- SpeculationPolicy
+
+@kopf.on.resume(GROUP, VERSION, POLICIES)
+@kopf.on.create(GROUP, VERSION, POLICIES)
+@kopf.on.update(GROUP, VERSION, POLICIES)
+async def apply_policy(*, spec: Any, name: str, namespace: str | None, meta: Any, status: Any, memo: Any,
+                       policy_users: Any = None, logger: Log, **_: Any) -> None:
+    """Validate, then write the spec to every using service's Redis: the controller applies it, no restarts."""
+    namespace = _namespaced(namespace)
+    _settings, kube, store = _parts(memo)
+    generation, now = int(meta.get("generation") or 0), time.time()
+    previous = list((status or {}).get("conditions") or [])
+    body = copy.deepcopy(dict(spec))
+    try:
+        parse_spec(body)
+    except ValueError as exc:
+        await _policy_status(kube, namespace, name, {"observedGeneration": generation, "conditions": [
+            st.condition("Valid", False, "InvalidSpec", str(exc), generation, previous, now)]}, logger)
+        raise kopf.PermanentError(str(exc)) from None
+    users = sorted(policy_users.get((namespace, name), []))
+    try:
+        written = [svc for svc, url in users if await store.write_spec(url, svc, body)]
+    except RedisError as exc:
+        raise kopf.TemporaryError(f"writing the policy spec to Redis: {exc}", delay=2) from None
+    await _policy_status(kube, namespace, name, {
+        "observedGeneration": generation, "services": [svc for svc, _ in users],
+        "conditions": [st.condition("Valid", True, "Accepted", "spec is valid", generation, previous, now),
+                       st.condition("Applied", bool(users), "Written" if users else "Unused",
+                                    f"in force for {len(users)} service(s)" if users
+                                    else "no SpeculativeService references this policy", generation, previous, now)],
+    }, logger)
+    logger.info(f"policy generation {generation} written for {written or 'no changed'} service(s)")
+
+
+@kopf.on.delete(GROUP, VERSION, POLICIES)
+async def withdraw_policy(*, name: str, namespace: str | None, memo: Any, policy_users: Any = None, retry: int,
+                          logger: Log, **_: Any) -> None:
+    """Services that used it go back to the controller's built-in default spec."""
+    namespace = _namespaced(namespace)
+    store = memo.store
+    try:
+        for svc, url in policy_users.get((namespace, name), []):
+            await store.clear_spec(url, svc)
+    except RedisError as exc:
+        if retry < GIVE_UP_AFTER:
+            raise kopf.TemporaryError(f"clearing policy specs: {exc}", delay=2) from None
+        logger.warning(f"policy specs of {name} left in Redis (unreachable after {retry} tries): {exc}")
+
+
+@kopf.daemon(GROUP, VERSION, POLICIES, cancellation_timeout=5.0, backoff=5.0)
+async def report_policy(*, stopped: Any, name: str, namespace: str | None, body: Any, memo: Any,
+                        policy_users: Any = None, logger: Log, **_: Any) -> None:
+    """The newest controller decision among the services using this policy -> status (version, k)."""
+    namespace = _namespaced(namespace)
+    while not stopped:
+        users = sorted(policy_users.get((namespace, name), []))
+        decisions = []
+        for svc, url in users:
+            try:
+                decision = await memo.store.decision(url, svc)
+            except RedisError:
+                decision = None
+            if decision is not None:
+                decisions.append(decision)
+        new = st.policy_status(services=[svc for svc, _ in users], decisions=decisions)
+        current = dict(body.get("status") or {})
+        if any(current.get(k) != v for k, v in new.items()):
+            await _policy_status(memo.kube, namespace, name, new, logger)
+        await stopped.wait(memo.settings.status_interval_s)
+
+
+async def _policy_status(kube: Kube, namespace: str, name: str, status: dict[str, Any], logger: Log) -> None:
+    await _status_quietly(kube, namespace, name, status, logger, kind="SpeculationPolicy")
+
+
+async def _status_quietly(kube: Kube, namespace: str, name: str, status: dict[str, Any], logger: Log,
+                          kind: str = "SpeculativeService") -> None:
+    try:
+        await kube.patch(kind, namespace, name, {"status": status}, subresource="status")
+    except KubeError as exc:  # status is advisory; the next tick or retry writes it
+        logger.warning(f"could not write status: {exc}")
+

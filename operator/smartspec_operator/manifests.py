@@ -1,0 +1,268 @@
+"""Pure manifest builders: a SpeculativeService -> its ConfigMap, Deployments and Services (plain dicts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from smartspec_operator.settings import OperatorSettings
+from smartspec_operator.spec import API_VERSION, ModelRef, ServiceSpec
+
+MANAGED_BY = "smartspec-operator"
+SERVICE_LABEL = "smartspec.io/service"
+CONFIG_HASH = "smartspec.io/config-hash"
+ROLES = ("target", "draft", "controller")
+UID = 10001  # the images' non-root user
+MODELS_ROOT = "/models"
+TARGET_HTTP, TARGET_GRPC, DRAFT_GRPC, CONTROLLER_HTTP, CONTROLLER_OTLP = 8000, 50051, 50061, 8090, 4317
+TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (minus a margin)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The SpeculativeService being reconciled (what the children point back to)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def child_name(owner_name: str, role: str) -> str:
+    return f"{owner_name}-{role}"
+
+
+def config_name(owner_name: str) -> str:
+    return f"{owner_name}-config"
+
+
+def labels(owner_name: str, role: str | None = None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": "smartspec", "app.kubernetes.io/instance": owner_name,
+           "app.kubernetes.io/managed-by": MANAGED_BY, SERVICE_LABEL: owner_name}
+    if role:
+        out["app.kubernetes.io/component"] = role
+    return out
+
+
+def selector(owner_name: str, role: str) -> dict[str, str]:
+    # Immutable once a Deployment exists: never add labels here.
+    return {SERVICE_LABEL: owner_name, "app.kubernetes.io/component": role}
+
+
+def model_path(model: ModelRef) -> str:
+    """Where the pod sees the weights: pvc://CLAIM/PATH is mounted at /models/CLAIM; others pass through."""
+    loc = model.location
+    if loc.startswith("pvc://"):
+        claim, _, sub = loc.removeprefix("pvc://").partition("/")
+        return f"{MODELS_ROOT}/{claim}" + (f"/{sub.strip('/')}" if sub.strip("/") else "")
+    return loc
+
+
+def _claims(*models: ModelRef | None) -> list[str]:
+    out: list[str] = []
+    for m in models:
+        if m is not None and m.location.startswith("pvc://"):
+            claim = m.location.removeprefix("pvc://").partition("/")[0]
+            if claim not in out:
+                out.append(claim)
+    return out
+
+
+def redis_url(spec: ServiceSpec, settings: OperatorSettings) -> str:
+    return spec.redis.url or settings.redis_url
+
+
+def config_data(name: str, spec: ServiceSpec, settings: OperatorSettings) -> dict[str, str]:
+    """Environment for all three roles in one ConfigMap: each role's settings read only their own prefix."""
+    t, d = spec.target, spec.draft
+    data = {
+        "SMARTSPEC_TARGET_MODEL": model_path(t.model),
+        "SMARTSPEC_TARGET_SERVED_MODEL_NAME": t.model.name,
+        "SMARTSPEC_TARGET_DTYPE": t.dtype,
+        "SMARTSPEC_TARGET_HTTP_PORT": str(TARGET_HTTP),
+        "SMARTSPEC_TARGET_GRPC_PORT": str(TARGET_GRPC),
+        "SMARTSPEC_TARGET_MAX_BATCH_SIZE": str(t.max_batch_size),
+        "SMARTSPEC_TARGET_MAX_LEN": str(t.max_len),
+        "SMARTSPEC_TARGET_SERVICE": name,
+        "SMARTSPEC_TARGET_REDIS_URL": redis_url(spec, settings),
+        "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
+        or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
+        "SMARTSPEC_TARGET_DRAIN_TIMEOUT_S": str(TARGET_GRACE_S - 10),
+        "SMARTSPEC_CONTROLLER_SERVICE": name,
+        "SMARTSPEC_CONTROLLER_REDIS_URL": redis_url(spec, settings),
+        "SMARTSPEC_CONTROLLER_HTTP_PORT": str(CONTROLLER_HTTP),
+        "SMARTSPEC_CONTROLLER_OTLP_PORT": str(CONTROLLER_OTLP),
+        "HF_HOME": "/tmp/hf",  # the root filesystem is read-only
+    }
+    if d is not None:
+        data |= {
+            "SMARTSPEC_TARGET_DRAFT_ADDRESS": f"{child_name(name, 'draft')}:{DRAFT_GRPC}",
+            "SMARTSPEC_DRAFT_METHOD": d.method,
+            "SMARTSPEC_DRAFT_DTYPE": d.dtype,
+            "SMARTSPEC_DRAFT_PORT": str(DRAFT_GRPC),
+            # Every target slot may hold a draft sequence; streams from all targets can land on one draft.
+            "SMARTSPEC_DRAFT_MAX_SEQUENCES": str(t.max_batch_size * max(t.replicas, 1)),
+            "SMARTSPEC_DRAFT_MAX_LEN": str(t.max_len),
+        }
+        if d.model is not None:
+            data["SMARTSPEC_DRAFT_MODEL"] = model_path(d.model)
+        if d.method == "ngram":  # the n-gram proposer fingerprints the target's tokenizer
+            data["SMARTSPEC_DRAFT_TOKENIZER"] = model_path(t.model)
+    return data
+
+
+def config_hash(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    # controller + blockOwnerDeletion: the garbage collector deletes children with the service.
+    return {"apiVersion": API_VERSION, "kind": "SpeculativeService", "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(owner: Owner, name: str, role: str | None) -> dict[str, Any]:
+    return {"name": name, "namespace": owner.namespace, "labels": labels(owner.name, role),
+            "ownerReferences": [owner_reference(owner)]}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def _resources(r: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r.requests:
+        out["requests"] = dict(r.requests)
+    if r.limits:
+        out["limits"] = dict(r.limits)
+    return out
+
+
+def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures,
+            "timeoutSeconds": 3}
+
+
+def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
+    return {"grpc": {"port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 3}
+
+
+def _deployment(owner: Owner, role: str, *, replicas: int, container: dict[str, Any], claims: list[str],
+                cfg_hash: str, pod_extra: dict[str, Any], strategy: dict[str, Any]) -> dict[str, Any]:
+    name = child_name(owner.name, role)
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    for i, claim in enumerate(claims):
+        volumes.append({"name": f"model-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"model-{i}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
+    container = {
+        "name": role, "imagePullPolicy": container.pop("imagePullPolicy"),
+        "envFrom": [{"configMapRef": {"name": config_name(owner.name)}}],
+        "volumeMounts": mounts, "securityContext": _container_security(), **container,
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the data plane never talks to the API server
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container], "volumes": volumes, **pod_extra,
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, name, role),
+        "spec": {
+            "replicas": replicas, "strategy": strategy,
+            "selector": {"matchLabels": selector(owner.name, role)},
+            "template": {"metadata": {"labels": labels(owner.name, role), "annotations": {CONFIG_HASH: cfg_hash}},
+                         "spec": pod_spec},
+        },
+    }
+
+
+def _service(owner: Owner, role: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, child_name(owner.name, role), role),
+        "spec": {"type": "ClusterIP", "selector": selector(owner.name, role),
+                 "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]},
+    }
+
+
+def _env(items: list[Any]) -> list[dict[str, Any]]:
+    return [e.model_dump(by_alias=True, exclude_none=True) for e in items]
+
+
+def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Every object the service owns, in apply order (ConfigMap first: the pods read it at start)."""
+    data = config_data(owner.name, spec, settings)
+    digest = config_hash(data)
+    pull = settings.image_pull_policy
+    replica_env: dict[str, Any] = {"name": "SMARTSPEC_TARGET_REPLICA",
+                                   "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    t, d = spec.target, spec.draft
+    objs: list[dict[str, Any]] = [{
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, config_name(owner.name), None),
+        "data": data,
+    }]
+    target = {
+        "image": t.image or settings.target_image, "imagePullPolicy": pull,
+        "env": [replica_env, *_env(t.env)],
+        "ports": [{"name": "http", "containerPort": TARGET_HTTP}, {"name": "grpc", "containerPort": TARGET_GRPC}],
+        "resources": _resources(t.resources),
+        # Loading weights can take minutes: the startup probe holds liveness off for up to 10 min.
+        "startupProbe": _http_probe("/health", "http", 5, 120),
+        "readinessProbe": _http_probe("/health", "http", 5, 2),
+        "livenessProbe": _http_probe("/health", "http", 10, 6),
+    }
+    objs.append(_deployment(
+        owner, "target", replicas=t.replicas, container=target,
+        claims=_claims(t.model), cfg_hash=digest,
+        pod_extra=_placement(t) | {"terminationGracePeriodSeconds": TARGET_GRACE_S},
+        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}))
+    objs.append(_service(owner, "target", [("http", TARGET_HTTP), ("grpc", TARGET_GRPC)]))
+    if d is not None:
+        draft = {
+            "image": d.image or settings.draft_image, "imagePullPolicy": pull, "env": _env(d.env),
+            "ports": [{"name": "grpc", "containerPort": DRAFT_GRPC}],
+            "resources": _resources(d.resources),
+            "startupProbe": _grpc_probe(DRAFT_GRPC, 5, 120),
+            "readinessProbe": _grpc_probe(DRAFT_GRPC, 5, 2),
+            "livenessProbe": _grpc_probe(DRAFT_GRPC, 10, 6),
+        }
+        objs.append(_deployment(
+            owner, "draft", replicas=d.replicas, container=draft,
+            claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=digest,
+            pod_extra=_placement(d), strategy={"type": "RollingUpdate"}))
+        objs.append(_service(owner, "draft", [("grpc", DRAFT_GRPC)]))
+    c = spec.controller
+    controller = {
+        "image": c.image or settings.controller_image, "imagePullPolicy": pull, "env": [],
+        "ports": [{"name": "http", "containerPort": CONTROLLER_HTTP},
+                  {"name": "otlp", "containerPort": CONTROLLER_OTLP}],
+        "resources": _resources(c.resources),
+        # /health is 503 while Redis is down; restarting would not help, so liveness only asks for /metrics.
+        "readinessProbe": _http_probe("/health", "http", 5, 2),
+        "livenessProbe": _http_probe("/metrics", "http", 10, 6),
+    }
+    objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[], cfg_hash=digest,
+                            pod_extra={}, strategy={"type": "Recreate"}))  # one decider at a time
+    objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
+    return objs
+
+
+def _placement(pod: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if pod.node_selector:
+        out["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        out["tolerations"] = list(pod.tolerations)
+    return out
+
+
+def owned_keys(owner_name: str, with_draft: bool) -> list[tuple[str, str]]:
+    """(kind, name) of every object `build` returns for this shape of spec."""
+    out = [("ConfigMap", config_name(owner_name))]
+    for role in ROLES:
+        if role != "draft" or with_draft:
+            out += [("Deployment", child_name(owner_name, role)), ("Service", child_name(owner_name, role))]
+    return out

@@ -1,0 +1,30 @@
+"""OperatorSettings: how the operator is configured (env prefix SMARTSPEC_OPERATOR_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTSPEC_OPERATOR_", extra="ignore")
+
+    kube_url: str | None = Field(None, description="API server URL without auth (tests, kubectl proxy); "
+                                                    "none: in-cluster service account, then kubeconfig")
+    namespaces: str = Field("", description="comma-separated namespaces to watch; empty: all namespaces")
+    redis_url: str = Field("redis://smartspec-redis:6379",
+                           description="Redis for services whose spec has no redis.url (the chart's in-chart Redis)")
+    target_image: str = Field("smartspec/target:0.1.0", description="default target image")
+    draft_image: str = Field("smartspec/draft:0.1.0", description="default draft image")
+    controller_image: str = Field("smartspec/controller:0.1.0", description="default controller image")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    status_interval_s: float = Field(10.0, gt=0, description="how often each service's status is refreshed")
+    telemetry_stale_s: float = Field(30.0, gt=0, description="controller status older than this: Degraded")
+    health_host: str = "0.0.0.0"
+    health_port: int = Field(8080, ge=0, le=65535, description="liveness endpoint /healthz (0: off)")
+    request_timeout_s: float = Field(10.0, gt=0, description="one Kubernetes API request at most")
+
+    def watched_namespaces(self) -> list[str]:
+        return [n.strip() for n in self.namespaces.split(",") if n.strip()]

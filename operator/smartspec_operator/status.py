@@ -1,0 +1,105 @@
+"""Pure status builders: Deployments' readiness + the controller's Redis status -> a CR's `status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def role(deployment: dict[str, Any] | None, wanted: bool) -> dict[str, Any]:
+    """desired/ready replicas of one Deployment; "-" when the role is not part of the spec."""
+    if not wanted:
+        return {"desired": 0, "readyReplicas": 0, "ready": "-"}
+    desired = int((deployment or {}).get("spec", {}).get("replicas", 0) or 0)
+    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
+    return {"desired": desired, "readyReplicas": ready, "ready": f"{ready}/{desired}"}
+
+
+def condition(type_: str, ok: bool, reason: str, message: str, generation: int,
+              previous: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime moves only when the status flips."""
+    status = "True" if ok else "False"
+    before = next((c for c in previous if c.get("type") == type_), None)
+    since = before["lastTransitionTime"] if before and before.get("status") == status and \
+        before.get("lastTransitionTime") else iso(now)
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def _num(value: Any, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def service_status(*, generation: int, observed_generation: int | None, deployments: dict[str, dict[str, Any] | None],
+                   with_draft: bool, decision: dict[str, Any] | None, redis_error: str | None,
+                   policy: dict[str, Any], previous: list[dict[str, Any]], now: float,
+                   stale_s: float) -> dict[str, Any]:
+    """The SpeculativeService status the operator writes (without observedGeneration: reconcile owns it)."""
+    roles = {"target": role(deployments.get("target"), True), "draft": role(deployments.get("draft"), with_draft),
+             "controller": role(deployments.get("controller"), True)}
+    t = roles["target"]
+    if observed_generation != generation:
+        ready, reason, msg = False, "Reconciling", f"generation {generation} not applied yet"
+    elif t["desired"] == 0:
+        ready, reason, msg = False, "ScaledToZero", "target replicas is 0"
+    elif t["readyReplicas"] < t["desired"]:
+        ready, reason, msg = False, "TargetUnavailable", f"{t['ready']} target replicas ready"
+    else:
+        ready, reason, msg = True, "TargetReady", f"{t['ready']} target replicas ready"
+
+    problems: list[tuple[str, str]] = []
+    d, c = roles["draft"], roles["controller"]
+    if with_draft and d["readyReplicas"] < d["desired"]:
+        problems.append(("DraftUnavailable", f"{d['ready']} draft replicas ready; targets serve at k = 0 meanwhile"))
+    if c["readyReplicas"] < c["desired"]:
+        problems.append(("ControllerUnavailable", "controller not ready; targets keep the last policy until expiry"))
+    if redis_error:
+        problems.append(("RedisUnreachable", redis_error))
+    elif decision is None:
+        problems.append(("TelemetryStale", "the controller has not reported a decision yet"))
+    else:
+        age = now - float(decision.get("decided_at", 0))
+        if age > stale_s:
+            problems.append(("TelemetryStale", f"last controller decision {age:.0f}s ago (limit {stale_s:.0f}s)"))
+        if decision.get("spec_error"):
+            problems.append(("PolicyInvalid", f"controller keeps the last valid policy: {decision['spec_error']}"))
+    conditions = [
+        condition("Ready", ready, reason, msg, generation, previous, now),
+        condition("Degraded", bool(problems), problems[0][0] if problems else "AsExpected",
+                  "; ".join(m for _, m in problems) or "all parts ready", generation, previous, now),
+    ]
+    out: dict[str, Any] = {"conditions": conditions, **roles, "policy": policy}
+    if decision is not None:
+        current = decision.get("current") or {}
+        out |= {"policyVersion": decision.get("policy_version"), "meanK": _num(decision.get("mean_k"), 2),
+                "currentK": current.get("k"), "goodput": _num(decision.get("measured_goodput"), 1),
+                "predictedGoodput": _num(decision.get("predicted_goodput"), 1),
+                "lastDecision": iso(float(decision.get("decided_at", now))),
+                "telemetryAgeSeconds": _num(decision.get("telemetry_age_s"), 1)}
+    return out
+
+
+def policy_status(*, services: list[str], decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a SpeculationPolicy shows: the services using it and the newest decision among them."""
+    out: dict[str, Any] = {"services": sorted(services)}
+    if decisions:
+        latest = max(decisions, key=lambda s: float(s.get("decided_at", 0)))
+        out |= {"version": max(int(s.get("policy_version") or 0) for s in decisions),
+                "currentK": (latest.get("current") or {}).get("k"),
+                "lastDecision": iso(float(latest.get("decided_at", 0))),
+                "recommendedK": {str(b): int(k) for b, k in (latest.get("recommended_k") or {}).items()}}
+    return out
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal apart from condition timestamps (so an unchanged status is not re-written every tick)."""
+    def strip(s: dict[str, Any]) -> dict[str, Any]:
+        s = dict(s)
+        s["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                           for c in s.get("conditions") or []]
+        return s
+    return strip(a) == strip(b)

@@ -1,0 +1,204 @@
+"""A Kubernetes API for operator tests: kmock's emulator over real HTTP, plus what the API server adds.
+
+kmock stores objects and serves discovery, list, watch, create, merge-patch, delete and finalizers.
+On top of it (kmock's docs invite subclassing for "special" fields) this adds what a real API server
+does and the operator depends on: server-set `uid`, `creationTimestamp`, `resourceVersion`, and
+`generation` bumped on spec changes only; and CRD admission for smartspec kinds (defaults, schema
+and CEL rules from the chart's CRDs via tests.crd_admission) answering 422 Invalid like the real one.
+It has no garbage collector and no Deployment controller: tests act as the latter by patching
+Deployment status, and assert owner references for the former.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import jsonpatch
+import kmock
+from kmock._internal import apps, enums, k8s
+
+from tests.crd_admission import GROUP_VERSION, Invalid, admit
+
+RESOURCES = {
+    "smartspec.io/v1alpha1/speculativeservices": ("SpeculativeService", True),
+    "smartspec.io/v1alpha1/speculationpolicies": ("SpeculationPolicy", True),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
+    "v1/namespaces": ("Namespace", False),
+    "v1/events": ("Event", True),
+    "apps/v1/deployments": ("Deployment", True),
+    "v1/services": ("Service", True),
+    "v1/configmaps": ("ConfigMap", True),
+}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+def _plain(value: Any) -> Any:
+    """kmock's versioned mappings as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(value: Any, patch: Any) -> Any:
+    """RFC 7386 merge patch (what kmock applies), to see the object a patch would produce."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(value) if isinstance(value, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out.get(k), v)
+    return out
+
+
+def _removals(old: Any, new: Any) -> Any:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out = {k: _removals(old.get(k), v) for k, v in new.items()}
+    out |= {k: None for k in old.keys() - new.keys()}
+    return out
+
+
+class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
+    _versions = itertools.count(1)
+
+    async def _handle(self, request: Any) -> Any:
+        res = request.resource
+        if res is not None and isinstance(request.data, list) and request.action == enums.action.UPDATE:
+            # A JSON patch (kopf removes finalizers so): its `test` ops fail with 422 as in the API server
+            # (kmock would answer 500), and the write moves resourceVersion on like any other.
+            key = (res, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                try:
+                    jsonpatch.apply_patch(_plain(self.objects[key]), request.data)
+                except jsonpatch.JsonPatchException as exc:
+                    return await self._render_error(k8s.KubernetesError(status=422, reason="Invalid",
+                                                                        message=str(exc)))
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion",
+                                     "value": str(next(self._versions))})
+        if res is not None and isinstance(request.data, dict):
+            try:
+                if request.action == enums.action.CREATE:
+                    self._on_create(request)
+                elif request.action == enums.action.UPDATE and request.name:
+                    self._on_update(request)
+            except Invalid as exc:
+                # Rendered, not raised: kmock re-raises raised errors when the emulator exits.
+                return await self._render_error(k8s.KubernetesError(status=422, reason="Invalid", message=str(exc)))
+        return await super()._handle(request)
+
+    def _on_create(self, request: Any) -> None:
+        data = request.data
+        if data.get("apiVersion") == GROUP_VERSION:
+            admitted = admit(data)
+            data.clear()
+            data.update(admitted)
+        meta = data.setdefault("metadata", {})
+        meta.setdefault("namespace", request.namespace) if request.namespace else None
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["generation"] = 1
+        meta["resourceVersion"] = str(next(self._versions))
+
+    def _on_update(self, request: Any) -> None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return  # kmock answers 404
+        live = _plain(self.objects[key])
+        data = request.data
+        subresource = request.url.path.rstrip("/").rsplit("/", 1)[-1] == "status"
+        meta = data.setdefault("metadata", {})
+        meta["resourceVersion"] = str(next(self._versions))
+        if subresource:
+            return  # status: no admission of spec, no generation bump
+        merged = _merge(live, data)
+        if merged.get("apiVersion") == GROUP_VERSION and "spec" in data:
+            admitted = admit(merged)
+            data["spec"] = _removals(live.get("spec"), admitted["spec"])
+            merged["spec"] = admitted["spec"]
+        if merged.get("spec") != live.get("spec"):
+            meta["generation"] = int(live.get("metadata", {}).get("generation") or 1) + 1
+
+
+async def _snapshot(emulator: ApiServer) -> list[Any]:
+    return list(emulator)  # kmock handlers iterate over the requests they served
+
+
+class KubeApi:
+    """The emulator on a background loop; `client` is a plain HTTP client for the test's own requests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.emulator, self.server = self._call(self._start())
+        self.url = str(self.server.url).rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    async def _start(self) -> tuple[ApiServer, Any]:
+        km = ApiServer()
+        for path, (kind, namespaced) in RESOURCES.items():
+            km.resources[path] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS,
+                                                    subresources={"status"} if "smartspec" in path
+                                                    or "deployments" in path else set())
+        await km.__aenter__()
+        srv = apps.Server(km)
+        await srv.__aenter__()
+        return km, srv
+
+    def stop(self) -> None:
+        self.client.close()
+
+        async def _stop() -> None:
+            await self.server.__aexit__(None, None, None)
+            await self.emulator.__aexit__(None, None, None)
+
+        try:
+            self._call(_stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    # -- REST helpers for tests (paths as the API server has them)
+    @staticmethod
+    def path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        from smartspec_operator.kube import path
+
+        return path(kind, namespace, name, sub)
+
+    def create(self, obj: dict[str, Any]) -> httpx.Response:
+        meta = obj["metadata"]
+        return self.client.post(self.path(obj["kind"], meta.get("namespace", "default")), json=obj)
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        r = self.client.get(self.path(kind, namespace, name))
+        return None if r.status_code == 404 else r.raise_for_status().json()
+
+    def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default",
+              sub: str | None = None) -> httpx.Response:
+        return self.client.patch(self.path(kind, namespace, name, sub), json=patch,
+                                 headers={"Content-Type": "application/merge-patch+json"})
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> httpx.Response:
+        return self.client.delete(self.path(kind, namespace, name))
+
+    def requests_for(self, kind: str, methods: tuple[str, ...] = ("POST", "PATCH", "PUT", "DELETE")) -> list[Any]:
+        """Writes the API has seen for one kind (e.g. to prove a policy change touched no Deployment)."""
+        from smartspec_operator.kube import _PLURALS
+
+        plural = _PLURALS[kind]
+        seen = self._call(_snapshot(self.emulator))  # the request log lives on the emulator's loop
+        return [r for r in seen if r.method is not None and r.method.value in methods and f"/{plural}" in r.url.path]

@@ -1,0 +1,297 @@
+"""The operator (a real `smartspec operator` process) against kmock over HTTP, real Redis and a real controller."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from smartspec.telemetry.keys import policy_spec_key, service_keys, steps_key
+from tests.integration.conftest import LoopThread, free_port
+from tests.integration.control_plane import published, start_controller, stop_all, wait_for
+from tests.integration.kube_api import KubeApi
+
+NS = "default"
+GV = "smartspec.io/v1alpha1"
+
+
+class Operator:
+    def __init__(self, api: KubeApi, redis_url: str) -> None:
+        self.health_port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="smartspec-operator-", suffix=".log", delete=False)  # noqa: SIM115
+        env = dict(os.environ, SMARTSPEC_OPERATOR_KUBE_URL=api.url, SMARTSPEC_OPERATOR_REDIS_URL=redis_url,
+                   SMARTSPEC_OPERATOR_STATUS_INTERVAL_S="0.3", SMARTSPEC_OPERATOR_TELEMETRY_STALE_S="4",
+                   SMARTSPEC_OPERATOR_HEALTH_HOST="127.0.0.1",
+                   SMARTSPEC_OPERATOR_HEALTH_PORT=str(self.health_port))
+        self.proc = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "operator"], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        with open(self.log.name) as f:
+            return f.read()
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, f"operator exited:\n{self.output()[-3000:]}"
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.unlink(self.log.name)
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator[KubeApi]:
+    api = KubeApi()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(kube: KubeApi, redis_server: Any) -> Iterator[Operator]:
+    op = Operator(kube, redis_server.url)
+    try:
+        wait_for(op.healthy, 30, "the operator's /healthz", every_s=0.1)
+        yield op
+        assert "Traceback" not in op.output(), op.output()[-4000:]
+    finally:
+        op.stop()
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    body = {"target": {"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"}},
+            "draft": {"model": {"name": "qwen-0.5b", "uri": "pvc://models/qwen-0.5b"}}} | spec
+    return {"apiVersion": GV, "kind": "SpeculativeService", "metadata": {"name": name, "namespace": NS}, "spec": body}
+
+
+def policy(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": GV, "kind": "SpeculationPolicy", "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def created(kube: KubeApi, obj: dict[str, Any]) -> dict[str, Any]:
+    r = kube.create(obj)
+    assert r.status_code in (200, 201), r.text
+    return dict(r.json())
+
+
+def status(kube: KubeApi, kind: str, name: str) -> dict[str, Any]:
+    return dict((kube.get(kind, name) or {}).get("status") or {})
+
+
+def reconciled(kube: KubeApi, name: str, generation: int = 1) -> dict[str, Any]:
+    return wait_for(lambda: status(kube, "SpeculativeService", name).get("observedGeneration") == generation
+                    and kube.get("SpeculativeService", name), 15, f"{name} reconciled at generation {generation}")
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    return dict(deployment["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_create_makes_owned_deployments_services_and_config(kube: KubeApi, operator: Operator, redis_db: Any) -> None:
+    gpu = {"limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "2", "memory": "8Gi"}}
+    cr = created(kube, service("alpha", target={"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"},
+                                                "replicas": 2, "resources": gpu}))
+    assert cr["spec"]["target"]["maxBatchSize"] == 32  # the CRD's default, applied at admission
+    reconciled(kube, "alpha")
+    uid = cr["metadata"]["uid"]
+    for kind, name in [("ConfigMap", "alpha-config"), ("Deployment", "alpha-target"), ("Deployment", "alpha-draft"),
+                       ("Deployment", "alpha-controller"), ("Service", "alpha-target"), ("Service", "alpha-draft"),
+                       ("Service", "alpha-controller")]:
+        obj = kube.get(kind, name)
+        assert obj is not None, f"{kind}/{name} missing"
+        [ref] = obj["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": GV, "kind": "SpeculativeService", "name": "alpha", "uid": uid,
+                       "controller": True, "blockOwnerDeletion": True}
+        assert obj["metadata"]["labels"]["smartspec.io/service"] == "alpha"
+
+    target = kube.get("Deployment", "alpha-target")
+    assert target is not None and target["spec"]["replicas"] == 2
+    c = container(target)
+    assert c["resources"] == gpu
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300  # model load time
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "model-0", "mountPath": "/models/models", "readOnly": True} in c["volumeMounts"]
+    draft = kube.get("Deployment", "alpha-draft")
+    assert draft is not None and container(draft)["readinessProbe"]["grpc"] == {"port": 50061}
+    controller = kube.get("Deployment", "alpha-controller")
+    assert controller is not None and container(controller)["readinessProbe"]["httpGet"]["path"] == "/health"
+    config = kube.get("ConfigMap", "alpha-config")
+    assert config is not None
+    assert config["data"]["SMARTSPEC_TARGET_MODEL"] == "/models/models/qwen-1.5b"
+    assert config["data"]["SMARTSPEC_TARGET_DRAFT_ADDRESS"] == "alpha-draft:50061"
+    assert config["data"]["SMARTSPEC_TARGET_REDIS_URL"] == redis_db.url  # the operator's default Redis
+
+    # Nothing is ready (there is no kubelet here), and the status says so.
+    def ready_condition() -> dict[str, Any] | None:
+        conds = status(kube, "SpeculativeService", "alpha").get("conditions", [])
+        return next((c for c in conds if c["type"] == "Ready" and c["reason"] != "Reconciling"), None)
+
+    ready = wait_for(ready_condition, 10, "a Ready condition past reconciling")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "TargetUnavailable",
+                                                                    "0/2 target replicas ready")
+
+
+def test_spec_update_patches_in_place(kube: KubeApi, operator: Operator, redis_db: Any) -> None:
+    created(kube, service("beta", target={"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"},
+                                          "nodeSelector": {"pool": "gpu"}}))
+    reconciled(kube, "beta")
+    before = kube.get("Deployment", "beta-target")
+    assert before is not None and before["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    writes = len(kube.requests_for("Deployment", ("POST", "DELETE")))
+
+    # replicas up, nodeSelector dropped, a longer context (changes the ConfigMap, so pods must roll)
+    new_target = {"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"}, "replicas": 3, "maxLen": 8192,
+                  "nodeSelector": None}
+    r = kube.patch("SpeculativeService", "beta", {"spec": {"target": new_target}})
+    assert r.status_code == 200, r.text
+    reconciled(kube, "beta", generation=2)
+    after = kube.get("Deployment", "beta-target")
+    assert after is not None
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]  # patched, not recreated
+    assert after["spec"]["replicas"] == 3
+    assert "nodeSelector" not in after["spec"]["template"]["spec"]  # a dropped field is removed, not left behind
+    hash_key = "smartspec.io/config-hash"
+    assert after["spec"]["template"]["metadata"]["annotations"][hash_key] != \
+        before["spec"]["template"]["metadata"]["annotations"][hash_key]
+    config = kube.get("ConfigMap", "beta-config")
+    assert config is not None and config["data"]["SMARTSPEC_TARGET_MAX_LEN"] == "8192"
+    assert len(kube.requests_for("Deployment", ("POST", "DELETE"))) == writes
+
+    # Speculation switched off: the draft's Deployment and Service go, the target stops dialling it.
+    assert kube.patch("SpeculativeService", "beta", {"spec": {"draft": None}}).status_code == 200
+    reconciled(kube, "beta", generation=3)
+    assert kube.get("Deployment", "beta-draft") is None and kube.get("Service", "beta-draft") is None
+    config = kube.get("ConfigMap", "beta-config")
+    assert config is not None and "SMARTSPEC_TARGET_DRAFT_ADDRESS" not in config["data"]
+    st = wait_for(lambda: status(kube, "SpeculativeService", "beta").get("draft", {}).get("ready") == "-"
+                  and status(kube, "SpeculativeService", "beta"), 10, "draft shown as not deployed")
+    assert st["target"]["desired"] == 3
+
+
+def test_policy_applies_through_redis_without_touching_pods(kube: KubeApi, operator: Operator, redis_db: Any) -> None:
+    client = redis_db.client()
+    created(kube, service("gamma", policyRef={"name": "fast"}))
+    st = reconciled(kube, "gamma")["status"]
+    assert st["policy"]["applied"] is False and "not found" in st["policy"]["message"]
+    assert client.get(policy_spec_key("gamma")) is None  # the controller uses its built-in default
+    deployment_writes = len(kube.requests_for("Deployment"))
+    config_writes = len(kube.requests_for("ConfigMap"))
+
+    created(kube, policy("fast", maxSpeculationLength=4))
+    spec = wait_for(lambda: client.get(policy_spec_key("gamma")), 10, "the policy spec in Redis")
+    assert json.loads(spec)["maxSpeculationLength"] == 4
+    assert json.loads(spec)["hysteresis"] == 1.1  # with the CRD's defaults
+    pst = wait_for(lambda: status(kube, "SpeculationPolicy", "fast").get("services") == ["gamma"]
+                   and status(kube, "SpeculationPolicy", "fast"), 10, "policy status lists gamma")
+    assert {c["type"]: c["status"] for c in pst["conditions"]} == {"Valid": "True", "Applied": "True"}
+
+    assert kube.patch("SpeculationPolicy", "fast", {"spec": {"mode": "fixed", "fixedSpeculationLength": 2}}
+                      ).status_code == 200
+    wait_for(lambda: json.loads(client.get(policy_spec_key("gamma")) or "{}").get("mode") == "fixed", 10,
+             "the updated spec in Redis")
+    assert json.loads(client.get(policy_spec_key("gamma")))["fixedSpeculationLength"] == 2
+
+    # Schema-valid but meaningless coefficients: the operator refuses them and keeps the last valid spec.
+    bad = {"spec": {"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": "fast"}}}}}
+    assert kube.patch("SpeculationPolicy", "fast", bad).status_code == 200
+    valid = wait_for(lambda: next((c for c in status(kube, "SpeculationPolicy", "fast").get("conditions", [])
+                                   if c["type"] == "Valid" and c["status"] == "False"), None), 10, "Valid=False")
+    assert "verify.const must be a number" in valid["message"]
+    assert json.loads(client.get(policy_spec_key("gamma")))["mode"] == "fixed"
+
+    # Policies are data, not config: not one Deployment or ConfigMap write for any of it.
+    assert len(kube.requests_for("Deployment")) == deployment_writes
+    assert len(kube.requests_for("ConfigMap")) == config_writes
+
+    assert kube.delete("SpeculationPolicy", "fast").status_code == 200
+    wait_for(lambda: client.get(policy_spec_key("gamma")) is None, 10, "the spec withdrawn with the policy")
+
+
+def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operator: Operator, redis_db: Any,
+                                                           loop_thread: LoopThread) -> None:
+    created(kube, policy("tuned", maxSpeculationLength=5))
+    created(kube, service("delta", policyRef={"name": "tuned"}))
+    reconciled(kube, "delta")
+    client = redis_db.client()
+    wait_for(lambda: client.get(policy_spec_key("delta")), 10, "the spec in Redis")
+    ctl = start_controller(loop_thread, redis_db.url, service="delta", interval_s=0.2)
+    stopped = False
+    try:
+        doc = wait_for(lambda: published(client, "delta"), 10, "a published policy")
+        assert doc.max_k == 5  # CR -> operator -> Redis -> controller -> policy document
+        for role in ("target", "draft", "controller"):  # what the Deployment controller would report
+            assert kube.patch("Deployment", f"delta-{role}", {"status": {"readyReplicas": 1, "replicas": 1}},
+                              sub="status").status_code == 200
+
+        def ready() -> dict[str, Any] | None:
+            st = status(kube, "SpeculativeService", "delta")
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            ok = conds.get("Ready", {}).get("status") == "True" and conds.get("Degraded", {}).get("status") == "False"
+            return st if ok and st.get("policyVersion") else None
+
+        st = wait_for(ready, 15, "Ready=True, Degraded=False and the policy version in status", every_s=0.1)
+        assert st["target"]["ready"] == "1/1" and st["draft"]["ready"] == "1/1"
+        assert st["policyVersion"] >= 1 and st["lastDecision"].endswith("Z")
+        pst = wait_for(lambda: status(kube, "SpeculationPolicy", "tuned").get("version")
+                       and status(kube, "SpeculationPolicy", "tuned"), 10, "the policy's version in its status")
+        assert pst["recommendedK"] and all(0 <= k <= 5 for k in pst["recommendedK"].values())
+
+        stop_all(lambda: loop_thread.run(ctl.stop()))
+        stopped = True
+        degraded = wait_for(lambda: next((c for c in status(kube, "SpeculativeService", "delta").get("conditions", [])
+                                          if c["type"] == "Degraded" and c["status"] == "True"), None),
+                            15, "Degraded once the controller goes quiet", every_s=0.2)
+        assert degraded["reason"] == "TelemetryStale"
+    finally:
+        if not stopped:
+            stop_all(lambda: loop_thread.run(ctl.stop()))
+
+
+def test_delete_cleans_redis_and_leaves_children_to_the_garbage_collector(kube: KubeApi, operator: Operator,
+                                                                          redis_db: Any) -> None:
+    created(kube, policy("default"))
+    cr = created(kube, service("omega"))
+    reconciled(kube, "omega")
+    client = redis_db.client()
+    wait_for(lambda: client.get(policy_spec_key("omega")), 10, "the spec in Redis")
+    client.xadd(steps_key("omega"), {"ts": "1"})  # as a target would
+    finalizers = (kube.get("SpeculativeService", "omega") or {})["metadata"].get("finalizers")
+    assert finalizers == ["smartspec.io/cleanup"]
+
+    assert kube.delete("SpeculativeService", "omega").status_code == 200
+    wait_for(lambda: kube.get("SpeculativeService", "omega") is None, 15, "the finalizer released")
+    assert client.exists(*service_keys("omega")) == 0
+    # kmock has no garbage collector: a real cluster's deletes these because each names its owner.
+    deployment = kube.get("Deployment", "omega-target")
+    assert deployment is not None and deployment["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+
+
+@pytest.mark.parametrize("obj, reason", [
+    (policy("k-too-big", maxSpeculationLength=17), "maxSpeculationLength: 17 is greater than the maximum of 16"),
+    (policy("bad-mode", mode="sometimes"), "'sometimes' is not one of"),
+    (policy("fixed-over-max", maxSpeculationLength=2, fixedSpeculationLength=3),
+     "fixedSpeculationLength must be <= maxSpeculationLength"),
+    (policy("no-preset", costModel={"source": "preset"}), "needs costModel.preset"),
+    (service("no-draft-model", draft={"method": "draftModel"}), "draft.method draftModel needs draft.model"),
+    (service("Bad.Name"), "DNS-1035"),
+    (service("neg", target={"model": {"name": "m"}, "replicas": -1}), "less than the minimum of 0"),
+])
+def test_invalid_objects_are_refused_with_422(kube: KubeApi, obj: dict[str, Any], reason: str) -> None:
+    r = kube.create(obj)
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["message"]
+    assert kube.get(obj["kind"], obj["metadata"]["name"]) is None  # nothing stored

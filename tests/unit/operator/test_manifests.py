@@ -1,0 +1,114 @@
+"""Pure manifest builders: shape per spec variant, config hash, stable selectors, owned keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smartspec_operator.manifests import (
+    Owner,
+    build,
+    config_hash,
+    model_path,
+    owned_keys,
+    selector,
+)
+from smartspec_operator.settings import OperatorSettings
+from smartspec_operator.spec import ModelRef, parse_service_spec
+
+OWNER = Owner("svc", "ns", "uid-1")
+SETTINGS = OperatorSettings(redis_url="redis://r:6379", target_image="t:1", draft_image="d:1",
+                            controller_image="c:1")
+
+
+def objs(**spec: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    body = {"target": {"model": {"name": "m", "uri": "pvc://models/m"}}} | spec
+    return {(o["kind"], o["metadata"]["name"]): o for o in build(OWNER, parse_service_spec(body), SETTINGS)}
+
+
+def pod(o: dict[str, Any]) -> dict[str, Any]:
+    return dict(o["spec"]["template"]["spec"])
+
+
+def test_model_paths() -> None:
+    assert model_path(ModelRef(name="m", uri="pvc://models/a/b/")) == "/models/models/a/b"
+    assert model_path(ModelRef(name="m", uri="pvc://models")) == "/models/models"
+    assert model_path(ModelRef(name="Qwen/Qwen2.5-Coder-1.5B")) == "Qwen/Qwen2.5-Coder-1.5B"  # a hub id passes
+
+
+def test_draft_model_service() -> None:
+    out = objs(draft={"model": {"name": "d", "uri": "pvc://drafts/d"}, "replicas": 2})
+    assert set(out) == set(owned_keys("svc", with_draft=True))
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_DRAFT_MODEL"] == "/models/drafts/d"
+    assert data["SMARTSPEC_TARGET_DRAFT_ADDRESS"] == "svc-draft:50061"
+    assert data["SMARTSPEC_TARGET_OTLP_ENDPOINT"] == "svc-controller:4317"
+    assert data["SMARTSPEC_TARGET_REDIS_URL"] == data["SMARTSPEC_CONTROLLER_REDIS_URL"] == "redis://r:6379"
+    draft = out["Deployment", "svc-draft"]
+    assert draft["spec"]["replicas"] == 2
+    assert [v["persistentVolumeClaim"]["claimName"] for v in pod(draft)["volumes"] if "persistentVolumeClaim" in v] \
+        == ["drafts"]
+    assert pod(draft)["containers"][0]["image"] == "d:1"
+
+
+def test_ngram_draft_fingerprints_the_target_tokenizer() -> None:
+    out = objs(draft={"method": "ngram"})
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_DRAFT_METHOD"] == "ngram" and "SMARTSPEC_DRAFT_MODEL" not in data
+    assert data["SMARTSPEC_DRAFT_TOKENIZER"] == "/models/models/m"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod(out["Deployment", "svc-draft"])["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == ["models"]  # the target's claim, mounted for its tokenizer
+
+
+def test_no_draft_means_no_speculation_objects() -> None:
+    out = objs()
+    assert set(out) == set(owned_keys("svc", with_draft=False))
+    assert "SMARTSPEC_TARGET_DRAFT_ADDRESS" not in out["ConfigMap", "svc-config"]["data"]
+
+
+def test_gpu_resources_placement_and_overrides_pass_through() -> None:
+    gpu = {"limits": {"nvidia.com/gpu": 1}, "requests": {"memory": "24Gi"}}
+    tol = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    out = objs(target={"model": {"name": "m"}, "resources": gpu, "nodeSelector": {"gpu": "h100"}, "tolerations": tol,
+                       "image": "mine:2", "env": [{"name": "X", "value": "1"}]},
+               redis={"url": "rediss://elsewhere:6380"}, telemetry={"otlpEndpoint": "collector:4317"})
+    target = out["Deployment", "svc-target"]
+    c = pod(target)["containers"][0]
+    assert c["resources"] == gpu and c["image"] == "mine:2"
+    assert pod(target)["nodeSelector"] == {"gpu": "h100"} and pod(target)["tolerations"] == tol
+    assert {"name": "X", "value": "1"} in c["env"]
+    assert c["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # replica name = pod name
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_TARGET_REDIS_URL"] == "rediss://elsewhere:6380"
+    assert data["SMARTSPEC_TARGET_OTLP_ENDPOINT"] == "collector:4317"
+
+
+def test_every_pod_is_locked_down_and_probed() -> None:
+    for (kind, name), o in objs(draft={"model": {"name": "d"}}).items():
+        if kind != "Deployment":
+            continue
+        p = pod(o)
+        assert p["securityContext"]["runAsNonRoot"] is True
+        assert p["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert p["automountServiceAccountToken"] is False
+        c = p["containers"][0]
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                        "privileged": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+        assert "readinessProbe" in c and "livenessProbe" in c, name
+        assert o["spec"]["selector"]["matchLabels"] == selector("svc", name.removeprefix("svc-"))
+        assert o["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_config_changes_roll_pods_but_replica_changes_do_not_touch_config() -> None:
+    base = objs()
+    more = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "replicas": 4})
+    longer = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "maxLen": 8192})
+
+    def digest(out: dict[tuple[str, str], dict[str, Any]]) -> str:
+        return str(out["Deployment", "svc-target"]["spec"]["template"]["metadata"]["annotations"]
+                   ["smartspec.io/config-hash"])
+
+    assert digest(base) == config_hash(base["ConfigMap", "svc-config"]["data"])
+    assert digest(more) == digest(base)  # scaling is not a restart
+    assert digest(longer) != digest(base)
