@@ -95,3 +95,25 @@ def _cel(value: Any, node: dict[str, Any], path: str) -> list[str]:
         for i, item in enumerate(value):
             errors += _cel(item, node["items"], f"{path}[{i}]")
     return errors
+
+
+def printer_row(obj: dict[str, Any]) -> dict[str, Any]:
+    """What `kubectl get` shows for `obj`: each additionalPrinterColumn's JSONPath evaluated (the subset the
+    CRDs use: dotted fields and one `[?(@.field=="value")]` filter)."""
+    version = crds()[obj["kind"]]["spec"]["versions"][0]
+    return {col["name"]: _jsonpath(obj, col["jsonPath"]) for col in version["additionalPrinterColumns"]}
+
+
+def _jsonpath(obj: Any, expr: str) -> Any:
+    import re
+
+    value = obj
+    for part in re.findall(r'\.([A-Za-z0-9_]+)|\[\?\(@\.(\w+)=="([^"]*)"\)\]', expr):
+        field, key, want = part
+        if field:
+            value = value.get(field) if isinstance(value, dict) else None
+        else:
+            value = next((v for v in value or [] if isinstance(v, dict) and v.get(key) == want), None)
+        if value is None:
+            return None
+    return value

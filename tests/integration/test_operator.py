@@ -14,9 +14,11 @@ import httpx
 import pytest
 
 from smartspec.telemetry.keys import policy_spec_key, service_keys, steps_key
+from tests.crd_admission import printer_row
 from tests.integration.conftest import LoopThread, free_port
-from tests.integration.control_plane import published, start_controller, stop_all, wait_for
+from tests.integration.control_plane import complete_many, metric, published, start_controller, stop_all, wait_for
 from tests.integration.kube_api import KubeApi
+from tests.integration.services import start_stack
 
 NS = "default"
 GV = "smartspec.io/v1alpha1"
@@ -222,33 +224,46 @@ def test_policy_applies_through_redis_without_touching_pods(kube: KubeApi, opera
 
 
 def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operator: Operator, redis_db: Any,
-                                                           loop_thread: LoopThread) -> None:
+                                                           loop_thread: LoopThread,
+                                                           tiny_svc_models: dict[str, Any]) -> None:
+    """CR -> operator -> Redis -> controller -> policy -> target, and back: target steps -> controller -> CR status."""
     created(kube, policy("tuned", maxSpeculationLength=5))
     created(kube, service("delta", policyRef={"name": "tuned"}))
     reconciled(kube, "delta")
     client = redis_db.client()
     wait_for(lambda: client.get(policy_spec_key("delta")), 10, "the spec in Redis")
-    ctl = start_controller(loop_thread, redis_db.url, service="delta", interval_s=0.2)
+    ctl = start_controller(loop_thread, redis_db.url, service="delta", interval_s=0.2, min_fit_samples=16)
+    stack = None
     stopped = False
     try:
         doc = wait_for(lambda: published(client, "delta"), 10, "a published policy")
-        assert doc.max_k == 5  # CR -> operator -> Redis -> controller -> policy document
+        assert doc.max_k == 5  # the CR's K reached the controller's policy
+        stack = start_stack(loop_thread, tiny_svc_models, redis_url=redis_db.url, service="delta")
+        wait_for(lambda: metric(stack.url, "smartspec_policy_version") >= 1, 10, "the target on the policy")
+        for _ in range(3):
+            complete_many(stack.url, ["def f(x):", "import os\n", "SELECT 1", "x = 1"], max_tokens=16)
         for role in ("target", "draft", "controller"):  # what the Deployment controller would report
             assert kube.patch("Deployment", f"delta-{role}", {"status": {"readyReplicas": 1, "replicas": 1}},
                               sub="status").status_code == 200
 
         def ready() -> dict[str, Any] | None:
-            st = status(kube, "SpeculativeService", "delta")
-            conds = {c["type"]: c for c in st.get("conditions", [])}
+            cr = kube.get("SpeculativeService", "delta") or {}
+            conds = {c["type"]: c for c in (cr.get("status") or {}).get("conditions", [])}
             ok = conds.get("Ready", {}).get("status") == "True" and conds.get("Degraded", {}).get("status") == "False"
-            return st if ok and st.get("policyVersion") else None
+            return cr if ok and cr["status"].get("goodput") else None
 
-        st = wait_for(ready, 15, "Ready=True, Degraded=False and the policy version in status", every_s=0.1)
+        cr = wait_for(ready, 20, "Ready=True, Degraded=False and measured goodput in status", every_s=0.1)
+        st = cr["status"]
         assert st["target"]["ready"] == "1/1" and st["draft"]["ready"] == "1/1"
-        assert st["policyVersion"] >= 1 and st["lastDecision"].endswith("Z")
-        pst = wait_for(lambda: status(kube, "SpeculationPolicy", "tuned").get("version")
-                       and status(kube, "SpeculationPolicy", "tuned"), 10, "the policy's version in its status")
-        assert pst["recommendedK"] and all(0 <= k <= 5 for k in pst["recommendedK"].values())
+        assert st["policyVersion"] >= 1 and st["lastDecision"].endswith("Z") and 0 <= st["meanK"] <= 5
+        row = printer_row(cr)  # `kubectl get specsvc` has something in every column
+        assert row["Ready"] == "True" and row["Target"] == "1/1" and row["Draft"] == "1/1"
+        assert row["K"] is not None and row["Goodput"] > 0 and row["Age"]
+        pol = wait_for(lambda: (p := kube.get("SpeculationPolicy", "tuned")) and (p.get("status") or {}).get("version")
+                       and p, 10, "the policy's version in its status")
+        assert pol["status"]["recommendedK"] and all(0 <= k <= 5 for k in pol["status"]["recommendedK"].values())
+        assert printer_row(pol) == {"Mode": "goodput", "K-Max": 5, "Version": pol["status"]["version"],
+                                    "Age": pol["metadata"]["creationTimestamp"]}
 
         stop_all(lambda: loop_thread.run(ctl.stop()))
         stopped = True
@@ -257,8 +272,8 @@ def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operat
                             15, "Degraded once the controller goes quiet", every_s=0.2)
         assert degraded["reason"] == "TelemetryStale"
     finally:
-        if not stopped:
-            stop_all(lambda: loop_thread.run(ctl.stop()))
+        stop_all(*([] if stopped else [lambda: loop_thread.run(ctl.stop())]),
+                 *([stack.stop] if stack is not None else []))
 
 
 def test_delete_cleans_redis_and_leaves_children_to_the_garbage_collector(kube: KubeApi, operator: Operator,
