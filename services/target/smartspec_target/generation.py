@@ -31,6 +31,7 @@ class Usage:
     accepted_tokens: int = 0
     steps: int = 0
     mean_k: float = 0.0
+    acceptance_emulated: bool = False  # experiments only: the text is not the target's (see engine/emulation.py)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -46,6 +47,7 @@ class Usage:
                 "accepted_tokens": self.accepted_tokens,
                 "acceptance_rate": self.acceptance_rate,
                 "mean_k": self.mean_k,
+                **({"acceptance_emulated": True} if self.acceptance_emulated else {}),
             },
         }
 
@@ -116,7 +118,8 @@ class StopStrings:
 async def generate(engine: EngineLoop, tokenizer: Any, req: GenerationRequest) -> AsyncGenerator[Chunk, None]:
     """Submit and stream; raises the engine's error before the first chunk if the request is refused."""
     handle = await engine.submit(req.prompt_ids, req.params, req.spec)
-    usage = Usage(prompt_tokens=len(req.prompt_ids))
+    usage = Usage(prompt_tokens=len(req.prompt_ids),
+                  acceptance_emulated=engine.scheduler.engine.emulator is not None)
     detok = IncrementalDetokenizer(tokenizer)
     stops = StopStrings(req.stop)
     finished = False

@@ -90,7 +90,11 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
         if not await draft.wait_connected(settings.draft_connect_timeout_s):
             log.warning("no draft at %s yet; serving at k = 0 until it connects", settings.draft_address)
     engine = SpecEngine(runner, draft, eos_token_ids=eos_ids(tokenizer, model), max_k=settings.max_k,
-                        limits=AdmissionLimits(max_prefill_tokens=settings.max_prefill_tokens))
+                        limits=AdmissionLimits(max_prefill_tokens=settings.max_prefill_tokens),
+                        emulate_acceptance=settings.emulate_acceptance)
+    if settings.emulate_acceptance is not None:
+        log.warning("ACCEPTANCE EMULATION ON (alpha=%.3f): drafts are accepted at random, outputs are NOT the "
+                    "target's; for step-time experiments only", settings.emulate_acceptance)
     mode = settings.policy if draft is not None else "off"
     config = PolicyConfig(mode=mode, max_k=settings.max_k, fixed_k=min(settings.fixed_k, settings.max_k),
                           hysteresis=settings.hysteresis)

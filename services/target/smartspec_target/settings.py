@@ -29,6 +29,9 @@ class TargetSettings(BaseSettings):
     fixed_k: int = Field(3, ge=0, le=64)
     hysteresis: float = Field(1.1, ge=1.0)
     cost_model: str = Field("default", description="default, a preset name, or a JSON coefficients file")
+    emulate_acceptance: float | None = Field(
+        None, ge=0.0, le=1.0, description="EXPERIMENTS ONLY: accept each draft token with this probability instead "
+        "of comparing with the target (outputs are then not the target's; responses say so)")
     drain_timeout_s: float = Field(600.0, ge=0, description="on SIGTERM, wait this long for running requests")
     # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
