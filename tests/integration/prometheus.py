@@ -15,12 +15,17 @@ from smartspec.cli.up import free_port
 
 
 class Prometheus:
-    def __init__(self, targets: dict[str, str], scrape_interval: str = "500ms") -> None:
+    def __init__(self, targets: dict[str, str], scrape_interval: str = "500ms",
+                 labels: dict[str, dict[str, str]] | None = None) -> None:
+        """targets: job → host:port; labels: job → static labels its samples carry (as a ServiceMonitor's
+        relabelings would add)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("no prometheus binary: run scripts/setup.sh (installs Debian's prometheus)")
         self.dir = tempfile.TemporaryDirectory(prefix="smartspec-prom-")
+        static = {job: ", ".join(f"{k}: '{v}'" for k, v in (labels or {}).get(job, {}).items()) for job in targets}
         jobs = "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['{address}']\n"
+                       + (f"        labels: {{{static[job]}}}\n" if static[job] else "")
                        for job, address in targets.items())
         config = Path(self.dir.name) / "prometheus.yml"
         config.write_text(f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n"

@@ -83,6 +83,15 @@ def test_gpu_resources_placement_and_overrides_pass_through() -> None:
     assert data["SMARTSPEC_TARGET_OTLP_ENDPOINT"] == "collector:4317"
 
 
+def test_pull_secrets_reach_every_pod() -> None:
+    settings = SETTINGS.model_copy(update={"image_pull_secrets": "regcred, other"})
+    body = parse_service_spec({"target": {"model": {"name": "m"}}, "draft": {"method": "ngram"}})
+    for o in build(OWNER, body, settings):
+        if o["kind"] == "Deployment":
+            assert pod(o)["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert all("imagePullSecrets" not in pod(o) for o in objs().values() if o["kind"] == "Deployment")
+
+
 def test_every_pod_is_locked_down_and_probed() -> None:
     for (kind, name), o in objs(draft={"model": {"name": "d"}}).items():
         if kind != "Deployment":

@@ -37,7 +37,8 @@ def test_spec_uses_the_crd_field_names_and_defaults() -> None:
     ({"costModel": {"source": "preset", "preset": "a100-imaginary"}}, "preset"),
     ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"warp": 1}}}}, "warp"),
     ({"maxSpecLength": 3}, "maxSpecLength"),
-    ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": None}}}}, "verify.const must be a number"),
+    ({"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": None}}}},
+     "verify.const must be a number"),
     ({"hysteresis": float("nan")}, "hysteresis"),
 ])
 def test_spec_errors_name_the_field(raw: dict[str, object], field: str) -> None:
