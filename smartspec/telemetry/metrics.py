@@ -36,6 +36,9 @@ def prometheus_provider(resource: dict[str, str], extra_readers: Sequence[Metric
     return registry, provider
 
 
+POLICY_REJECTIONS = ("invalid", "service", "stale", "expired", "apply")  # why a target refused a published policy
+
+
 @dataclass
 class TargetMetrics:
     """All instruments of one target replica; `prometheus_text()` serves /metrics."""
@@ -98,6 +101,8 @@ class TargetMetrics:
             self.draft_fallback.add(0, {"cause": cause})
         for reason in ("absent", "expired"):
             self.policy_fallback.add(0, {"reason": reason})
+        for reason in POLICY_REJECTIONS:
+            self.policy_rejected.add(0, {"reason": reason})
         self.records_dropped.add(0)
         self.records_written.add(0)
         self._running = 0
