@@ -15,18 +15,26 @@ from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Generic, Literal
 
-from smartspec.engine.engine import SpecEngine, StepOutput, StepStats
-from smartspec.engine.sampling import SamplingParams
+from typing_extensions import TypeVar
+
+from smartspec.engine.params import SamplingParams
 from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
+from smartspec.engine.steps import StepEngine, StepOutput, StepStats
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
 from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model, plausible, relative_error
 from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy
 
+if TYPE_CHECKING:
+    from smartspec.engine.engine import SpecEngine
+
 log = logging.getLogger(__name__)
+
+# The engine the scheduler drives: the real SpecEngine unless said otherwise (the simulator's).
+E = TypeVar("E", bound=StepEngine, default="SpecEngine")
 
 
 @dataclass(frozen=True)
@@ -64,8 +72,8 @@ def sample_of(stats: StepStats) -> StepSample:
 
 
 @dataclass
-class Scheduler:
-    engine: SpecEngine
+class Scheduler(Generic[E]):
+    engine: E
     policy: SpeculationPolicy
     sinks: Seq[StepSink] = ()
     refit: RefitConfig = field(default_factory=RefitConfig)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+from smartspec.engine.params import SamplingParams
 
-from smartspec.engine.sampling import SamplingParams, make_generator
+if TYPE_CHECKING:  # torch only for sampling requests: greedy ones (and the simulator) never load it
+    import torch
 
 
 class SeqStatus(enum.Enum):
@@ -51,7 +53,11 @@ class Sequence:
 
     @classmethod
     def create(cls, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        gen = None if params.greedy else make_generator(params.seed)
+        gen = None
+        if not params.greedy:
+            from smartspec.engine.sampling import make_generator
+
+            gen = make_generator(params.seed)
         return cls(seq_id=seq_id, prompt_len=len(prompt_ids), tokens=list(prompt_ids), params=params, generator=gen)
 
     @property

@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from smartspec.engine.engine import StepStats
+from smartspec.engine.steps import StepStats
 
 
 def record_of(stats: StepStats) -> dict[str, Any]:
