@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="smartspec", description="Goodput-optimal speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("models", "generate", "policy", "serve", "up", "kube_operator"):
+    for name in ("models", "generate", "policy", "sim", "serve", "up", "bench", "kube_operator"):
         try:
             module = importlib.import_module(f"smartspec.cli.{name}")
         except ImportError as exc:  # a role install (e.g. the controller's) lacks torch: skip those commands

@@ -1,0 +1,167 @@
+"""Per-request records of a load sweep (measured or simulated) and the summaries every sweep prints.
+
+One `RequestRecord` per finished (or failed) request; `summarize` groups them by (policy, rate);
+`ratio_table` is the paper's comparison: each policy's mean latency per rate, and the goodput
+policy's ratio to the best static policy at that rate (the per-rate oracle in hindsight) and to
+no speculation. Plots and file layout live with the runners; these are the shared numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+STATIC_PREFIXES = ("off", "fixed:")
+ADAPTIVE = "goodput"
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    policy: str  # "off", "fixed:3", "goodput", "goodput+controller", …
+    rate: float  # offered load, requests/s (the phase's rate for a dynamic trace)
+    workload: str  # "humaneval", "synthetic", …
+    arrival_s: float  # when it was sent, from the start of the run
+    ttft_s: float | None  # first token
+    e2e_s: float | None  # last token
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    itl_mean_s: float | None = None  # mean gap between streamed chunks after the first
+    drafted_tokens: int = 0  # from the server's speculation usage
+    accepted_tokens: int = 0
+    error: str | None = None
+    source: str = "measured"  # "measured" | "simulated"
+    acceptance_emulated: bool = False  # acceptance drawn with probability α, not by the target (see README)
+    phase: str = ""  # dynamic traces: the phase's name
+
+
+def write_csv(path: Path, records: Iterable[RequestRecord]) -> None:
+    rows = [dataclasses.asdict(r) for r in records]
+    fields = [f.name for f in dataclasses.fields(RequestRecord)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: Path) -> list[RequestRecord]:
+    out = []
+    types = {f.name: f.type for f in dataclasses.fields(RequestRecord)}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            kw: dict[str, Any] = {}
+            for k, v in row.items():
+                t = str(types[k])
+                if v == "" and ("None" in t or t == "str"):
+                    kw[k] = None if "None" in t else ""
+                elif t.startswith("float"):
+                    kw[k] = float(v)
+                elif t.startswith("int"):
+                    kw[k] = int(v)
+                elif t == "bool":
+                    kw[k] = v == "True"
+                else:
+                    kw[k] = v
+            out.append(RequestRecord(**kw))
+    return out
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return math.nan
+    pos = (len(s) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
+    """One row per (policy, rate): latency mean/p50/p99 (with a 95% CI of the mean), TTFT, ITL, throughput."""
+    groups: dict[tuple[str, float], list[RequestRecord]] = {}
+    for r in records:
+        groups.setdefault((r.policy, r.rate), []).append(r)
+    rows = []
+    for (policy, rate), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ok = [r for r in rs if r.error is None and r.e2e_s is not None]
+        e2e = [float(r.e2e_s) for r in ok if r.e2e_s is not None]
+        sd = math.sqrt(sum((x - _mean(e2e)) ** 2 for x in e2e) / (len(e2e) - 1)) if len(e2e) > 1 else math.nan
+        span = max((r.arrival_s + float(r.e2e_s or 0)) for r in ok) - min(r.arrival_s for r in ok) if ok else math.nan
+        drafted = sum(r.drafted_tokens for r in ok)
+        rows.append({
+            "policy": policy, "rate": rate, "requests": len(rs), "errors": len(rs) - len(ok),
+            "mean_s": _mean(e2e), "ci95_s": 1.96 * sd / math.sqrt(len(e2e)) if len(e2e) > 1 else math.nan,
+            "p50_s": _pct(e2e, 0.5), "p99_s": _pct(e2e, 0.99),
+            "ttft_mean_s": _mean([float(r.ttft_s) for r in ok if r.ttft_s is not None]),
+            "itl_mean_s": _mean([float(r.itl_mean_s) for r in ok if r.itl_mean_s is not None]),
+            "tokens_per_s": sum(r.completion_tokens for r in ok) / span if span and span > 0 else math.nan,
+            "acceptance": sum(r.accepted_tokens for r in ok) / drafted if drafted else math.nan,
+            "tokens_per_request": _mean([float(r.completion_tokens) for r in ok]),
+        })
+    return rows
+
+
+def ratio_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[dict[str, Any]]:
+    """Per rate: every policy's mean latency, the best static policy, and the adaptive policy's ratios.
+
+    `vs_best_static` = adaptive mean / best static mean (≤ 1.00 is the goal: never worse than the
+    best fixed choice in hindsight); `speedup_vs_off` = off mean / adaptive mean (≥ 1.3× at light load)."""
+    by_rate: dict[float, dict[str, float]] = {}
+    for r in rows:
+        by_rate.setdefault(r["rate"], {})[r["policy"]] = r["mean_s"]
+    out = []
+    for rate, means in sorted(by_rate.items()):
+        static = {p: m for p, m in means.items() if p.startswith(STATIC_PREFIXES) and not math.isnan(m)}
+        best = min(static, key=lambda p: static[p]) if static else None
+        ours = means.get(adaptive, math.nan)
+        out.append({"rate": rate, **{f"mean_s[{p}]": m for p, m in sorted(means.items())},
+                    "best_static": best, "vs_best_static": ours / static[best] if best else math.nan,
+                    "speedup_vs_off": means["off"] / ours if "off" in means and ours else math.nan})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 3) -> str:
+    if not rows:
+        return "(no rows)\n"
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "–" if math.isnan(v) else f"{v:.{digits}f}"
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def oracle_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[dict[str, Any]]:
+    """Per rate: the best static policy in hindsight among every static one present (off = fixed:0), and the
+    adaptive policy's mean latency against it (`vs_oracle` ≤ 1.03 is the simulator goal) and against off."""
+    by_rate: dict[float, dict[str, float]] = {}
+    for r in rows:
+        by_rate.setdefault(r["rate"], {})[r["policy"]] = r["mean_s"]
+    out = []
+    for rate, means in sorted(by_rate.items()):
+        static = {p: m for p, m in means.items() if p.startswith(STATIC_PREFIXES) and not math.isnan(m)}
+        best = min(static, key=lambda p: static[p]) if static else None
+        ours = means.get(adaptive, math.nan)
+        out.append({"rate": rate, "oracle": best, "oracle_mean_s": static[best] if best else math.nan,
+                    f"{adaptive}_mean_s": ours, "vs_oracle": ours / static[best] if best else math.nan,
+                    "speedup_vs_off": means["off"] / ours if "off" in means and ours else math.nan})
+    return out
+
+
+def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Summary rows (e.g. `summarize`'s) as CSV, columns in first-seen order."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)

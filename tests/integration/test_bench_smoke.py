@@ -1,0 +1,78 @@
+"""`smartspec bench sweep` end to end on tiny models: two policies (a stack restart each), two rates, a
+dynamic trace; every request finishes, and the results folder holds its CSVs, plots and README."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.report import read_csv
+
+MAX_TOKENS = 16
+
+
+def sweep_processes() -> list[str]:
+    """Command lines of smartspec processes the sweep started (its stacks use service 'bench')."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"smartspec.cli.main" in args and b"bench" in args and b"--service" in args:
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SMARTSPEC_STACK_FILE": str(tmp_path / "unused-stack.json")}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "smartspec.cli.main", "bench", "sweep", "--models", "tiny", "--workload", "synthetic",
+         "--dtype", "float32", "--max-batch-size", "8", "--policies", "off,goodput", "--rates", "2,8",
+         "--requests", "5", "--max-tokens", str(MAX_TOKENS), "--trace", "4@4", "--warmup", "1", "--out", str(out),
+         "--no-progress", "--ready-timeout-s", "120"],
+        env=env, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"results in {out}" in proc.stdout
+
+    names = {p.name for p in out.iterdir()}
+    assert {"records.csv", "points.csv", "summary.csv", "ratios.csv", "steps.csv", "trace_records.csv",
+            "trace_summary.csv", "README.md", "latency_vs_rate.png", "throughput_vs_rate.png", "k_over_time.png",
+            "trace.png"} <= names
+    for png in ("latency_vs_rate.png", "throughput_vs_rate.png", "k_over_time.png", "trace.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    records = read_csv(out / "records.csv")
+    assert sorted({(r.policy, r.rate) for r in records}) == [("goodput", 2.0), ("goodput", 8.0), ("off", 2.0),
+                                                             ("off", 8.0)]
+    assert len(records) == 20
+    for r in records + read_csv(out / "trace_records.csv"):
+        assert r.error is None, r
+        assert r.completion_tokens == MAX_TOKENS and r.prompt_tokens > 0  # ignore_eos: every policy does the same work
+        assert r.ttft_s is not None and r.e2e_s is not None and 0 < r.ttft_s <= r.e2e_s
+        assert r.source == "measured" and not r.acceptance_emulated
+    assert all(r.drafted_tokens == 0 for r in records if r.policy == "off")
+
+    with (out / "steps.csv").open() as f:
+        steps = list(csv.DictReader(f))
+    windows = {(s["policy"], s["window"]) for s in steps}
+    for policy in ("off", "goodput"):
+        assert {(policy, "rate 2"), (policy, "rate 8"), (policy, "trace")} <= windows
+    assert all(s["sum_k"] == "0" for s in steps if s["policy"] == "off")
+
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 4 and all(s["errors"] == "0" and s["requests"] == "5" for s in summary)
+    readme = (out / "README.md").read_text()
+    assert "## goodput vs the static policies" in readme and "Command: `smartspec bench sweep" in readme
+    assert "![latency_vs_rate.png](latency_vs_rate.png)" in readme
+
+    assert not sweep_processes(), "the sweep left stack processes behind"
+    assert elapsed < 120, f"the smoke sweep took {elapsed:.0f}s"

@@ -1,0 +1,1 @@
+"""Unit tests of the load generator and sweep helpers (bench/)."""
