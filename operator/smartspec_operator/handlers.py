@@ -19,13 +19,13 @@ from redis.exceptions import RedisError
 from smartspec.policy.document import parse_spec
 from smartspec_operator import status as st
 from smartspec_operator.kube import Kube, KubeError
-from smartspec_operator.manifests import Owner, build, child_name, redis_url
+from smartspec_operator.manifests import Owner, build, child_name, redis_service, redis_url
 from smartspec_operator.settings import OperatorSettings
-from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, parse_service_spec
+from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, ServiceSpec, parse_service_spec
 from smartspec_operator.store import Store
 
 Log = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands handlers as `logger`
-GIVE_UP_AFTER = 3  # retries of a delete-time cleanup before deletion goes ahead regardless
+CLEANUP_PATIENCE_S = 300  # a delete waits this long for pods to stop and Redis to answer, then goes ahead
 
 
 def _namespaced(namespace: str | None) -> str:
@@ -87,10 +87,11 @@ def policy_specs(*, namespace: str | None, name: str, spec: Any,
 
 @kopf.index(GROUP, VERSION, SERVICES)
 def policy_users(*, namespace: str | None, name: str, spec: Any, memo: Any,
-                 **_: Any) -> dict[tuple[str | None, str], tuple[str, str]]:
+                 **_: Any) -> dict[tuple[str | None, str], tuple[str, str, str]]:
+    """(namespace, policy) -> (service name, its Redis service id, its Redis URL)."""
     ref = (spec.get("policyRef") or {}).get("name") or DEFAULT_POLICY
     url = (spec.get("redis") or {}).get("url") or memo.settings.redis_url
-    return {(namespace, ref): (name, url)}
+    return {(namespace, ref): (name, redis_service(namespace or "", name), url)}
 
 
 def _first(index: Any, key: tuple[str, str]) -> Any:
@@ -99,13 +100,36 @@ def _first(index: Any, key: tuple[str, str]) -> Any:
 
 # -- SpeculativeService
 
+async def _converge(memo: Any, name: str, namespace: str, uid: str, svc: ServiceSpec,
+                    policy_specs: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """The one idempotent step the handlers and the daemon share: children to the spec, policy spec to Redis.
+
+    Raises KubeError; Redis trouble is only reported (in the returned status.policy), because serving
+    never waits on Redis and the daemon's next tick writes the spec once Redis is back."""
+    settings, kube, store = _parts(memo)
+    owner = Owner(name, namespace, uid)
+    done: dict[str, str] = {}
+    for obj in build(owner, svc, settings):
+        done[f"{obj['kind']}/{obj['metadata']['name']}"] = await kube.apply(obj, owner_uid=uid)
+    if svc.draft is None:  # speculation switched off: the draft's Deployment and Service go
+        for kind in ("Deployment", "Service"):
+            if await _delete_owned(kube, kind, namespace, child_name(name, "draft"), uid):
+                done[f"{kind}/{child_name(name, 'draft')}"] = "deleted"
+    try:
+        policy = await _sync_policy(store, redis_url(svc, settings), redis_service(namespace, name),
+                                    svc.policy_ref.name, namespace, policy_specs)
+    except RedisError as exc:
+        policy = {"name": svc.policy_ref.name, "applied": False, "message": f"Redis unreachable: {exc}"}
+    return done, policy
+
+
 @kopf.on.resume(GROUP, VERSION, SERVICES)
 @kopf.on.create(GROUP, VERSION, SERVICES)
 @kopf.on.update(GROUP, VERSION, SERVICES)
 async def reconcile_service(*, spec: Any, name: str, namespace: str | None, meta: Any, memo: Any,
                             policy_specs: Any = None, logger: Log, **_: Any) -> None:
     namespace = _namespaced(namespace)
-    settings, kube, store = _parts(memo)
+    kube = memo.kube
     generation = int(meta.get("generation") or 0)
     try:
         svc = parse_service_spec(copy.deepcopy(dict(spec)))
@@ -113,22 +137,12 @@ async def reconcile_service(*, spec: Any, name: str, namespace: str | None, meta
         await _status_quietly(kube, namespace, name, {"conditions": [st.condition(
             "Ready", False, "InvalidSpec", str(exc), generation, [], time.time())]}, logger)
         raise kopf.PermanentError(str(exc)) from None
-    owner = Owner(name, namespace, str(meta["uid"]))
-    done: dict[str, str] = {}
     try:
-        for obj in build(owner, svc, settings):
-            done[f"{obj['kind']}/{obj['metadata']['name']}"] = await kube.apply(obj)
-        if svc.draft is None:  # speculation switched off: the draft's Deployment and Service go
-            for kind in ("Deployment", "Service"):
-                if await _delete_owned(kube, kind, namespace, child_name(name, "draft"), owner.uid):
-                    done[f"{kind}/{child_name(name, 'draft')}"] = "deleted"
+        done, policy = await _converge(memo, name, namespace, str(meta["uid"]), svc, policy_specs)
     except KubeError as exc:
+        await _status_quietly(kube, namespace, name, {"conditions": [st.condition(
+            "Ready", False, "ApplyFailed", str(exc), generation, [], time.time())]}, logger)
         raise _transient(exc, "applying the service's objects") from None
-    try:
-        policy = await _sync_policy(store, redis_url(svc, settings), svc.policy_ref.name, name, namespace,
-                                    policy_specs)
-    except RedisError as exc:
-        raise kopf.TemporaryError(f"writing the policy spec to Redis: {exc}", delay=2) from None
     try:
         await kube.patch("SpeculativeService", namespace, name,
                          {"status": {"observedGeneration": generation, "policy": policy}}, subresource="status")
@@ -138,78 +152,104 @@ async def reconcile_service(*, spec: Any, name: str, namespace: str | None, meta
     logger.info(f"reconciled generation {generation}: {changed or 'no changes'}; policy {policy['message']}")
 
 
-async def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str) -> bool:
+async def _delete_owned(kube: Kube, kind: str, namespace: str, name: str, uid: str,
+                        propagation: str | None = None) -> bool:
     live = await kube.get(kind, namespace, name)
     refs = (live or {}).get("metadata", {}).get("ownerReferences") or []
     if live is None or not any(r.get("uid") == uid for r in refs):
         return False  # not ours: never delete what someone else made
-    return await kube.delete(kind, namespace, name)
+    return await kube.delete(kind, namespace, name, propagation=propagation)
 
 
-async def _sync_policy(store: Store, url: str, ref: str, name: str, namespace: str,
+async def _sync_policy(store: Store, url: str, service_id: str, ref: str, namespace: str,
                        policy_specs: Any) -> dict[str, Any]:
     """Write the referenced policy's spec to this service's Redis; the result goes to status.policy."""
     spec = _first(policy_specs, (namespace, ref))
     if spec is None:
-        await store.clear_spec(url, name)
+        await store.clear_spec(url, service_id)
         return {"name": ref, "applied": False,
                 "message": f"SpeculationPolicy {ref!r} not found in {namespace}; the controller uses its defaults"}
     try:
         parse_spec(spec)
     except ValueError as exc:  # the last valid spec stays in force
         return {"name": ref, "applied": False, "message": str(exc)}
-    await store.write_spec(url, name, spec)
+    await store.write_spec(url, service_id, spec)
     return {"name": ref, "applied": True, "message": f"{ref} applied"}
 
 
 @kopf.on.delete(GROUP, VERSION, SERVICES)
-async def forget_service(*, spec: Any, name: str, memo: Any, retry: int, logger: Log, **_: Any) -> None:
-    """Children go with their owner reference; the Redis keys are ours to delete."""
-    settings, _kube, store = _parts(memo)
+async def forget_service(*, spec: Any, name: str, namespace: str | None, meta: Any, memo: Any, runtime: Any,
+                         logger: Log, **_: Any) -> None:
+    """Stop the pods first (foreground), then delete the Redis keys: a running controller or target
+    would write them again. Services and the ConfigMap go with their owner reference."""
+    namespace = _namespaced(namespace)
+    settings, kube, store = _parts(memo)
+    waited = runtime.total_seconds()
+    try:
+        running = [role for role in ("controller", "target", "draft")
+                   if await _delete_owned(kube, "Deployment", namespace, child_name(name, role), str(meta["uid"]),
+                                          propagation="Foreground")
+                   or await kube.get("Deployment", namespace, child_name(name, role)) is not None]
+    except KubeError as exc:
+        raise _transient(exc, "deleting the Deployments") from None
+    if running and waited < CLEANUP_PATIENCE_S:
+        raise kopf.TemporaryError(f"waiting for the {', '.join(running)} pods to stop", delay=5)
     url = (spec.get("redis") or {}).get("url") or settings.redis_url
     try:
-        n = await store.forget(url, name)
+        n = await store.forget(url, redis_service(namespace, name))
     except RedisError as exc:
-        if retry < GIVE_UP_AFTER:
-            raise kopf.TemporaryError(f"deleting Redis keys: {exc}", delay=2) from None
-        logger.warning(f"Redis keys of {name} left behind (Redis unreachable after {retry} tries): {exc}")
+        if waited < CLEANUP_PATIENCE_S:
+            raise kopf.TemporaryError(f"deleting Redis keys: {exc}", delay=5) from None
+        logger.warning(f"Redis keys of {name} left behind (Redis unreachable for {waited:.0f}s): {exc}")
         return
     logger.info(f"deleted {n} Redis keys of {name}")
 
 
 @kopf.daemon(GROUP, VERSION, SERVICES, cancellation_timeout=5.0, backoff=5.0)
 async def report_service(*, stopped: Any, name: str, namespace: str | None, body: Any, memo: Any,
-                         logger: Log, **_: Any) -> None:
-    """Every `status_interval_s`: Deployments' readiness + the controller's decision -> status."""
+                         policy_specs: Any = None, logger: Log, **_: Any) -> None:
+    """Every `status_interval_s`: converge again (a deleted child comes back, a late policy is written),
+    then Deployments' readiness + the controller's decision -> status."""
     namespace = _namespaced(namespace)
     settings = memo.settings
     while not stopped:
         try:
-            await _refresh_service(memo, name, namespace, body)
+            await _refresh_service(memo, name, namespace, body, policy_specs)
         except KubeError as exc:  # the next tick tries again
             logger.warning(f"status refresh failed: {exc}")
         await stopped.wait(settings.status_interval_s)
 
 
-async def _refresh_service(memo: Any, name: str, namespace: str, body: Any) -> None:
+async def _refresh_service(memo: Any, name: str, namespace: str, body: Any, policy_specs: Any) -> None:
     settings, kube, store = _parts(memo)
     try:
         svc = parse_service_spec(copy.deepcopy(dict(body["spec"])))
     except ValueError:
         return  # the reconcile handler reports an invalid spec
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return  # being deleted: converging would bring back what the delete handler removes
     current = dict(body.get("status") or {})
+    generation = int(body["metadata"].get("generation") or 0)
+    observed, apply_error = current.get("observedGeneration"), None
+    try:
+        _, policy = await _converge(memo, name, namespace, str(body["metadata"]["uid"]), svc, policy_specs)
+        observed = generation
+    except KubeError as exc:
+        apply_error, policy = str(exc), current.get("policy") or {}
     deployments = {role: await kube.get("Deployment", namespace, child_name(name, role))
                    for role in ("target", "draft", "controller")}
     decision, redis_error = None, None
     try:
-        decision = await store.decision(redis_url(svc, settings), name)
+        decision = await store.decision(redis_url(svc, settings), redis_service(namespace, name))
     except RedisError as exc:
         redis_error = f"Redis unreachable: {exc}"
+    desired = {"target": svc.target.replicas, "draft": svc.draft.replicas if svc.draft else 0, "controller": 1}
     new = st.service_status(
-        generation=int(body["metadata"].get("generation") or 0), observed_generation=current.get("observedGeneration"),
-        deployments=deployments, with_draft=svc.draft is not None, decision=decision, redis_error=redis_error,
-        policy=current.get("policy") or {}, previous=list(current.get("conditions") or []), now=time.time(),
+        generation=generation, observed_generation=observed, apply_error=apply_error, deployments=deployments,
+        desired=desired, with_draft=svc.draft is not None, decision=decision, redis_error=redis_error,
+        policy=policy, previous=list(current.get("conditions") or []), now=time.time(),
         stale_s=settings.telemetry_stale_s)
+    new["observedGeneration"] = observed
     if not st.same(new, {k: current.get(k) for k in new}):
         await kube.patch("SpeculativeService", namespace, name, {"status": new}, subresource="status")
 
@@ -235,11 +275,11 @@ async def apply_policy(*, spec: Any, name: str, namespace: str | None, meta: Any
         raise kopf.PermanentError(str(exc)) from None
     users = sorted(policy_users.get((namespace, name), []))
     try:
-        written = [svc for svc, url in users if await store.write_spec(url, svc, body)]
+        written = [svc for svc, sid, url in users if await store.write_spec(url, sid, body)]
     except RedisError as exc:
         raise kopf.TemporaryError(f"writing the policy spec to Redis: {exc}", delay=2) from None
     await _policy_status(kube, namespace, name, {
-        "observedGeneration": generation, "services": [svc for svc, _ in users],
+        "observedGeneration": generation, "services": [svc for svc, _, _ in users],
         "conditions": [st.condition("Valid", True, "Accepted", "spec is valid", generation, previous, now),
                        st.condition("Applied", bool(users), "Written" if users else "Unused",
                                     f"in force for {len(users)} service(s)" if users
@@ -249,18 +289,18 @@ async def apply_policy(*, spec: Any, name: str, namespace: str | None, meta: Any
 
 
 @kopf.on.delete(GROUP, VERSION, POLICIES)
-async def withdraw_policy(*, name: str, namespace: str | None, memo: Any, policy_users: Any = None, retry: int,
-                          logger: Log, **_: Any) -> None:
+async def withdraw_policy(*, name: str, namespace: str | None, memo: Any, policy_users: Any = None,
+                          runtime: Any, logger: Log, **_: Any) -> None:
     """Services that used it go back to the controller's built-in default spec."""
     namespace = _namespaced(namespace)
     store = memo.store
     try:
-        for svc, url in policy_users.get((namespace, name), []):
-            await store.clear_spec(url, svc)
+        for _svc, sid, url in policy_users.get((namespace, name), []):
+            await store.clear_spec(url, sid)
     except RedisError as exc:
-        if retry < GIVE_UP_AFTER:
-            raise kopf.TemporaryError(f"clearing policy specs: {exc}", delay=2) from None
-        logger.warning(f"policy specs of {name} left in Redis (unreachable after {retry} tries): {exc}")
+        if runtime.total_seconds() < CLEANUP_PATIENCE_S:
+            raise kopf.TemporaryError(f"clearing policy specs: {exc}", delay=5) from None
+        logger.warning(f"policy specs of {name} left in Redis (unreachable): {exc}")
 
 
 @kopf.daemon(GROUP, VERSION, POLICIES, cancellation_timeout=5.0, backoff=5.0)
@@ -271,14 +311,14 @@ async def report_policy(*, stopped: Any, name: str, namespace: str | None, body:
     while not stopped:
         users = sorted(policy_users.get((namespace, name), []))
         decisions = []
-        for svc, url in users:
+        for _svc, sid, url in users:
             try:
-                decision = await memo.store.decision(url, svc)
+                decision = await memo.store.decision(url, sid)
             except RedisError:
                 decision = None
             if decision is not None:
                 decisions.append(decision)
-        new = st.policy_status(services=[svc for svc, _ in users], decisions=decisions)
+        new = st.policy_status(services=[svc for svc, _, _ in users], decisions=decisions)
         current = dict(body.get("status") or {})
         if any(current.get(k) != v for k, v in new.items()):
             await _policy_status(memo.kube, namespace, name, new, logger)

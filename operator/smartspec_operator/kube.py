@@ -33,7 +33,19 @@ class KubeError(Exception):
     @property
     def temporary(self) -> bool:
         # Conflicts, throttling, server errors and network trouble heal by themselves; 4xx input errors do not.
-        return self.status in (0, 408, 409, 429) or self.status >= 500
+        # 401: kopf re-authenticates on its own next request (e.g. a rotated service-account token).
+        return self.status in (0, 401, 408, 409, 429) or self.status >= 500
+
+
+class NotOwned(KubeError):
+    """An object of the wanted name exists and belongs to someone else: never taken over."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, message)
+
+    @property
+    def temporary(self) -> bool:
+        return False
 
 
 def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -95,17 +107,21 @@ class Kube:
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.request("GET", path(kind, namespace, name))
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """True when something was deleted; the garbage collector removes what it owned (foreground is not needed)."""
-        return await self.request("DELETE", path(kind, namespace, name)) is not None
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> bool:
+        """True when something was deleted. `propagation` "Foreground": the object stays (terminating)
+        until the garbage collector has removed what it owns (for a Deployment: its pods)."""
+        body = None if propagation is None else {"apiVersion": "v1", "kind": "DeleteOptions",
+                                                 "propagationPolicy": propagation}
+        return await self.request("DELETE", path(kind, namespace, name), body, "application/json") is not None
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
                     subresource: str | None = None) -> dict[str, Any] | None:
         return await self.request("PATCH", path(kind, namespace, name, subresource), patch,
                                   "application/merge-patch+json")
 
-    async def apply(self, desired: dict[str, Any]) -> Outcome:
-        """Create `desired`, or bring the live object to it; returns what happened."""
+    async def apply(self, desired: dict[str, Any], owner_uid: str | None = None) -> Outcome:
+        """Create `desired`, or bring the live object to it; returns what happened. With `owner_uid`, an
+        existing object that this owner does not own is refused (NotOwned), not overwritten."""
         kind, meta = desired["kind"], desired["metadata"]
         wanted = json.dumps(desired, sort_keys=True)
         body = json.loads(wanted)  # a copy we may annotate
@@ -114,6 +130,10 @@ class Kube:
         if live is None:
             await self.request("POST", path(kind, meta["namespace"]), body, "application/json")
             return "created"
+        refs = live.get("metadata", {}).get("ownerReferences") or []
+        if owner_uid is not None and not any(r.get("uid") == owner_uid for r in refs):
+            raise NotOwned(f"{kind} {meta['namespace']}/{meta['name']} already exists and is not owned by this "
+                           "SpeculativeService; rename one of them")
         previous = (live.get("metadata", {}).get("annotations") or {}).get(LAST_APPLIED)
         if previous == wanted:
             return "unchanged"

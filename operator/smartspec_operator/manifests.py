@@ -17,6 +17,7 @@ ROLES = ("target", "draft", "controller")
 UID = 10001  # the images' non-root user
 MODELS_ROOT = "/models"
 TARGET_HTTP, TARGET_GRPC, DRAFT_GRPC, CONTROLLER_HTTP, CONTROLLER_OTLP = 8000, 50051, 50061, 8090, 4317
+MAX_K = 16  # the CRD's bound on maxSpeculationLength
 TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (minus a margin)
 
 
@@ -69,13 +70,19 @@ def _claims(*models: ModelRef | None) -> list[str]:
     return out
 
 
+def redis_service(namespace: str, name: str) -> str:
+    """The service's id in Redis keys (smartspec:{id}:…): namespaced, so one Redis serves all namespaces."""
+    return f"{namespace}.{name}"
+
+
 def redis_url(spec: ServiceSpec, settings: OperatorSettings) -> str:
     return spec.redis.url or settings.redis_url
 
 
-def config_data(name: str, spec: ServiceSpec, settings: OperatorSettings) -> dict[str, str]:
+def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> dict[str, str]:
     """Environment for all three roles in one ConfigMap: each role's settings read only their own prefix."""
-    t, d = spec.target, spec.draft
+    t, d, name = spec.target, spec.draft, owner.name
+    service_id = redis_service(owner.namespace, owner.name)
     data = {
         "SMARTSPEC_TARGET_MODEL": model_path(t.model),
         "SMARTSPEC_TARGET_SERVED_MODEL_NAME": t.model.name,
@@ -84,12 +91,14 @@ def config_data(name: str, spec: ServiceSpec, settings: OperatorSettings) -> dic
         "SMARTSPEC_TARGET_GRPC_PORT": str(TARGET_GRPC),
         "SMARTSPEC_TARGET_MAX_BATCH_SIZE": str(t.max_batch_size),
         "SMARTSPEC_TARGET_MAX_LEN": str(t.max_len),
-        "SMARTSPEC_TARGET_SERVICE": name,
+        "SMARTSPEC_TARGET_SERVICE": service_id,
+        # K's capacity: the SpeculationPolicy bounds k (up to the CRD's 16) without restarting pods.
+        "SMARTSPEC_TARGET_MAX_K": str(MAX_K),
         "SMARTSPEC_TARGET_REDIS_URL": redis_url(spec, settings),
         "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
         or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
         "SMARTSPEC_TARGET_DRAIN_TIMEOUT_S": str(TARGET_GRACE_S - 10),
-        "SMARTSPEC_CONTROLLER_SERVICE": name,
+        "SMARTSPEC_CONTROLLER_SERVICE": service_id,
         "SMARTSPEC_CONTROLLER_REDIS_URL": redis_url(spec, settings),
         "SMARTSPEC_CONTROLLER_HTTP_PORT": str(CONTROLLER_HTTP),
         "SMARTSPEC_CONTROLLER_OTLP_PORT": str(CONTROLLER_OTLP),
@@ -101,6 +110,7 @@ def config_data(name: str, spec: ServiceSpec, settings: OperatorSettings) -> dic
             "SMARTSPEC_DRAFT_METHOD": d.method,
             "SMARTSPEC_DRAFT_DTYPE": d.dtype,
             "SMARTSPEC_DRAFT_PORT": str(DRAFT_GRPC),
+            "SMARTSPEC_DRAFT_MAX_K": str(MAX_K),
             # Every target slot may hold a draft sequence; streams from all targets can land on one draft.
             "SMARTSPEC_DRAFT_MAX_SEQUENCES": str(t.max_batch_size * max(t.replicas, 1)),
             "SMARTSPEC_DRAFT_MAX_LEN": str(t.max_len),
@@ -112,8 +122,11 @@ def config_data(name: str, spec: ServiceSpec, settings: OperatorSettings) -> dic
     return data
 
 
-def config_hash(data: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(data: dict[str, str], role: str) -> str:
+    """Hash of what one role reads (its own prefix and the shared keys): a change rolls that role's pods only."""
+    prefix = f"SMARTSPEC_{role.upper()}_"
+    mine = {k: v for k, v in data.items() if not k.startswith("SMARTSPEC_") or k.startswith(prefix)}
+    return hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def owner_reference(owner: Owner) -> dict[str, Any]:
@@ -197,8 +210,7 @@ def _env(items: list[Any]) -> list[dict[str, Any]]:
 
 def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     """Every object the service owns, in apply order (ConfigMap first: the pods read it at start)."""
-    data = config_data(owner.name, spec, settings)
-    digest = config_hash(data)
+    data = config_data(owner, spec, settings)
     pull = settings.image_pull_policy
     replica_env: dict[str, Any] = {"name": "SMARTSPEC_TARGET_REPLICA",
                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -219,7 +231,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
     }
     objs.append(_deployment(
         owner, "target", replicas=t.replicas, container=target,
-        claims=_claims(t.model), cfg_hash=digest,
+        claims=_claims(t.model), cfg_hash=config_hash(data, "target"),
         pod_extra=_placement(t) | {"terminationGracePeriodSeconds": TARGET_GRACE_S},
         strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         pull_secrets=settings.pull_secrets()))
@@ -235,7 +247,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         }
         objs.append(_deployment(
             owner, "draft", replicas=d.replicas, container=draft,
-            claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=digest,
+            claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=config_hash(data, "draft"),
             pod_extra=_placement(d), strategy={"type": "RollingUpdate"}, pull_secrets=settings.pull_secrets()))
         objs.append(_service(owner, "draft", [("grpc", DRAFT_GRPC)]))
     c = spec.controller
@@ -248,7 +260,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         "readinessProbe": _http_probe("/health", "http", 5, 2),
         "livenessProbe": _http_probe("/metrics", "http", 10, 6),
     }
-    objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[], cfg_hash=digest,
+    objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[],
+                            cfg_hash=config_hash(data, "controller"),
                             pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
                             pull_secrets=settings.pull_secrets()))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))

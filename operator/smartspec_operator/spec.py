@@ -21,11 +21,12 @@ class _Spec(BaseModel):
 
 class ModelRef(_Spec):
     name: str = Field(..., min_length=1, max_length=253)
-    uri: str | None = Field(None, min_length=1)
+    # A model folder: the images load weights offline, so hub ids are not accepted here.
+    uri: str = Field(..., pattern=r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|/.+)$")
 
     @property
     def location(self) -> str:
-        return self.uri or self.name
+        return self.uri
 
 
 class Resources(_Spec):

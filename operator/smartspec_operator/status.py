@@ -10,11 +10,10 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def role(deployment: dict[str, Any] | None, wanted: bool) -> dict[str, Any]:
-    """desired/ready replicas of one Deployment; "-" when the role is not part of the spec."""
+def role(deployment: dict[str, Any] | None, wanted: bool, desired: int) -> dict[str, Any]:
+    """desired (from the spec) / ready replicas of one Deployment; "-" when the role is not part of the spec."""
     if not wanted:
         return {"desired": 0, "readyReplicas": 0, "ready": "-"}
-    desired = int((deployment or {}).get("spec", {}).get("replicas", 0) or 0)
     ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0) or 0)
     return {"desired": desired, "readyReplicas": ready, "ready": f"{ready}/{desired}"}
 
@@ -35,14 +34,18 @@ def _num(value: Any, digits: int = 3) -> float | None:
 
 
 def service_status(*, generation: int, observed_generation: int | None, deployments: dict[str, dict[str, Any] | None],
-                   with_draft: bool, decision: dict[str, Any] | None, redis_error: str | None,
-                   policy: dict[str, Any], previous: list[dict[str, Any]], now: float,
-                   stale_s: float) -> dict[str, Any]:
-    """The SpeculativeService status the operator writes (without observedGeneration: reconcile owns it)."""
-    roles = {"target": role(deployments.get("target"), True), "draft": role(deployments.get("draft"), with_draft),
-             "controller": role(deployments.get("controller"), True)}
+                   desired: dict[str, int], with_draft: bool, decision: dict[str, Any] | None,
+                   redis_error: str | None, policy: dict[str, Any], previous: list[dict[str, Any]], now: float,
+                   stale_s: float, apply_error: str | None = None) -> dict[str, Any]:
+    """The SpeculativeService status the operator writes (observedGeneration is the caller's)."""
+    roles = {r: role(deployments.get(r), r != "draft" or with_draft, desired.get(r, 0))
+             for r in ("target", "draft", "controller")}
     t = roles["target"]
-    if observed_generation != generation:
+    if apply_error:
+        ready, reason, msg = False, "ApplyFailed", apply_error
+    elif deployments.get("target") is None:
+        ready, reason, msg = False, "TargetMissing", "the target Deployment does not exist (yet)"
+    elif observed_generation != generation:
         ready, reason, msg = False, "Reconciling", f"generation {generation} not applied yet"
     elif t["desired"] == 0:
         ready, reason, msg = False, "ScaledToZero", "target replicas is 0"
@@ -85,7 +88,9 @@ def service_status(*, generation: int, observed_generation: int | None, deployme
 
 def policy_status(*, services: list[str], decisions: list[dict[str, Any]]) -> dict[str, Any]:
     """What a SpeculationPolicy shows: the services using it and the newest decision among them."""
-    out: dict[str, Any] = {"services": sorted(services)}
+    # Keys without a decision are sent as null, so a merge patch removes stale values.
+    out: dict[str, Any] = {"services": sorted(services), "version": None, "currentK": None, "lastDecision": None,
+                           "recommendedK": None}
     if decisions:
         latest = max(decisions, key=lambda s: float(s.get("decided_at", 0)))
         out |= {"version": max(int(s.get("policy_version") or 0) for s in decisions),

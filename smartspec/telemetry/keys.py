@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 SCHEMA_VERSION = 1
-_SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SERVICE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
 
 def check_service(service: str) -> str:
-    """A service name is a Kubernetes object name (DNS-1123 label), so keys stay unambiguous."""
+    """A service name is a DNS-1123 subdomain (the operator uses `namespace.name`), so keys stay unambiguous."""
     if not _SERVICE.match(service):
-        raise ValueError(f"service name must be a DNS-1123 label (lower-case letters, digits, '-'), got {service!r}")
+        raise ValueError("service name must be lower-case letters, digits, '-' and '.' (a DNS-1123 subdomain, "
+                         f"e.g. 'chat' or 'prod.chat'), got {service!r}")
     return service
 
 

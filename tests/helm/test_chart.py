@@ -42,6 +42,7 @@ NAMESPACED_RULES = {
     ("smartspec.io", "speculativeservices"): {"get", "list", "watch", "patch", "update"},
     ("smartspec.io", "speculationpolicies"): {"get", "list", "watch", "patch", "update"},
     ("smartspec.io", "speculativeservices/status"): {"get", "patch", "update"},
+    ("smartspec.io", "speculativeservices/finalizers"): {"update"},
     ("smartspec.io", "speculationpolicies/status"): {"get", "patch", "update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},

@@ -202,3 +202,33 @@ class KubeApi:
         plural = _PLURALS[kind]
         seen = self._call(_snapshot(self.emulator))  # the request log lives on the emulator's loop
         return [r for r in seen if r.method is not None and r.method.value in methods and f"/{plural}" in r.url.path]
+
+    def operator_requests(self) -> set[tuple[str, str, str]]:
+        """(API group, resource[/subresource], RBAC verb) of every request not made by the tests' own client."""
+        out = set()
+        for r in self._call(_snapshot(self.emulator)):
+            if "httpx" in str(r.headers.get("User-Agent", "")) or r.method is None:
+                continue
+            parts = [p for p in r.url.path.split("/") if p]
+            if parts[:1] == ["api"]:
+                group, rest = "", parts[2:]
+            elif parts[:1] == ["apis"] and len(parts) > 3:
+                group, rest = parts[1], parts[3:]
+            else:
+                continue  # discovery: allowed to every authenticated user
+            if rest[:1] == ["namespaces"] and len(rest) > 2:
+                rest = rest[2:]  # namespaced: drop "namespaces/NS"
+            if not rest:
+                continue
+            resource, name = rest[0], rest[1] if len(rest) > 1 else None
+            if len(rest) > 2:
+                resource = f"{resource}/{rest[2]}"
+            method = r.method.value
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method)
+            if method == "GET":
+                verb = "get" if name else ("watch" if r.params.get("watch") in ("true", "1") else "list")
+            elif method == "DELETE":
+                verb = "delete" if name else "deletecollection"
+            if verb:
+                out.add((group, resource, verb))
+        return out

@@ -73,6 +73,11 @@ def operator(kube: KubeApi, redis_server: Any) -> Iterator[Operator]:
         op.stop()
 
 
+def rid(name: str, namespace: str = NS) -> str:
+    """A service's id in Redis keys: namespaced by the operator."""
+    return f"{namespace}.{name}"
+
+
 def service(name: str, **spec: Any) -> dict[str, Any]:
     body = {"target": {"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"}},
             "draft": {"model": {"name": "qwen-0.5b", "uri": "pvc://models/qwen-0.5b"}}} | spec
@@ -173,6 +178,10 @@ def test_spec_update_patches_in_place(kube: KubeApi, operator: Operator, redis_d
     assert config is not None and config["data"]["SMARTSPEC_TARGET_MAX_LEN"] == "8192"
     assert len(kube.requests_for("Deployment", ("POST", "DELETE"))) == writes
 
+    # Level-triggered: a child deleted behind the operator's back comes back on the next status tick.
+    assert kube.delete("Service", "beta-target").status_code == 200
+    wait_for(lambda: kube.get("Service", "beta-target"), 10, "the deleted Service recreated")
+
     # Speculation switched off: the draft's Deployment and Service go, the target stops dialling it.
     assert kube.patch("SpeculativeService", "beta", {"spec": {"draft": None}}).status_code == 200
     reconciled(kube, "beta", generation=3)
@@ -186,15 +195,28 @@ def test_spec_update_patches_in_place(kube: KubeApi, operator: Operator, redis_d
 
 def test_policy_applies_through_redis_without_touching_pods(kube: KubeApi, operator: Operator, redis_db: Any) -> None:
     client = redis_db.client()
+    # A same-named service in another namespace, with its own policy: its keys are its own.
+    other = service("gamma", policyRef={"name": "fast"})
+    other["metadata"]["namespace"] = "other"
+    created(kube, other)
+    other_policy = policy("fast", maxSpeculationLength=2)
+    other_policy["metadata"]["namespace"] = "other"
+    created(kube, other_policy)
+    wait_for(lambda: kube.get("Deployment", "gamma-controller", namespace="other"), 10, "the other gamma's objects")
+
     created(kube, service("gamma", policyRef={"name": "fast"}))
     st = reconciled(kube, "gamma")["status"]
     assert st["policy"]["applied"] is False and "not found" in st["policy"]["message"]
-    assert client.get(policy_spec_key("gamma")) is None  # the controller uses its built-in default
+    assert client.get(policy_spec_key(rid("gamma"))) is None  # the controller uses its built-in default
     deployment_writes = len(kube.requests_for("Deployment"))
     config_writes = len(kube.requests_for("ConfigMap"))
 
     created(kube, policy("fast", maxSpeculationLength=4))
-    spec = wait_for(lambda: client.get(policy_spec_key("gamma")), 10, "the policy spec in Redis")
+    spec = wait_for(lambda: client.get(policy_spec_key(rid("gamma"))), 10, "the policy spec in Redis")
+    wait_for(lambda: status(kube, "SpeculativeService", "gamma").get("policy", {}).get("applied"), 10,
+             "the service's status.policy catching up with the late policy")
+    theirs = wait_for(lambda: client.get(policy_spec_key(rid("gamma", "other"))), 10, "the other namespace's spec")
+    assert json.loads(theirs)["maxSpeculationLength"] == 2
     assert json.loads(spec)["maxSpeculationLength"] == 4
     assert json.loads(spec)["hysteresis"] == 1.1  # with the CRD's defaults
     pst = wait_for(lambda: status(kube, "SpeculationPolicy", "fast").get("services") == ["gamma"]
@@ -203,9 +225,9 @@ def test_policy_applies_through_redis_without_touching_pods(kube: KubeApi, opera
 
     assert kube.patch("SpeculationPolicy", "fast", {"spec": {"mode": "fixed", "fixedSpeculationLength": 2}}
                       ).status_code == 200
-    wait_for(lambda: json.loads(client.get(policy_spec_key("gamma")) or "{}").get("mode") == "fixed", 10,
+    wait_for(lambda: json.loads(client.get(policy_spec_key(rid("gamma"))) or "{}").get("mode") == "fixed", 10,
              "the updated spec in Redis")
-    assert json.loads(client.get(policy_spec_key("gamma")))["fixedSpeculationLength"] == 2
+    assert json.loads(client.get(policy_spec_key(rid("gamma"))))["fixedSpeculationLength"] == 2
 
     # Schema-valid but meaningless coefficients: the operator refuses them and keeps the last valid spec.
     bad = {"spec": {"costModel": {"source": "coefficients", "coefficients": {"verify": {"const": "fast"}}}}}
@@ -213,14 +235,14 @@ def test_policy_applies_through_redis_without_touching_pods(kube: KubeApi, opera
     valid = wait_for(lambda: next((c for c in status(kube, "SpeculationPolicy", "fast").get("conditions", [])
                                    if c["type"] == "Valid" and c["status"] == "False"), None), 10, "Valid=False")
     assert "verify.const must be a number" in valid["message"]
-    assert json.loads(client.get(policy_spec_key("gamma")))["mode"] == "fixed"
+    assert json.loads(client.get(policy_spec_key(rid("gamma"))))["mode"] == "fixed"
 
     # Policies are data, not config: not one Deployment or ConfigMap write for any of it.
     assert len(kube.requests_for("Deployment")) == deployment_writes
     assert len(kube.requests_for("ConfigMap")) == config_writes
 
     assert kube.delete("SpeculationPolicy", "fast").status_code == 200
-    wait_for(lambda: client.get(policy_spec_key("gamma")) is None, 10, "the spec withdrawn with the policy")
+    wait_for(lambda: client.get(policy_spec_key(rid("gamma"))) is None, 10, "the spec withdrawn with the policy")
 
 
 def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operator: Operator, redis_db: Any,
@@ -231,14 +253,14 @@ def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operat
     created(kube, service("delta", policyRef={"name": "tuned"}))
     reconciled(kube, "delta")
     client = redis_db.client()
-    wait_for(lambda: client.get(policy_spec_key("delta")), 10, "the spec in Redis")
-    ctl = start_controller(loop_thread, redis_db.url, service="delta", interval_s=0.2, min_fit_samples=16)
+    wait_for(lambda: client.get(policy_spec_key(rid("delta"))), 10, "the spec in Redis")
+    ctl = start_controller(loop_thread, redis_db.url, service=rid("delta"), interval_s=0.2, min_fit_samples=16)
     stack = None
     stopped = False
     try:
-        doc = wait_for(lambda: published(client, "delta"), 10, "a published policy")
+        doc = wait_for(lambda: published(client, rid("delta")), 10, "a published policy")
         assert doc.max_k == 5  # the CR's K reached the controller's policy
-        stack = start_stack(loop_thread, tiny_svc_models, redis_url=redis_db.url, service="delta")
+        stack = start_stack(loop_thread, tiny_svc_models, redis_url=redis_db.url, service=rid("delta"))
         wait_for(lambda: metric(stack.url, "smartspec_policy_version") >= 1, 10, "the target on the policy")
         for _ in range(3):
             complete_many(stack.url, ["def f(x):", "import os\n", "SELECT 1", "x = 1"], max_tokens=16)
@@ -282,17 +304,24 @@ def test_delete_cleans_redis_and_leaves_children_to_the_garbage_collector(kube: 
     cr = created(kube, service("omega"))
     reconciled(kube, "omega")
     client = redis_db.client()
-    wait_for(lambda: client.get(policy_spec_key("omega")), 10, "the spec in Redis")
-    client.xadd(steps_key("omega"), {"ts": "1"})  # as a target would
+    wait_for(lambda: client.get(policy_spec_key(rid("omega"))), 10, "the spec in Redis")
+    client.xadd(steps_key(rid("omega")), {"ts": "1"})  # as a target would
     finalizers = (kube.get("SpeculativeService", "omega") or {})["metadata"].get("finalizers")
     assert finalizers == ["smartspec.io/cleanup"]
 
     assert kube.delete("SpeculativeService", "omega").status_code == 200
     wait_for(lambda: kube.get("SpeculativeService", "omega") is None, 15, "the finalizer released")
-    assert client.exists(*service_keys("omega")) == 0
+    assert client.exists(*service_keys(rid("omega"))) == 0
+    # The pods (Deployments) are stopped before the keys go, so nothing writes them again; each was
+    # deleted with foreground propagation (it stays until its pods are gone).
+    for role in ("target", "draft", "controller"):
+        assert kube.get("Deployment", f"omega-{role}") is None
+    deletes = [r for r in kube.requests_for("Deployment", ("DELETE",)) if "/omega-" in r.url.path]
+    assert len(deletes) == 3 and all(r.data == {"apiVersion": "v1", "kind": "DeleteOptions",
+                                                "propagationPolicy": "Foreground"} for r in deletes)
     # kmock has no garbage collector: a real cluster's deletes these because each names its owner.
-    deployment = kube.get("Deployment", "omega-target")
-    assert deployment is not None and deployment["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+    svc = kube.get("Service", "omega-target")
+    assert svc is not None and svc["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
 
 
 @pytest.mark.parametrize("obj, reason", [
@@ -310,3 +339,19 @@ def test_invalid_objects_are_refused_with_422(kube: KubeApi, obj: dict[str, Any]
     assert r.status_code == 422, r.text
     assert reason in r.json()["message"]
     assert kube.get(obj["kind"], obj["metadata"]["name"]) is None  # nothing stored
+
+
+def test_every_api_call_the_operator_made_is_allowed_by_the_charts_rbac(kube: KubeApi, operator: Operator) -> None:
+    """Runs last in this module: the operator's real traffic (kopf's and its own) against the rendered ClusterRole."""
+    from tests.helm.test_chart import render  # the chart, rendered by the real helm binary
+
+    role = next(d for d in render() if d.get("kind") == "ClusterRole" and d["metadata"]["name"].endswith("operator"))
+    allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    missing = set()
+    for req in kube.operator_requests():
+        group, resource, verb = req
+        if (group, resource, verb) not in allowed:
+            missing.add(req)
+    assert kube.operator_requests(), "no operator traffic recorded"
+    assert not missing, f"the chart's RBAC forbids calls the operator makes: {sorted(missing)}"

@@ -44,9 +44,10 @@ def test_defaults_agree() -> None:
     pol = admit({"apiVersion": "smartspec.io/v1alpha1", "kind": "SpeculationPolicy", "metadata": {"name": "p"}})
     assert parse_spec(pol["spec"]) == parse_spec({})
     svc = admit({"apiVersion": "smartspec.io/v1alpha1", "kind": "SpeculativeService", "metadata": {"name": "s"},
-                 "spec": {"target": {"model": {"name": "m"}}, "draft": {"model": {"name": "d"}}}})
+                 "spec": {"target": {"model": {"name": "m", "uri": "/w/m"}},
+                          "draft": {"model": {"name": "d", "uri": "pvc://w/d"}}}})
     assert parse_service_spec(svc["spec"]) == parse_service_spec(
-        {"target": {"model": {"name": "m"}}, "draft": {"model": {"name": "d"}}})
+        {"target": {"model": {"name": "m", "uri": "/w/m"}}, "draft": {"model": {"name": "d", "uri": "pvc://w/d"}}})
 
 
 @pytest.mark.parametrize("spec", [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from smartspec_operator.manifests import (
     Owner,
     build,
@@ -32,7 +34,10 @@ def pod(o: dict[str, Any]) -> dict[str, Any]:
 def test_model_paths() -> None:
     assert model_path(ModelRef(name="m", uri="pvc://models/a/b/")) == "/models/models/a/b"
     assert model_path(ModelRef(name="m", uri="pvc://models")) == "/models/models"
-    assert model_path(ModelRef(name="Qwen/Qwen2.5-Coder-1.5B")) == "Qwen/Qwen2.5-Coder-1.5B"  # a hub id passes
+    assert model_path(ModelRef(name="m", uri="/opt/weights/m")) == "/opt/weights/m"  # baked into the image
+    for bad in ("Qwen/Qwen2.5-Coder-1.5B", "pvc://Bad_Claim/x", "models/m"):  # hub ids and relative paths: no
+        with pytest.raises(ValueError):
+            ModelRef(name="m", uri=bad)
 
 
 def test_draft_model_service() -> None:
@@ -43,6 +48,9 @@ def test_draft_model_service() -> None:
     assert data["SMARTSPEC_TARGET_DRAFT_ADDRESS"] == "svc-draft:50061"
     assert data["SMARTSPEC_TARGET_OTLP_ENDPOINT"] == "svc-controller:4317"
     assert data["SMARTSPEC_TARGET_REDIS_URL"] == data["SMARTSPEC_CONTROLLER_REDIS_URL"] == "redis://r:6379"
+    # Redis keys are per namespace: two `svc`s in two namespaces never share them.
+    assert data["SMARTSPEC_TARGET_SERVICE"] == data["SMARTSPEC_CONTROLLER_SERVICE"] == "ns.svc"
+    assert data["SMARTSPEC_TARGET_MAX_K"] == data["SMARTSPEC_DRAFT_MAX_K"] == "16"  # the CRD's K bound
     draft = out["Deployment", "svc-draft"]
     assert draft["spec"]["replicas"] == 2
     assert [v["persistentVolumeClaim"]["claimName"] for v in pod(draft)["volumes"] if "persistentVolumeClaim" in v] \
@@ -69,8 +77,8 @@ def test_no_draft_means_no_speculation_objects() -> None:
 def test_gpu_resources_placement_and_overrides_pass_through() -> None:
     gpu = {"limits": {"nvidia.com/gpu": 1}, "requests": {"memory": "24Gi"}}
     tol = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    out = objs(target={"model": {"name": "m"}, "resources": gpu, "nodeSelector": {"gpu": "h100"}, "tolerations": tol,
-                       "image": "mine:2", "env": [{"name": "X", "value": "1"}]},
+    out = objs(target={"model": {"name": "m", "uri": "/w/m"}, "resources": gpu, "nodeSelector": {"gpu": "h100"},
+                       "tolerations": tol, "image": "mine:2", "env": [{"name": "X", "value": "1"}]},
                redis={"url": "rediss://elsewhere:6380"}, telemetry={"otlpEndpoint": "collector:4317"})
     target = out["Deployment", "svc-target"]
     c = pod(target)["containers"][0]
@@ -85,7 +93,7 @@ def test_gpu_resources_placement_and_overrides_pass_through() -> None:
 
 def test_pull_secrets_reach_every_pod() -> None:
     settings = SETTINGS.model_copy(update={"image_pull_secrets": "regcred, other"})
-    body = parse_service_spec({"target": {"model": {"name": "m"}}, "draft": {"method": "ngram"}})
+    body = parse_service_spec({"target": {"model": {"name": "m", "uri": "/w/m"}}, "draft": {"method": "ngram"}})
     for o in build(OWNER, body, settings):
         if o["kind"] == "Deployment":
             assert pod(o)["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
@@ -93,7 +101,7 @@ def test_pull_secrets_reach_every_pod() -> None:
 
 
 def test_every_pod_is_locked_down_and_probed() -> None:
-    for (kind, name), o in objs(draft={"model": {"name": "d"}}).items():
+    for (kind, name), o in objs(draft={"model": {"name": "d", "uri": "/w/d"}}).items():
         if kind != "Deployment":
             continue
         p = pod(o)
@@ -109,15 +117,20 @@ def test_every_pod_is_locked_down_and_probed() -> None:
         assert o["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 
-def test_config_changes_roll_pods_but_replica_changes_do_not_touch_config() -> None:
-    base = objs()
-    more = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "replicas": 4})
-    longer = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "maxLen": 8192})
+def test_config_changes_roll_only_the_pods_that_read_them() -> None:
+    draft = {"model": {"name": "d", "uri": "/w/d"}}
+    base = objs(draft=draft)
+    more = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "replicas": 4}, draft=draft)
+    longer = objs(target={"model": {"name": "m", "uri": "pvc://models/m"}, "maxLen": 8192}, draft=draft)
+    draft_fp32 = objs(draft=draft | {"dtype": "float32"})
 
-    def digest(out: dict[tuple[str, str], dict[str, Any]]) -> str:
-        return str(out["Deployment", "svc-target"]["spec"]["template"]["metadata"]["annotations"]
+    def digest(out: dict[tuple[str, str], dict[str, Any]], role: str) -> str:
+        return str(out["Deployment", f"svc-{role}"]["spec"]["template"]["metadata"]["annotations"]
                    ["smartspec.io/config-hash"])
 
-    assert digest(base) == config_hash(base["ConfigMap", "svc-config"]["data"])
-    assert digest(more) == digest(base)  # scaling is not a restart
-    assert digest(longer) != digest(base)
+    assert digest(base, "target") == config_hash(base["ConfigMap", "svc-config"]["data"], "target")
+    assert digest(more, "target") == digest(base, "target")  # scaling targets is not a restart of them
+    assert digest(more, "controller") == digest(base, "controller")
+    assert digest(longer, "target") != digest(base, "target")
+    assert digest(draft_fp32, "target") == digest(base, "target")  # a draft-only change leaves targets alone
+    assert digest(draft_fp32, "draft") != digest(base, "draft")

@@ -13,6 +13,7 @@ def dep(replicas: int, ready: int) -> dict[str, Any]:
 
 def build(**kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = dict(generation=2, observed_generation=2, with_draft=True, redis_error=None,
+                                desired={"target": 2, "draft": 1, "controller": 1},
                                 policy={"name": "default", "applied": True, "message": "ok"}, previous=[],
                                 now=1000.0, stale_s=30.0,
                                 deployments={"target": dep(2, 2), "draft": dep(1, 1), "controller": dep(1, 1)},
@@ -39,15 +40,17 @@ def test_reasons() -> None:
     assert cond(build(observed_generation=1), "Ready") == ("False", "Reconciling")
     assert cond(build(deployments={"target": dep(2, 1), "draft": dep(1, 1), "controller": dep(1, 1)}),
                 "Ready") == ("False", "TargetUnavailable")
-    assert cond(build(deployments={"target": dep(0, 0), "draft": dep(1, 1), "controller": dep(1, 1)}),
-                "Ready") == ("False", "ScaledToZero")
-    st = build(deployments={"target": dep(1, 1), "draft": dep(1, 0), "controller": dep(1, 1)})
+    assert cond(build(desired={"target": 0, "draft": 1, "controller": 1}), "Ready") == ("False", "ScaledToZero")
+    assert cond(build(deployments={"target": None, "draft": dep(1, 1), "controller": dep(1, 1)}),
+                "Ready") == ("False", "TargetMissing")
+    assert cond(build(apply_error="403: forbidden"), "Ready") == ("False", "ApplyFailed")
+    st = build(deployments={"target": dep(2, 2), "draft": dep(1, 0), "controller": dep(1, 1)})
     assert cond(st, "Ready")[0] == "True" and cond(st, "Degraded") == ("True", "DraftUnavailable")
     assert cond(build(decision=None), "Degraded") == ("True", "TelemetryStale")
     assert cond(build(decision={"decided_at": 900.0}), "Degraded") == ("True", "TelemetryStale")
     assert cond(build(decision={"decided_at": 999.0, "spec_error": "bad"}), "Degraded") == ("True", "PolicyInvalid")
     assert cond(build(redis_error="Redis unreachable: x"), "Degraded") == ("True", "RedisUnreachable")
-    st = build(with_draft=False, deployments={"target": dep(1, 1), "draft": None, "controller": dep(1, 1)})
+    st = build(with_draft=False, deployments={"target": dep(2, 2), "draft": None, "controller": dep(1, 1)})
     assert st["draft"]["ready"] == "-" and cond(st, "Degraded")[0] == "False"
 
 
@@ -68,4 +71,5 @@ def test_policy_status_takes_the_newest_decision() -> None:
     st = policy_status(services=["b", "a"], decisions=[old, new])
     assert st == {"services": ["a", "b"], "version": 9, "currentK": 2, "lastDecision": "1970-01-01T00:00:20Z",
                   "recommendedK": {"1": 6, "32": 0}}
-    assert policy_status(services=[], decisions=[]) == {"services": []}
+    assert policy_status(services=[], decisions=[]) == {"services": [], "version": None, "currentK": None,
+                                                        "lastDecision": None, "recommendedK": None}

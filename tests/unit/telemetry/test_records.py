@@ -49,8 +49,9 @@ def test_decode_rejects_what_it_cannot_read(mutate: object, why: str) -> None:
         records.decode(entry)
 
 
-def test_service_names_are_dns_labels() -> None:
+def test_service_names_are_dns_subdomains() -> None:
     assert service_keys("chat-a")[0] == "smartspec:chat-a:steps"
-    for bad in ("", "Chat", "a:b", "-a", "x" * 64):
+    assert service_keys("prod.chat-a")[0] == "smartspec:prod.chat-a:steps"  # the operator's namespace.name
+    for bad in ("", "Chat", "a:b", "-a", "a.", "x" * 254, "a b", "a*"):
         with pytest.raises(ValueError):
             check_service(bad)
