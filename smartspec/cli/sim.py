@@ -1,0 +1,178 @@
+"""`smartspec sim`: sweep policies × request rates in the simulator, or fit it to a real run's step records."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shlex
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from smartspec.errors import InvalidRequest
+from smartspec.policy.cost_model import CostModel, load_cost_model
+from smartspec.sim.policies import DEFAULT_POLICIES, PolicyKnobs, policy_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("sim", help="discrete-event simulator (the real scheduler and policy on a virtual clock)")
+    verbs = sim.add_subparsers(dest="verb", required=True)
+    s = verbs.add_parser("sweep", help="every policy at every request rate; tables, CSVs and plots in a folder")
+    s.add_argument("--cost-model", default="h100-llama8b", help="preset name or a JSON coefficients file")
+    s.add_argument("--prefill-cost", default="auto",
+                   help="ms per prompt token when the cost model has none: auto (its batched-token cost, as the "
+                        "published model counts every scheduled token), none, or a number")
+    s.add_argument("--rates", default="1,2,4,8,16,24,32", help="request rates (req/s), comma-separated")
+    s.add_argument("--trace", default=None, metavar="RATE@S,…",
+                   help="a dynamic trace instead of --rates: phases RATE@SECONDS in order, e.g. 1@60,4@60,8@60")
+    s.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="off, fixed:K, goodput (comma-separated)")
+    s.add_argument("--requests", type=int, default=500, help="requests per rate")
+    s.add_argument("--acceptance", default="beta:7,3", help="fixed:A | beta:A,B | profile:C1,C2,… (per request)")
+    s.add_argument("--prompt-len", default="uniform:128,384",
+                   help="fixed:N | uniform:A,B | lognormal:MEDIAN,SIGMA[,MAX] | replay:RECORDS.csv")
+    s.add_argument("--output-len", default="uniform:128,384", help="as --prompt-len")
+    s.add_argument("--arrivals", default="poisson", help="poisson | gamma:CV (CV > 1 is burstier)")
+    s.add_argument("--max-batch", type=int, default=256, help="running requests at most (KV slots)")
+    s.add_argument("--max-prefill-tokens", type=int, default=None, help="prompt tokens prefilled per step")
+    s.add_argument("--max-k", type=int, default=7, help="K: the largest k any request drafts (oracle: fixed:0…K)")
+    s.add_argument("--hysteresis", type=float, default=1.1, help="goodput: speculate only if this much better")
+    s.add_argument("--probe-every", type=int, default=None, help="goodput: probe k=0 requests (default: target's)")
+    s.add_argument("--explore-every", type=int, default=None,
+                   help="goodput: one step in N runs the other side for the cost fit (default: target's; 0 = never)")
+    s.add_argument("--acceptance-prior", default=None, help="goodput: the tracker's prior (default: target's)")
+    s.add_argument("--refit", action="store_true", help="goodput: refit the cost model online (off by default)")
+    s.add_argument("--no-oracle", action="store_true", help="skip the fixed:0…K runs for the oracle")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--jobs", type=int, default=1, help="simulate in this many processes")
+    s.add_argument("--tag", default=None, help="folder tag (default: the cost model's name)")
+    s.add_argument("--out", default=None, help="results folder (default bench/results/<date>-sim-<tag>)")
+    s.add_argument("--note", default=None, help="a paragraph for the README (e.g. why these settings)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=sweep)
+    f = verbs.add_parser("fit", help="a cost model and acceptance profile from recorded step records")
+    f.add_argument("records", help="JSON lines: `generate --steps-jsonl` records or Redis step-stream entries")
+    f.add_argument("--ragged", action="store_true", help="the engine batches ragged (vLLM); default: pads to max k")
+    f.add_argument("--klass", default=None, help="acceptance of one workload class only")
+    f.add_argument("--save", default=None, metavar="FILE.json", help="write the cost model (for --cost-model)")
+    f.set_defaults(func=fit)
+
+
+def with_prefill_cost(cost: CostModel, setting: str) -> CostModel:
+    """The cost model with a prefill price when it has none: `auto` charges a prompt token what the model charges
+    a batched token (the published vLLM model's N_batched counts every scheduled token), `none` keeps prefill free."""
+    if "prefill_tokens" in cost.verify or setting == "none":
+        return cost
+    if setting == "auto":
+        per_token = cost.verify.get("batched_tokens", 0.0)
+    else:
+        try:
+            per_token = float(setting) * 1e-3
+        except ValueError:
+            per_token = -1.0
+        if per_token < 0:
+            raise InvalidRequest(f"--prefill-cost must be auto, none or ms >= 0, got {setting!r}", param="prefill_cost")
+    return replace(cost, name=f"{cost.name}+prefill", verify={**cost.verify, "prefill_tokens": per_token})
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidRequest(f"{what}: expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise InvalidRequest(f"{what}: give at least one number")
+    return values
+
+
+def _shown_path(value: str) -> str:
+    """A path for the README: as given when relative, else relative to here or just its name (no machine paths)."""
+    p = Path(value)
+    if not p.is_absolute():
+        return value
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The exact sweep, every setting spelled out (reproducible whatever the defaults become)."""
+    parts = ["smartspec", "sim", "sweep", "--cost-model", _shown_path(args.cost_model),
+             "--prefill-cost", args.prefill_cost]
+    parts += ["--trace", args.trace] if args.trace else ["--rates", args.rates, "--requests", str(args.requests)]
+    parts += ["--policies", args.policies, "--acceptance", args.acceptance,
+              "--prompt-len", _shown_path(args.prompt_len), "--output-len", _shown_path(args.output_len),
+              "--arrivals", args.arrivals, "--max-batch", str(args.max_batch), "--max-k", str(args.max_k),
+              "--hysteresis", f"{args.hysteresis:g}", "--seed", str(args.seed)]
+    for opt in ("max_prefill_tokens", "probe_every", "explore_every", "acceptance_prior"):
+        if getattr(args, opt) is not None:
+            parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    parts += ["--refit"] if args.refit else []
+    parts += ["--no-oracle"] if args.no_oracle else []
+    parts += ["--out", _shown_path(args.out)] if args.out else []
+    return shlex.join(parts)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from smartspec.sim.acceptance import parse_acceptance
+    from smartspec.sim.output import write_results
+    from smartspec.sim.run import EngineConfig
+    from smartspec.sim.sweep import RunInfo, SweepConfig, run_sweep
+    from smartspec.sim.workload import WorkloadSpec, parse_arrivals, parse_lengths, parse_trace
+
+    if args.requests < 1 or args.max_batch < 1 or args.jobs < 1 or not 0 <= args.max_k <= 64:
+        raise InvalidRequest("need --requests, --max-batch and --jobs >= 1 and 0 <= --max-k <= 64")
+    rates = _floats(args.rates, "--rates")
+    if min(rates) <= 0:
+        raise InvalidRequest("--rates must be > 0", param="rates")
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    prior = _floats(args.acceptance_prior, "--acceptance-prior") if args.acceptance_prior else None
+    knobs = PolicyKnobs(args.hysteresis, args.probe_every, args.explore_every, prior)
+    for p in policies:
+        policy_config(p, args.max_k, knobs)  # bad names and bounds fail before any simulating
+    cost = with_prefill_cost(load_cost_model(args.cost_model), args.prefill_cost)
+    workload = WorkloadSpec(parse_lengths(args.prompt_len, "prompt_tokens"), parse_lengths(args.output_len),
+                            parse_acceptance(args.acceptance), parse_arrivals(args.arrivals), args.max_k, args.seed)
+    cfg = SweepConfig(cost, workload, rates, policies, args.requests,
+                      EngineConfig(args.max_batch, args.max_k, args.max_prefill_tokens), knobs, args.refit,
+                      parse_trace(args.trace) if args.trace else None, not args.no_oracle)
+    tag = args.tag or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.cost_model).stem)
+    out = Path(args.out) if args.out else Path("bench/results") / f"{dt.date.today().isoformat()}-sim-{tag}"
+
+    def progress(run: RunInfo) -> None:
+        if not args.quiet:
+            print(f"  {run.policy:>9} @ {run.rate:g}/s: {run.requests} requests, {run.steps} steps, mean batch "
+                  f"{run.mean_batch:.1f}, mean k {run.mean_k:.2f} ({run.wall_s:.1f} s)", flush=True)
+
+    t0 = time.perf_counter()
+    result = run_sweep(cfg, jobs=args.jobs, progress=progress)
+    files = write_results(out, result, command_line(args), note=args.note)
+    if not args.quiet:
+        print((out / "README.md").read_text())
+    print(f"# {len(result.runs)} runs in {time.perf_counter() - t0:.1f} s; wrote {', '.join(p.name for p in files)} "
+          f"to {out}")
+    return 0
+
+
+def fit(args: argparse.Namespace) -> int:
+    from smartspec.sim.calibrate import fit_cost, read_records, recorded_acceptance
+
+    records = read_records(args.records)
+    model = fit_cost(records, pads_to_max_k=not args.ragged, name=f"fit:{Path(args.records).stem}")
+    acc = recorded_acceptance(records, args.klass)
+    if args.save:
+        Path(args.save).write_text(json.dumps(model.to_dict(), indent=2) + "\n")
+    r2 = "n/a" if model.r2 is None else f"{model.r2:.3f}"
+    print(f"cost model {model.name}: R² {r2} on {model.samples} steps")
+    for part in ("verify", "draft", "overhead"):
+        print(f"  {part}: " + ", ".join(f"{k}={v:.4g}" for k, v in getattr(model, part).items()))
+    if sum(acc.tested):
+        print(f"acceptance: mean α {acc.mean_alpha:.3f}; per position " +
+              ", ".join(f"{c:.3f}" for c in acc.conditional) + f" (tested {', '.join(map(str, acc.tested))})")
+        print(f"simulate with: --acceptance {acc.spec().label()}" +
+              (f" --cost-model {_shown_path(args.save)}" if args.save else ""))
+    else:
+        print("acceptance: no draft was tested in these records")
+    return 0

@@ -1,0 +1,133 @@
+"""Calibrate the simulator from a real run: a CostModel and an acceptance profile fitted to recorded step records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smartspec.errors import InvalidRequest
+from smartspec.policy.cost_model import CostModel, StepSample, default_cost_model, fit_cost_model, r_squared
+from smartspec.sim.acceptance import AcceptanceSpec
+from smartspec.telemetry.records import BadRecord, decode
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """One JSON object per line: the engine's step records (`generate --steps-jsonl`, i.e. StepStats as a dict)
+    or Redis stream entries of `smartspec:{service}:steps` (flat string maps, e.g. an XRANGE dump)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read step records from {path}: {exc}", param="records") from None
+
+
+def _is_stream_entry(rec: Mapping[str, Any]) -> bool:
+    return "v" in rec and "sum_k" in rec
+
+
+def _parsed(rec: Mapping[str, Any]) -> tuple[StepSample, dict[str, list[list[int]]]]:
+    """(the step's shape and timings, its per-class [tested, accepted] counts per draft position)."""
+    if _is_stream_entry(rec):
+        decoded = decode({str(k): str(v) for k, v in rec.items()})
+        return decoded.sample, decoded.acceptance
+    return StepSample.from_record(rec), dict(rec.get("acceptance_by_class") or {})
+
+
+def step_samples(records: Iterable[Mapping[str, Any]]) -> list[StepSample]:
+    """Steps that verified something (prefill-only steps are left out, as the scheduler's own fits do)."""
+    try:
+        samples = [_parsed(r)[0] for r in records]
+    except (BadRecord, KeyError, ValueError, TypeError) as exc:
+        raise InvalidRequest(f"malformed step record: {exc}", param="records") from None
+    return [s for s in samples if s.shape.batch > 0]
+
+
+def scale_matched(prior: CostModel, samples: Sequence[StepSample]) -> CostModel:
+    """`prior` with every coefficient scaled so it predicts the samples' median step time.
+
+    fit_cost_model's ridge pulls toward the prior in seconds, unnormalised: the built-in default (100 ms
+    a step) outweighs data of 7 ms steps (an H100) and the fit keeps the prior's shape. Scaled to the data,
+    the prior only steers directions the samples do not vary, as intended."""
+    measured = float(np.median([s.total_s for s in samples]))
+    predicted = float(np.median([prior.step_time(s.shape) for s in samples]))
+    f = measured / predicted if predicted > 0 else 1.0
+    return replace(prior, verify={k: v * f for k, v in prior.verify.items()},
+                   draft={k: v * f for k, v in prior.draft.items()},
+                   overhead={k: v * f for k, v in prior.overhead.items()})
+
+
+def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True,
+             prior: CostModel | None = None, name: str = "fitted") -> CostModel:
+    """The step-time model of a recorded run, in two stages.
+
+    1. fit_cost_model (the controller's fit) on the decode steps — those without a prefill — from `prior`
+       (default: the built-in model scaled to the data). Steps with a prefill are a minority whose residuals
+       the fit's Huber weights treat as outliers, so they would leave the prefill price at the prior's.
+    2. the prefill price per prompt token: least squares (through 0) of what the steps with a prefill took
+       beyond the stage-1 prediction for the same step without it."""
+    samples = step_samples(records)
+    decode = [s for s in samples if s.shape.prefill_tokens == 0]
+    mixed = [s for s in samples if s.shape.prefill_tokens > 0]
+    base = decode if len(decode) >= 4 else samples
+    if len(base) < 4:
+        raise InvalidRequest(f"need at least 4 steps that verified something to fit, got {len(samples)}",
+                             param="records")
+    model = fit_cost_model(base, prior=prior or scale_matched(default_cost_model(), base),
+                           pads_to_max_k=pads_to_max_k, name=name)
+    if mixed and base is decode:
+        tokens = np.array([s.shape.prefill_tokens for s in mixed], dtype=float)
+        extra = np.array([s.total_s - model.step_time(replace(s.shape, prefill_tokens=0)) for s in mixed])
+        per_token = max(float(tokens @ extra / (tokens @ tokens)), 0.0)
+        model = replace(model, verify={**model.verify, "prefill_tokens": per_token})
+    actual = np.array([s.total_s for s in samples])
+    predicted = np.array([model.step_time(s.shape) for s in samples])
+    return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+
+
+@dataclass(frozen=True)
+class RecordedAcceptance:
+    tested: tuple[int, ...]  # per draft position: drafts that were reached (every earlier one passed)
+    accepted: tuple[int, ...]
+
+    @property
+    def conditional(self) -> tuple[float, ...]:
+        """P(draft j passes | drafts < j passed), per position with any trial."""
+        return tuple(a / t for a, t in zip(self.accepted, self.tested, strict=True) if t > 0)
+
+    @property
+    def mean_alpha(self) -> float:
+        """The geometric α that best explains the counts (maximum likelihood: Σ passed / Σ tested)."""
+        return sum(self.accepted) / sum(self.tested) if sum(self.tested) else float("nan")
+
+    def spec(self, per_position: bool = True, min_trials: int = 30) -> AcceptanceSpec:
+        """A simulator acceptance spec: the per-position profile (positions with `min_trials` trials) or mean α."""
+        if sum(self.tested) == 0:
+            raise InvalidRequest("the records hold no speculation (no draft was ever tested)", param="records")
+        if not per_position:
+            return AcceptanceSpec("fixed", (self.mean_alpha,))
+        prof = [a / t for a, t in zip(self.accepted, self.tested, strict=True) if t >= min_trials]
+        return AcceptanceSpec("profile", tuple(prof) or (self.mean_alpha,))
+
+
+def recorded_acceptance(records: Iterable[Mapping[str, Any]], klass: str | None = None) -> RecordedAcceptance:
+    """Pool the records' per-class acceptance counts (all classes, or one)."""
+    tested = np.zeros(0, dtype=int)
+    accepted = np.zeros(0, dtype=int)
+    for rec in records:
+        try:
+            by_class = _parsed(rec)[1]
+        except (BadRecord, KeyError, ValueError, TypeError) as exc:
+            raise InvalidRequest(f"malformed step record: {exc}", param="records") from None
+        for name, (t, a) in by_class.items():
+            if klass is not None and name != klass:
+                continue
+            width = max(len(tested), len(t))
+            tested = np.pad(tested, (0, width - len(tested))) + np.pad(np.array(t, dtype=int), (0, width - len(t)))
+            accepted = np.pad(accepted, (0, width - len(accepted))) + np.pad(np.array(a, dtype=int),
+                                                                           (0, width - len(a)))
+    return RecordedAcceptance(tuple(int(x) for x in tested), tuple(int(x) for x in accepted))
