@@ -20,7 +20,6 @@ from smartspec.engine.engine import SpecEngine
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.sampling import SamplingParams
 
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -77,7 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     model = build(args.shape, torch.bfloat16, DEVICE)
     weight_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-    print(json.dumps({"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "weights_GB": round(weight_gb, 1)}))
+    device = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    print(json.dumps({"device": device, "weights_GB": round(weight_gb, 1)}))
     for b in [int(x) for x in args.batches.split(",")]:
         hf = hf_step_ms(model, b, args.context, args.steps)
         ours = engine_step_ms(model, b, args.context, args.steps)

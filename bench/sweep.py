@@ -252,6 +252,10 @@ STEP_FIELDS = ("policy", "t_s", "ts", "window", "rate", "step", "batch_size", "n
                "sum_k", "max_k", "mean_k", "emitted", "step_s", "draft_s", "verify_s", "policy_version")
 
 
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label)
+
+
 def read_steps(redis_url: str, service: str) -> list[dict[str, str]]:
     """Every entry of the target's step stream (flat string maps, schema v1)."""
     import redis
@@ -505,7 +509,11 @@ class Sweep:
             time.sleep(max(0.5, self.cfg.settle_s))  # the step sink flushes every 50 ms
             redis_url = stack.info.get("redis_url")
             if redis_url:
-                steps = step_rows(read_steps(str(redis_url), self.cfg.service), policy.label, t0, points)
+                raw = read_steps(str(redis_url), self.cfg.service)
+                # The full records too (one JSON object per line, as in Redis): `smartspec sim fit` reads them.
+                with (self.cfg.out / f"steps-{_slug(policy.label)}.jsonl").open("w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in raw)
+                steps = step_rows(raw, policy.label, t0, points)
                 for p in points:
                     p.mean_k, p.mean_batch, p.steps = window_stats(steps, p.start_unix, p.end_unix)
                 self.steps += steps

@@ -48,6 +48,11 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
             "trace.png"} <= names
     for png in ("latency_vs_rate.png", "throughput_vs_rate.png", "k_over_time.png", "trace.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The raw step records per policy: what `smartspec sim fit` calibrates the simulator from.
+    from smartspec.sim.calibrate import read_records, step_samples
+
+    for label in ("off", "goodput"):
+        assert step_samples(read_records(out / f"steps-{label}.jsonl")), label
 
     records = read_csv(out / "records.csv")
     assert sorted({(r.policy, r.rate) for r in records}) == [("goodput", 2.0), ("goodput", 8.0), ("off", 2.0),
