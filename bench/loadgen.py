@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from bench.report import RequestRecord
 from bench.workloads import Workload
+from smartspec.sim.report import RequestRecord
 
 # ---------------------------------------------------------------------------------------------
 # Arrivals

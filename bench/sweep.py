@@ -36,10 +36,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report
 from bench.loadgen import Arrival, LoadSpec, Phase, arrivals, run_load, seeded_rng, trace_arrivals
-from bench.report import RequestRecord
 from bench.workloads import Workload, load
+from smartspec.sim import report
+from smartspec.sim.report import RequestRecord
 
 DEFAULT_POLICIES = "off,fixed:1,fixed:3,fixed:5,fixed:7,goodput"
 ADAPTIVE_LABELS = ("goodput", "goodput+controller")
@@ -658,7 +658,7 @@ class Sweep:
         if figures:
             lines += ["## Plots", ""] + [f"![{name}]({name})" for name in figures] + [""]
         lines += ["## Files", "",
-                  "- `records.csv`: one row per request (bench/report.py RequestRecord; `arrival_s` from the "
+                  "- `records.csv`: one row per request (smartspec/sim/report.py RequestRecord; `arrival_s` from the "
                   "point's start, latencies in seconds, drafted/accepted from the server's usage)",
                   "- `points.csv`: per policy and rate: requests, wall time, mean k, mean batch",
                   "- `summary.csv`, `ratios.csv`: the tables above",

@@ -185,15 +185,17 @@ async def forget_service(*, spec: Any, name: str, namespace: str | None, meta: A
     namespace = _namespaced(namespace)
     settings, kube, store = _parts(memo)
     waited = runtime.total_seconds()
+    uid = str(meta["uid"])
     try:
+        for role in ("controller", "target", "draft"):
+            await _delete_owned(kube, "Deployment", namespace, child_name(name, role), uid, propagation="Foreground")
+        # Foreground: a Deployment stays (terminating) until its pods are gone; wait for that.
         running = [role for role in ("controller", "target", "draft")
-                   if await _delete_owned(kube, "Deployment", namespace, child_name(name, role), str(meta["uid"]),
-                                          propagation="Foreground")
-                   or await kube.get("Deployment", namespace, child_name(name, role)) is not None]
+                   if await kube.get("Deployment", namespace, child_name(name, role)) is not None]
     except KubeError as exc:
         raise _transient(exc, "deleting the Deployments") from None
     if running and waited < CLEANUP_PATIENCE_S:
-        raise kopf.TemporaryError(f"waiting for the {', '.join(running)} pods to stop", delay=5)
+        raise kopf.TemporaryError(f"waiting for the {', '.join(running)} pods to stop", delay=2)
     url = (spec.get("redis") or {}).get("url") or settings.redis_url
     try:
         n = await store.forget(url, redis_service(namespace, name))
@@ -208,34 +210,43 @@ async def forget_service(*, spec: Any, name: str, namespace: str | None, meta: A
 @kopf.daemon(GROUP, VERSION, SERVICES, cancellation_timeout=5.0, backoff=5.0)
 async def report_service(*, stopped: Any, name: str, namespace: str | None, body: Any, memo: Any,
                          policy_specs: Any = None, logger: Log, **_: Any) -> None:
-    """Every `status_interval_s`: converge again (a deleted child comes back, a late policy is written),
-    then Deployments' readiness + the controller's decision -> status."""
+    """Every `status_interval_s`: Deployments' readiness + the controller's decision -> status; every
+    `converge_interval_s` (or when the spec moved on) converge again first: a deleted child comes back,
+    a late policy is written."""
     namespace = _namespaced(namespace)
     settings = memo.settings
+    last_converge = -float("inf")
     while not stopped:
+        now = time.monotonic()
+        due = now - last_converge >= settings.converge_interval_s
         try:
-            await _refresh_service(memo, name, namespace, body, policy_specs)
+            if await _refresh_service(memo, name, namespace, body, policy_specs, converge=due):
+                last_converge = now
         except KubeError as exc:  # the next tick tries again
             logger.warning(f"status refresh failed: {exc}")
         await stopped.wait(settings.status_interval_s)
 
 
-async def _refresh_service(memo: Any, name: str, namespace: str, body: Any, policy_specs: Any) -> None:
+async def _refresh_service(memo: Any, name: str, namespace: str, body: Any, policy_specs: Any,
+                           converge: bool) -> bool:
+    """Write the status; returns whether it converged the objects on the way."""
     settings, kube, store = _parts(memo)
     try:
         svc = parse_service_spec(copy.deepcopy(dict(body["spec"])))
     except ValueError:
-        return  # the reconcile handler reports an invalid spec
+        return False  # the reconcile handler reports an invalid spec
     if body.get("metadata", {}).get("deletionTimestamp"):
-        return  # being deleted: converging would bring back what the delete handler removes
+        return False  # being deleted: converging would bring back what the delete handler removes
     current = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation") or 0)
-    observed, apply_error = current.get("observedGeneration"), None
-    try:
-        _, policy = await _converge(memo, name, namespace, str(body["metadata"]["uid"]), svc, policy_specs)
-        observed = generation
-    except KubeError as exc:
-        apply_error, policy = str(exc), current.get("policy") or {}
+    observed, apply_error, policy = current.get("observedGeneration"), None, current.get("policy") or {}
+    converged = False
+    if converge or observed != generation:
+        try:
+            _, policy = await _converge(memo, name, namespace, str(body["metadata"]["uid"]), svc, policy_specs)
+            observed, converged = generation, True
+        except KubeError as exc:
+            apply_error = str(exc)
     deployments = {role: await kube.get("Deployment", namespace, child_name(name, role))
                    for role in ("target", "draft", "controller")}
     decision, redis_error = None, None
@@ -252,6 +263,7 @@ async def _refresh_service(memo: Any, name: str, namespace: str, body: Any, poli
     new["observedGeneration"] = observed
     if not st.same(new, {k: current.get(k) for k in new}):
         await kube.patch("SpeculativeService", namespace, name, {"status": new}, subresource="status")
+    return converged
 
 
 # -- SpeculationPolicy

@@ -128,8 +128,17 @@ class Kube:
         body["metadata"].setdefault("annotations", {})[LAST_APPLIED] = wanted
         live = await self.get(kind, meta["namespace"], meta["name"])
         if live is None:
-            await self.request("POST", path(kind, meta["namespace"]), body, "application/json")
-            return "created"
+            try:
+                await self.request("POST", path(kind, meta["namespace"]), body, "application/json")
+                return "created"
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                # Created meanwhile (the create handler and the status daemon both converge): compare instead.
+                live = await self.get(kind, meta["namespace"], meta["name"])
+                if live is None:
+                    raise
+        assert live is not None
         refs = live.get("metadata", {}).get("ownerReferences") or []
         if owner_uid is not None and not any(r.get("uid") == owner_uid for r in refs):
             raise NotOwned(f"{kind} {meta['namespace']}/{meta['name']} already exists and is not owned by this "

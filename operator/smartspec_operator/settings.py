@@ -22,6 +22,8 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: str = Field("", description="comma-separated Secret names for the pods the operator creates")
     status_interval_s: float = Field(10.0, gt=0, description="how often each service's status is refreshed")
+    converge_interval_s: float = Field(60.0, gt=0, description="how often each service's objects and policy spec "
+                                       "are re-checked against its spec even when nothing changed (level trigger)")
     telemetry_stale_s: float = Field(30.0, gt=0, description="controller status older than this: Degraded")
     health_host: str = "0.0.0.0"
     health_port: int = Field(8080, ge=0, le=65535, description="liveness endpoint /healthz (0: off)")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import markdown, oracle_table, ratio_table, summarize, write_csv, write_rows_csv
 from smartspec.sim.policies import canonical
+from smartspec.sim.report import markdown, oracle_table, ratio_table, summarize, write_csv, write_rows_csv
 from smartspec.sim.sweep import TRACE_RATE, SweepResult
 
 SUMMARY_COLUMNS = ["policy", "rate", "requests", "mean_s", "ci95_s", "p50_s", "p99_s", "ttft_mean_s", "itl_mean_s",

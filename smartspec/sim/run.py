@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.report import RequestRecord
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence as Seq
@@ -16,6 +15,7 @@ from smartspec.engine.steps import AdmissionLimits, StepStats
 from smartspec.policy.cost_model import CostModel
 from smartspec.policy.policy import SpeculationPolicy
 from smartspec.sim.engine import SimEngine, VirtualClock
+from smartspec.sim.report import RequestRecord
 from smartspec.sim.workload import SimRequest
 
 

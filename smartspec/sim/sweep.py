@@ -7,10 +7,10 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from bench.report import RequestRecord
 from smartspec.engine.scheduler import RefitConfig
 from smartspec.policy.cost_model import CostModel
 from smartspec.sim.policies import PolicyKnobs, build_policy, canonical
+from smartspec.sim.report import RequestRecord
 from smartspec.sim.run import EngineConfig, SimResult, simulate
 from smartspec.sim.workload import Phase, WorkloadSpec
 

@@ -53,7 +53,7 @@ def parse_lengths(text: str, column: str = "completion_tokens") -> LengthSpec:
     """A length distribution; `replay:FILE.csv` reads `column` of a bench records CSV."""
     kind, _, rest = text.partition(":")
     if kind == "replay":
-        from bench.report import read_csv
+        from smartspec.sim.report import read_csv
 
         path, _, col = rest.partition(":")
         col = col or column

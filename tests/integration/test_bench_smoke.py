@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.report import read_csv
+from smartspec.sim.report import read_csv
 
 MAX_TOKENS = 16
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from bench.loadgen import SSEParser, StreamStats, parse_events, request_body, send
-from bench.report import RequestRecord
+from smartspec.sim.report import RequestRecord
 
 
 def chunk(content: str | None = None, usage: dict[str, Any] | None = None, finish: str | None = None) -> str:

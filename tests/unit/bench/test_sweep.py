@@ -11,7 +11,6 @@ import pytest
 from bench import workloads
 from bench.loadgen import parse_trace
 from bench.plots import binned
-from bench.report import RequestRecord
 from bench.sweep import (
     Point,
     Sweep,
@@ -23,6 +22,7 @@ from bench.sweep import (
     window_stats,
 )
 from smartspec.cli.bench import command_line
+from smartspec.sim.report import RequestRecord
 
 
 def test_policies_map_to_up_flags() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.report import oracle_table, read_csv, summarize
 from smartspec.cli import sim as sim_cli
 from smartspec.engine.sinks import MemorySink, record_of
 from smartspec.errors import InvalidRequest
@@ -20,6 +19,7 @@ from smartspec.policy.cost_model import PRESETS, CostModel, StepSample, relative
 from smartspec.sim.acceptance import parse_acceptance
 from smartspec.sim.calibrate import fit_cost, recorded_acceptance
 from smartspec.sim.policies import PolicyKnobs, build_policy
+from smartspec.sim.report import oracle_table, read_csv, summarize
 from smartspec.sim.run import EngineConfig, SimResult, simulate
 from smartspec.sim.sweep import SweepConfig, run_sweep
 from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths, parse_trace

@@ -1,4 +1,4 @@
-"""Per-request records of a load sweep (measured or simulated) and the summaries every sweep prints.
+"""Per-request records of a load sweep (measured or simulated) and the summaries both sweeps print.
 
 One `RequestRecord` per finished (or failed) request; `summarize` groups them by (policy, rate);
 `ratio_table` is the paper's comparison: each policy's mean latency per rate, and the goodput
@@ -82,6 +82,16 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+# Two-sided 95 % Student-t critical values for 1…30 degrees of freedom (points are often 6–40 requests).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(dof: int) -> float:
+    """The 95 % confidence half-width multiplier for a mean of dof + 1 samples."""
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+
+
 def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
     """One row per (policy, rate): latency mean/p50/p99 (with a 95% CI of the mean), TTFT, ITL, throughput."""
     groups: dict[tuple[str, float], list[RequestRecord]] = {}
@@ -96,7 +106,7 @@ def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
         drafted = sum(r.drafted_tokens for r in ok)
         rows.append({
             "policy": policy, "rate": rate, "requests": len(rs), "errors": len(rs) - len(ok),
-            "mean_s": _mean(e2e), "ci95_s": 1.96 * sd / math.sqrt(len(e2e)) if len(e2e) > 1 else math.nan,
+            "mean_s": _mean(e2e), "ci95_s": t95(len(e2e) - 1) * sd / math.sqrt(len(e2e)) if len(e2e) > 1 else math.nan,
             "p50_s": _pct(e2e, 0.5), "p99_s": _pct(e2e, 0.99),
             "ttft_mean_s": _mean([float(r.ttft_s) for r in ok if r.ttft_s is not None]),
             "itl_mean_s": _mean([float(r.itl_mean_s) for r in ok if r.itl_mean_s is not None]),
