@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from smartspec.sim.report import cpu_name
+
 # Code-completion style prompts (HumanEval-like); the HumanEval set itself arrives with the load benchmark.
 PROMPTS = [
     "Write a Python function `is_prime(n)` that returns True when n is a prime number.",
@@ -29,14 +31,7 @@ PROMPTS = [
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = f"{names[0]} x{len(names)}" if names else cpu
-    except OSError:
-        pass
-    return (f"{cpu}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+    return (f"{cpu_name()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
             f"python {platform.python_version()}; {platform.system()} {platform.release()}")
 
 

@@ -354,13 +354,7 @@ def load_points(path: Path) -> list[Point]:
 
 def machine() -> str:
     """The machine, as bench.common.machine() says it, without importing torch in this process."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = f"{names[0]} x{len(names)}" if names else cpu
-    except OSError:
-        pass
+    cpu = report.cpu_name()
     try:
         torch = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:

@@ -10,7 +10,6 @@ no proposer call and scores exactly one position per request: plain batched deco
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -24,16 +23,17 @@ from smartspec.engine.sequence import SeqStatus, Sequence
 from smartspec.engine.steps import CATCHUP_FREE_TOKENS as CATCHUP_FREE_TOKENS
 from smartspec.engine.steps import AdmissionLimits as AdmissionLimits
 from smartspec.engine.steps import KChooser as KChooser
+from smartspec.engine.steps import RequestBook
 from smartspec.engine.steps import StepOutput as StepOutput
 from smartspec.engine.steps import StepStats as StepStats
-from smartspec.errors import InvalidRequest, UnknownSequence
+from smartspec.errors import InvalidRequest
 
 # Prefill rows share the verify forward unless padding them together would cost this much more
 # than two separate forwards (the runner pads every row to the widest one).
 MIX_PREFILL_SLACK = 1.25
 
 
-class SpecEngine:
+class SpecEngine(RequestBook):
     """Holds the requests; drives a target ModelRunner and an optional Proposer."""
 
     def __init__(
@@ -53,19 +53,13 @@ class SpecEngine:
         self.limits = limits or AdmissionLimits()
         # Experiments only (see emulation.py): verdicts redrawn with acceptance probability α.
         self.emulator = AcceptanceEmulator(emulate_acceptance) if emulate_acceptance is not None else None
-        self.seqs: dict[int, Sequence] = {}
-        self.waiting: deque[int] = deque()
-        self.running: list[int] = []
+        super().__init__()
         self._step_id = 0
 
     # -- requests ------------------------------------------------------------------------
     def add_request(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         """Validate and queue a request; it is prefilled by the next step with a free slot."""
-        params.validate()
-        if seq_id in self.seqs:
-            raise InvalidRequest(f"request id {seq_id} is already in use")
-        if not prompt_ids:
-            raise InvalidRequest("prompt is empty", param="prompt")
+        self._check_new(seq_id, prompt_ids, params)
         vocab = self.runner.vocab_size
         bad = [t for t in prompt_ids if not 0 <= t < vocab]
         if bad:
@@ -77,30 +71,7 @@ class SpecEngine:
                 f"context of {limit} tokens",
                 param="max_tokens" if len(prompt_ids) < limit else "prompt",
             )
-        seq = Sequence.create(seq_id, prompt_ids, params)
-        self.seqs[seq_id] = seq
-        self.waiting.append(seq_id)
-        return seq
-
-    def cancel(self, seq_id: int) -> None:
-        """Stop a request now and free its target and draft state."""
-        seq = self.seqs.get(seq_id)
-        if seq is None or seq.finished:
-            raise UnknownSequence(f"request {seq_id} is not running")
-        if seq_id in self.waiting:
-            self.waiting.remove(seq_id)
-        self._finish(seq, "cancelled")
-
-    def pop_finished(self, seq_id: int) -> Sequence:
-        """Hand a finished request back to the caller and forget it."""
-        seq = self.seqs[seq_id]
-        if not seq.finished:
-            raise ValueError(f"request {seq_id} has not finished")
-        return self.seqs.pop(seq_id)
-
-    @property
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return self._enqueue(Sequence.create(seq_id, prompt_ids, params))
 
     # -- the step ------------------------------------------------------------------------
     def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput:
@@ -289,12 +260,10 @@ class SpecEngine:
             self._finish(seq, reason)
             out.finished.append(seq.seq_id)
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.status = SeqStatus.FINISHED
-        seq.finish_reason = reason
-        seq.stats.finish_s = time.perf_counter()
-        if seq.seq_id in self.running:
-            self.running.remove(seq.seq_id)
+    def _now(self) -> float:
+        return time.perf_counter()
+
+    def _release(self, seq: Sequence) -> None:
         if self.runner.has(seq.seq_id):
             self.runner.remove(seq.seq_id)
         if self.proposer is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,8 +9,8 @@ import numpy as np
 
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.sequence import SeqStatus, Sequence
-from smartspec.engine.steps import CATCHUP_FREE_TOKENS, AdmissionLimits, KChooser, StepOutput, StepStats
-from smartspec.errors import InvalidRequest, UnknownSequence
+from smartspec.engine.steps import CATCHUP_FREE_TOKENS, AdmissionLimits, KChooser, RequestBook, StepOutput, StepStats
+from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.sim.workload import SimRequest
 
@@ -46,7 +45,7 @@ class _Truth:
     draft_seen: int = 0  # tokens the draft has ingested (for catch-up tokens)
 
 
-class SimEngine:
+class SimEngine(RequestBook):
     """Admission, k capping, one "forward" per step and emission exactly as SpecEngine does them; the forward's
     duration is the cost model's draft + verify + overhead for the step's StepShape, and draft j of request i
     is accepted with its conditional rate given j - 1 was (so emitted = accepted + 1).
@@ -67,20 +66,14 @@ class SimEngine:
         self.limits = limits or AdmissionLimits()
         self.max_len = max_len
         self.seed = seed
-        self.seqs: dict[int, Sequence] = {}
-        self.waiting: deque[int] = deque()
-        self.running: list[int] = []
+        super().__init__()
         self._truth: dict[int, _Truth] = {}
         self._step_id = 0
         self.busy_s = 0.0  # virtual seconds spent in steps
 
     # -- requests ------------------------------------------------------------------------
     def add_request(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        params.validate()
-        if seq_id in self.seqs:
-            raise InvalidRequest(f"request id {seq_id} is already in use")
-        if not prompt_ids:
-            raise InvalidRequest("prompt is empty", param="prompt")
+        self._check_new(seq_id, prompt_ids, params)
         if self.max_len is not None and len(prompt_ids) + params.max_tokens > self.max_len:
             raise InvalidRequest(f"prompt + max_tokens exceeds the context of {self.max_len} tokens",
                                  param="max_tokens")
@@ -91,28 +84,10 @@ class SimEngine:
         seq.stats.arrival_s = self.clock.now
         rng = np.random.default_rng([self.seed, seq_id])
         self._truth[seq_id] = _Truth(req.accept, rng.random(params.max_tokens).tolist())
-        self.seqs[seq_id] = seq
-        self.waiting.append(seq_id)
-        return seq
+        return self._enqueue(seq)
 
-    def cancel(self, seq_id: int) -> None:
-        seq = self.seqs.get(seq_id)
-        if seq is None or seq.finished:
-            raise UnknownSequence(f"request {seq_id} is not running")
-        if seq_id in self.waiting:
-            self.waiting.remove(seq_id)
-        self._finish(seq, "cancelled")
-
-    def pop_finished(self, seq_id: int) -> Sequence:
-        seq = self.seqs[seq_id]
-        if not seq.finished:
-            raise ValueError(f"request {seq_id} has not finished")
+    def _forget(self, seq_id: int) -> None:
         self._truth.pop(seq_id, None)
-        return self.seqs.pop(seq_id)
-
-    @property
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
 
     # -- the step ------------------------------------------------------------------------
     def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput:
@@ -212,9 +187,5 @@ class SimEngine:
             self._finish(seq, "length")
             out.finished.append(seq.seq_id)
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        seq.status = SeqStatus.FINISHED
-        seq.finish_reason = reason
-        seq.stats.finish_s = self.clock.now
-        if seq.seq_id in self.running:
-            self.running.remove(seq.seq_id)
+    def _now(self) -> float:
+        return self.clock.now

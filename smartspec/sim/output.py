@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from smartspec.sim.policies import canonical
-from smartspec.sim.report import markdown, oracle_table, ratio_table, summarize, write_csv, write_rows_csv
+from smartspec.sim.report import cpu_name, markdown, oracle_table, ratio_table, summarize, write_csv, write_rows_csv
 from smartspec.sim.sweep import TRACE_RATE, SweepResult
 
 SUMMARY_COLUMNS = ["policy", "rate", "requests", "mean_s", "ci95_s", "p50_s", "p99_s", "ttft_mean_s", "itl_mean_s",
@@ -20,15 +20,8 @@ SUMMARY_COLUMNS = ["policy", "rate", "requests", "mean_s", "ci95_s", "p50_s", "p
 
 def machine() -> str:
     """One line: CPU, cores, Python and numpy (simulated times do not depend on it; the wall time does)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible; python {platform.python_version()}, numpy {np.__version__}; "
-            f"{platform.system()} {platform.release()}")
+    return (f"{cpu_name()}, {os.cpu_count()} cores visible; python {platform.python_version()}, "
+            f"numpy {np.__version__}; {platform.system()} {platform.release()}")
 
 
 def _setup(result: SweepResult) -> str:

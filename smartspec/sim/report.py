@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import platform
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,8 @@ def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def ratio_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[dict[str, Any]]:
-    """Per rate: every policy's mean latency, the best static policy, and the adaptive policy's ratios.
-
-    `vs_best_static` = adaptive mean / best static mean (≤ 1.00 is the goal: never worse than the
-    best fixed choice in hindsight); `speedup_vs_off` = off mean / adaptive mean (≥ 1.3× at light load)."""
+def _per_rate(rows: list[dict[str, Any]], adaptive: str) -> list[tuple[float, dict[str, float], str | None, float]]:
+    """(rate, each policy's mean latency, the fastest static policy or None, the adaptive policy's mean)."""
     by_rate: dict[float, dict[str, float]] = {}
     for r in rows:
         by_rate.setdefault(r["rate"], {})[r["policy"]] = r["mean_s"]
@@ -129,11 +127,23 @@ def ratio_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[di
     for rate, means in sorted(by_rate.items()):
         static = {p: m for p, m in means.items() if p.startswith(STATIC_PREFIXES) and not math.isnan(m)}
         best = min(static, key=lambda p: static[p]) if static else None
-        ours = means.get(adaptive, math.nan)
-        out.append({"rate": rate, **{f"mean_s[{p}]": m for p, m in sorted(means.items())},
-                    "best_static": best, "vs_best_static": ours / static[best] if best else math.nan,
-                    "speedup_vs_off": means["off"] / ours if "off" in means and ours else math.nan})
+        out.append((rate, means, best, means.get(adaptive, math.nan)))
     return out
+
+
+def _speedup_vs_off(means: dict[str, float], ours: float) -> float:
+    return means["off"] / ours if "off" in means and ours else math.nan
+
+
+def ratio_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[dict[str, Any]]:
+    """Per rate: every policy's mean latency, the best static policy, and the adaptive policy's ratios.
+
+    `vs_best_static` = adaptive mean / best static mean (≤ 1.00 is the goal: never worse than the
+    best fixed choice in hindsight); `speedup_vs_off` = off mean / adaptive mean (≥ 1.3× at light load)."""
+    return [{"rate": rate, **{f"mean_s[{p}]": m for p, m in sorted(means.items())},
+             "best_static": best, "vs_best_static": ours / means[best] if best else math.nan,
+             "speedup_vs_off": _speedup_vs_off(means, ours)}
+            for rate, means, best, ours in _per_rate(rows, adaptive)]
 
 
 def markdown(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 3) -> str:
@@ -154,18 +164,21 @@ def markdown(rows: list[dict[str, Any]], columns: list[str] | None = None, digit
 def oracle_table(rows: list[dict[str, Any]], adaptive: str = ADAPTIVE) -> list[dict[str, Any]]:
     """Per rate: the best static policy in hindsight among every static one present (off = fixed:0), and the
     adaptive policy's mean latency against it (`vs_oracle` ≤ 1.03 is the simulator goal) and against off."""
-    by_rate: dict[float, dict[str, float]] = {}
-    for r in rows:
-        by_rate.setdefault(r["rate"], {})[r["policy"]] = r["mean_s"]
-    out = []
-    for rate, means in sorted(by_rate.items()):
-        static = {p: m for p, m in means.items() if p.startswith(STATIC_PREFIXES) and not math.isnan(m)}
-        best = min(static, key=lambda p: static[p]) if static else None
-        ours = means.get(adaptive, math.nan)
-        out.append({"rate": rate, "oracle": best, "oracle_mean_s": static[best] if best else math.nan,
-                    f"{adaptive}_mean_s": ours, "vs_oracle": ours / static[best] if best else math.nan,
-                    "speedup_vs_off": means["off"] / ours if "off" in means and ours else math.nan})
-    return out
+    return [{"rate": rate, "oracle": best, "oracle_mean_s": means[best] if best else math.nan,
+             f"{adaptive}_mean_s": ours, "vs_oracle": ours / means[best] if best else math.nan,
+             "speedup_vs_off": _speedup_vs_off(means, ours)}
+            for rate, means, best, ours in _per_rate(rows, adaptive)]
+
+
+def cpu_name() -> str:
+    """The CPU model and count from /proc/cpuinfo (the machine line every report prints), else the platform's."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} x{len(names)}" if names else cpu
+    except OSError:
+        return cpu
 
 
 def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
