@@ -4,7 +4,9 @@ Requests are sent at pre-drawn arrival times whether or not earlier ones have fi
 loop: the offered load does not adapt to the server, so queueing shows up as latency, as in the
 paper's request-rate sweeps). Inter-arrival times are exponential (Poisson arrivals) or gamma with
 a chosen coefficient of variation (CV > 1 is burstier than Poisson, CV < 1 smoother); a dynamic
-trace is a list of phases, each a rate for a duration or a number of requests.
+trace is a list of phases, each a rate for a duration or a number of requests (the grammar is
+smartspec/sim/trace.py's, shared with the simulator). A closed loop (`run_closed_loop`) sends one
+request at a time instead: the light-load point whose requests can be paired across policies.
 
 Every request streams (SSE) so the client sees when each token arrives: TTFT is the first chunk
 that carries a choice, the inter-token gap is the mean gap between such chunks after the first
@@ -19,7 +21,6 @@ import asyncio
 import json
 import math
 import random
-import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,10 @@ from typing import Any
 import httpx
 
 from bench.workloads import Workload
-from smartspec.sim.report import RequestRecord
+from smartspec.sim.report import CLOSED_LOOP_PHASE, RequestRecord
+from smartspec.sim.trace import Phase, parse_trace
+
+__all__ = ["Arrival", "LoadSpec", "Phase", "parse_trace", "run_closed_loop", "run_load", "trace_arrivals"]
 
 # ---------------------------------------------------------------------------------------------
 # Arrivals
@@ -40,24 +44,6 @@ class Arrival:
     t: float  # seconds from the start of the run
     rate: float  # the offered rate in force (req/s)
     phase: str = ""
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One phase of a dynamic trace: `rate` req/s for `duration_s` seconds or for `count` requests."""
-
-    rate: float
-    duration_s: float | None = None
-    count: int | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.duration_s is None) == (self.count is None):
-            raise ValueError("a phase has either a duration or a request count")
-        if self.rate < 0 or (self.rate == 0 and self.count is not None):
-            raise ValueError(f"phase rate must be > 0 (or 0 for an idle duration), got {self.rate}")
-        if (self.duration_s is not None and self.duration_s <= 0) or (self.count is not None and self.count <= 0):
-            raise ValueError("phase duration/count must be positive")
 
 
 def interarrival(rate: float, cv: float, rng: random.Random) -> float:
@@ -102,30 +88,6 @@ def poisson_arrivals(rate: float, count: int | None = None, duration_s: float | 
 def gamma_arrivals(rate: float, cv: float, count: int | None = None, duration_s: float | None = None,
                    rng: random.Random | None = None) -> list[Arrival]:
     return arrivals(rate, count=count, duration_s=duration_s, cv=cv, rng=rng)
-
-
-_PHASE = re.compile(r"^\s*(?P<amount>\d+(?:\.\d+)?)(?P<unit>s|m)?\s*@\s*(?P<rate>\d+(?:\.\d+)?)\s*$")
-
-
-def parse_trace(text: str) -> list[Phase]:
-    """`"60s@1,120s@4,30@1"`: 60 s at 1 req/s, 120 s at 4 req/s, then 30 requests at 1 req/s
-    (`m` = minutes; a plain number is a request count; `10s@0` is an idle pause)."""
-    phases = []
-    for i, part in enumerate(p for p in text.split(",") if p.strip()):
-        m = _PHASE.match(part)
-        if not m:
-            raise ValueError(f"trace phase {part!r}: expected DURATIONs@RATE, DURATIONm@RATE or COUNT@RATE")
-        amount, unit, rate = float(m["amount"]), m["unit"], float(m["rate"])
-        name = f"p{i + 1}:{part.strip()}"
-        if unit:
-            phases.append(Phase(rate, duration_s=amount * (60 if unit == "m" else 1), name=name))
-        else:
-            if amount != int(amount):
-                raise ValueError(f"trace phase {part!r}: a request count must be an integer")
-            phases.append(Phase(rate, count=int(amount), name=name))
-    if not phases:
-        raise ValueError("empty trace")
-    return phases
 
 
 def trace_arrivals(phases: Sequence[Phase], cv: float = 1.0, rng: random.Random | None = None) -> list[Arrival]:
@@ -304,6 +266,19 @@ class LoadSpec:
     acceptance_emulated: bool = False
     timeout_s: float = 1800.0  # longest silence on one stream (queued requests wait for their first token)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into every request body
+    trace: int = 0  # which independent arrival trace of a point this run is (records.csv `trace`)
+
+    def record(self, i: int, a: Arrival) -> RequestRecord:
+        """The empty record of request i; `workload` is the prompt's own source (mixed workloads have two)."""
+        return RequestRecord(policy=self.policy, rate=a.rate, workload=self.workload.tag(i), arrival_s=a.t,
+                             ttft_s=None, e2e_s=None, acceptance_emulated=self.acceptance_emulated, phase=a.phase,
+                             trace=self.trace, seq=i)
+
+    def body(self, model: str, i: int) -> dict[str, Any]:
+        body = request_body(model, self.workload.messages(i), self.max_tokens, temperature=self.temperature,
+                            ignore_eos=self.ignore_eos, seed=self.seed)
+        body.update(self.extra)
+        return body
 
 
 async def served_model(client: httpx.AsyncClient, base_url: str) -> str:
@@ -312,14 +287,27 @@ async def served_model(client: httpx.AsyncClient, base_url: str) -> str:
     return str(resp.json()["data"][0]["id"])
 
 
+def _client(spec: LoadSpec) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)  # never queue in the client
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s, connect=30.0))
+
+
+async def _send_one(client: httpx.AsyncClient, url: str, spec: LoadSpec, model: str, i: int, a: Arrival,
+                    t0: float) -> RequestRecord:
+    rec = spec.record(i, a)
+    try:
+        await send(client, url, spec.body(model, i), rec, t0)
+    except Exception as exc:  # never let one request end the run
+        rec.error = f"{type(exc).__name__}: {exc}"
+    return rec
+
+
 async def run_load(base_url: str, spec: LoadSpec, schedule: Sequence[Arrival], *, progress: bool = True,
                    desc: str = "", model: str | None = None) -> list[RequestRecord]:
     """Send request i at schedule[i].t (open loop) and return one record per request, in send order."""
     from tqdm import tqdm
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)  # never queue in the client
-    timeout = httpx.Timeout(spec.timeout_s, connect=30.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with _client(spec) as client:
         model = model or await served_model(client, base_url)
         url = f"{base_url}/v1/chat/completions"
         bar = tqdm(total=len(schedule), desc=desc or spec.policy, file=sys.stderr, unit="req",
@@ -328,15 +316,7 @@ async def run_load(base_url: str, spec: LoadSpec, schedule: Sequence[Arrival], *
 
         async def one(i: int, a: Arrival) -> RequestRecord:
             nonlocal errors
-            body = request_body(model, spec.workload.messages(i), spec.max_tokens, temperature=spec.temperature,
-                                ignore_eos=spec.ignore_eos, seed=spec.seed)
-            body.update(spec.extra)
-            rec = RequestRecord(policy=spec.policy, rate=a.rate, workload=spec.workload.name, arrival_s=a.t,
-                                ttft_s=None, e2e_s=None, acceptance_emulated=spec.acceptance_emulated, phase=a.phase)
-            try:
-                await send(client, url, body, rec, t0)
-            except Exception as exc:  # never let one request end the run
-                rec.error = f"{type(exc).__name__}: {exc}"
+            rec = await _send_one(client, url, spec, model, i, a, t0)
             errors += rec.error is not None
             bar.set_postfix(errors=errors, refresh=False)
             bar.update(1)
@@ -355,6 +335,25 @@ async def run_load(base_url: str, spec: LoadSpec, schedule: Sequence[Arrival], *
             for t in tasks:
                 t.cancel()
             bar.close()
+
+
+async def run_closed_loop(base_url: str, spec: LoadSpec, count: int, *, progress: bool = True, desc: str = "",
+                          model: str | None = None) -> list[RequestRecord]:
+    """Send `count` requests one at a time (request i + 1 goes when request i has finished), prompts 0 … count − 1
+    in order: every policy serves the same requests alone, so their latencies pair up request by request."""
+    from tqdm import tqdm
+
+    async with _client(spec) as client:
+        model = model or await served_model(client, base_url)
+        url = f"{base_url}/v1/chat/completions"
+        out: list[RequestRecord] = []
+        t0 = time.perf_counter()
+        with tqdm(total=count, desc=desc or spec.policy, file=sys.stderr, unit="req", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for i in range(count):
+                out.append(await _send_one(client, url, spec, model, i, Arrival(0.0, 0.0, CLOSED_LOOP_PHASE), t0))
+                bar.update(1)
+        return out
 
 
 def seeded_rng(seed: int, *labels: object) -> random.Random:

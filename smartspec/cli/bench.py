@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from smartspec.errors import InvalidRequest, SmartspecError
+from smartspec.sim.trace import parse_trace
 
 DEFAULT_RATES = "0.02,0.05,0.1,0.2,0.3,0.4"  # the real pair on a 2-core CPU: batch 1 to past saturation
 
@@ -28,24 +29,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = b.add_subparsers(dest="bench_command", required=True)
     s = bsub.add_parser(
         "sweep", help="mean/p99 latency vs request rate for each policy (restarts `smartspec up` per policy)",
-        description="For each policy: start `smartspec up`, warm up, drive it open loop at each rate, read the "
-                    "target's step records; write CSVs, plots and a README into the results folder.")
+        description="For each policy: start `smartspec up`, warm up, optionally run a closed loop (one request at a "
+                    "time), drive it open loop at each rate on one or more arrival traces, read the target's step "
+                    "records; write CSVs, plots and a README (with the adaptive-vs-static ratios and their 95 % "
+                    "intervals) into the results folder.")
     s.add_argument("--models", choices=["real", "tiny"], default="real", help="as `smartspec up --models`")
-    s.add_argument("--workload", choices=["humaneval", "gsm8k", "synthetic"], default="humaneval")
+    s.add_argument("--workload", choices=["humaneval", "gsm8k", "mixed", "synthetic"], default="humaneval",
+                   help="prompt set; mixed = HumanEval and GSM8K alternating, each request tagged with its source")
     s.add_argument("--policies", default="off,fixed:1,fixed:3,fixed:5,fixed:7,goodput",
-                   help="comma-separated: off, fixed:K, goodput, goodput+controller (default %(default)s)")
+                   help="comma-separated: off, fixed:K (K 1..8), goodput, goodput-uniform (one k for the whole batch), "
+                        "each optionally +controller (default %(default)s)")
     s.add_argument("--controller", choices=["on", "off"], default="off",
                    help="run the controller for every policy (default off: each target keeps its local policy; "
                         "a `+controller` policy label turns it on for that policy only)")
-    s.add_argument("--rates", default=DEFAULT_RATES, help="offered request rates, req/s (default %(default)s)")
+    s.add_argument("--rates", default=DEFAULT_RATES,
+                   help="offered request rates, req/s (default %(default)s); none = no open-loop rate point")
     s.add_argument("--requests", type=int,
-                   help="requests per rate (default 20); with --duration-s, the least number per rate")
+                   help="requests per rate and trace (default 20); with --duration-s, the least number")
     s.add_argument("--duration-s", type=float,
-                   help="send arrivals for this long per rate (rate x duration requests, at least --requests)")
+                   help="send arrivals for this long per rate and trace (rate x duration requests, at least "
+                        "--requests)")
+    s.add_argument("--traces", type=int, default=1, metavar="R",
+                   help="independent Poisson arrival traces per rate, every policy on the same ones (default 1); "
+                        "ratios get a t-interval over traces and the best static is chosen on the other traces")
+    s.add_argument("--closed-loop", type=int, default=0, metavar="N",
+                   help="also run N requests one at a time per policy (same prompts, same order): light load, "
+                        "ratios paired per request with a t-interval")
     s.add_argument("--cv", type=float, default=1.0,
                    help="coefficient of variation of inter-arrival times: 1 = Poisson (default), >1 bursty (gamma)")
-    s.add_argument("--trace", help="also run a dynamic trace per policy: phases like '60s@0.05,120s@0.3,60s@0.05' "
-                                   "(DURATIONs|DURATIONm|COUNT @ RATE)")
+    s.add_argument("--trace", help="also run a dynamic trace per policy: comma-separated phases DURATIONs@RATE, "
+                                   "DURATIONm@RATE or COUNT@RATE (a bare number is a request count; 10s@0 pauses), "
+                                   "e.g. '60s@0.05,120s@0.3,20@0.05'")
     s.add_argument("--max-tokens", type=int, help="output tokens per request (default: the workload's)")
     s.add_argument("--synthetic-words", type=int, default=24, help="prompt length of --workload synthetic, in words")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
@@ -74,7 +88,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         from bench import sweep
-        from bench.loadgen import parse_trace
         from bench.workloads import WorkloadUnavailable
     except ImportError as exc:
         raise BenchFailed(f"`smartspec bench` needs the repository's bench/ package and the bench extra "
@@ -85,6 +98,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         trace = parse_trace(args.trace) if args.trace else None
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
+    if not rates and not args.closed_loop and not args.trace:
+        raise InvalidRequest("--rates none needs --closed-loop N or --trace: nothing would run", param="rates")
+    if args.traces < 1:
+        raise InvalidRequest("--traces must be >= 1", param="traces")
+    if args.closed_loop < 0:
+        raise InvalidRequest("--closed-loop must be >= 1 (or 0: none)", param="closed_loop")
     if args.requests is not None and args.requests < 1:
         raise InvalidRequest("--requests must be >= 1", param="requests")
     if args.duration_s is not None and not args.duration_s > 0:
@@ -104,6 +123,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     cfg = sweep.SweepConfig(
         policies=policies, rates=rates, out=args.out or sweep.default_out(tag),
         requests=args.requests if args.duration_s is not None else (args.requests or 20), duration_s=args.duration_s,
+        traces=args.traces, closed_loop=args.closed_loop,
         workload=args.workload, max_tokens=args.max_tokens, cv=args.cv, trace=trace, trace_text=args.trace or "",
         models=args.models, dtype=args.dtype, max_batch_size=args.max_batch_size, draft_method=args.draft_method,
         controller=args.controller == "on", emulate_acceptance=alpha, warmup=args.warmup, seed=args.seed,

@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ms per prompt token when the cost model has none: auto (its batched-token cost, as the "
                         "published model counts every scheduled token), none, or a number")
     s.add_argument("--rates", default="1,2,4,8,16,24,32", help="request rates (req/s), comma-separated")
-    s.add_argument("--trace", default=None, metavar="RATE@S,…",
-                   help="a dynamic trace instead of --rates: phases RATE@SECONDS in order, e.g. 1@60,4@60,8@60")
+    s.add_argument("--trace", default=None, metavar="PHASE,…",
+                   help="a dynamic trace instead of --rates, the grammar of `smartspec bench sweep --trace`: phases "
+                        "DURATIONs@RATE, DURATIONm@RATE or COUNT@RATE in order (a bare number is a request count; "
+                        "10s@0 pauses), e.g. 60s@1,60s@4,500@8")
     s.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="off, fixed:K, goodput (comma-separated)")
     s.add_argument("--requests", type=int, default=500, help="requests per rate")
     s.add_argument("--acceptance", default="beta:7,3", help="fixed:A | beta:A,B | profile:C1,C2,… (per request)")
@@ -120,7 +122,8 @@ def sweep(args: argparse.Namespace) -> int:
     from smartspec.sim.output import write_results
     from smartspec.sim.run import EngineConfig
     from smartspec.sim.sweep import RunInfo, SweepConfig, run_sweep
-    from smartspec.sim.workload import WorkloadSpec, parse_arrivals, parse_lengths, parse_trace
+    from smartspec.sim.trace import parse_trace
+    from smartspec.sim.workload import WorkloadSpec, parse_arrivals, parse_lengths
 
     if args.requests < 1 or args.max_batch < 1 or args.jobs < 1 or not 0 <= args.max_k <= 64:
         raise InvalidRequest("need --requests, --max-batch and --jobs >= 1 and 0 <= --max-k <= 64")
@@ -132,12 +135,16 @@ def sweep(args: argparse.Namespace) -> int:
     knobs = PolicyKnobs(args.hysteresis, args.probe_every, args.explore_every, prior)
     for p in policies:
         policy_config(p, args.max_k, knobs)  # bad names and bounds fail before any simulating
+    try:
+        trace = parse_trace(args.trace) if args.trace else None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="trace") from None
     cost = with_prefill_cost(load_cost_model(args.cost_model), args.prefill_cost)
     workload = WorkloadSpec(parse_lengths(args.prompt_len, "prompt_tokens"), parse_lengths(args.output_len),
                             parse_acceptance(args.acceptance), parse_arrivals(args.arrivals), args.max_k, args.seed)
     cfg = SweepConfig(cost, workload, rates, policies, args.requests,
                       EngineConfig(args.max_batch, args.max_k, args.max_prefill_tokens), knobs, args.refit,
-                      parse_trace(args.trace) if args.trace else None, not args.no_oracle)
+                      trace, not args.no_oracle)
     tag = args.tag or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.cost_model).stem)
     out = Path(args.out) if args.out else Path("bench/results") / f"{dt.date.today().isoformat()}-sim-{tag}"
 

@@ -30,7 +30,7 @@ def _setup(result: SweepResult) -> str:
     cost = cfg.cost
     coef = "; ".join(f"{part} {{{', '.join(f'{k}: {v:.4g}' for k, v in getattr(cost, part).items())}}}"
                      for part in ("verify", "draft", "overhead") if getattr(cost, part))
-    load = (f"trace {', '.join(f'{p.rate:g}/s for {p.duration_s:g} s' for p in cfg.trace)}" if cfg.trace
+    load = (f"trace {', '.join(p.describe() for p in cfg.trace)}" if cfg.trace
             else f"rates {', '.join(f'{r:g}' for r in cfg.rates)} req/s, {cfg.requests} requests per rate")
     kn = cfg.knobs
     budget = f"{cfg.engine.max_prefill_tokens} tokens/step" if cfg.engine.max_prefill_tokens else "unlimited"

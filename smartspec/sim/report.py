@@ -18,6 +18,17 @@ from typing import Any
 
 STATIC_PREFIXES = ("off", "fixed:")
 ADAPTIVE = "goodput"
+CLOSED_LOOP_PHASE = "closed-loop"  # the `phase` of every request of a closed-loop point
+
+
+def is_static(policy: str) -> bool:
+    """off and fixed:K: the policies an adaptive one must never lose to."""
+    return policy == "off" or policy.startswith("fixed:")
+
+
+def is_adaptive(policy: str) -> bool:
+    """Every goodput variant (goodput, goodput-uniform, their +controller runs, …) decides k from load."""
+    return policy.startswith(ADAPTIVE)
 
 
 @dataclasses.dataclass
@@ -36,7 +47,9 @@ class RequestRecord:
     error: str | None = None
     source: str = "measured"  # "measured" | "simulated"
     acceptance_emulated: bool = False  # acceptance drawn with probability α, not by the target (see README)
-    phase: str = ""  # dynamic traces: the phase's name
+    phase: str = ""  # dynamic traces: the phase's name; "closed-loop" for a closed-loop point
+    trace: int = 0  # which independent arrival trace of its (policy, rate) point (bench sweep --traces)
+    seq: int = 0  # the request's index within its point: the same prompt for every policy (pairs requests)
 
 
 def write_csv(path: Path, records: Iterable[RequestRecord]) -> None:
@@ -89,8 +102,17 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def t95(dof: int) -> float:
-    """The 95 % confidence half-width multiplier for a mean of dof + 1 samples."""
-    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+    """The 95 % confidence half-width multiplier for a mean of dof + 1 samples (Student-t 0.975 quantile)."""
+    if dof < 1:
+        return math.nan
+    if dof <= len(_T95):
+        return _T95[dof - 1]
+    # Above 30 d.o.f. the Cornish-Fisher expansion around the normal quantile is exact to < 1e-5
+    # (1.96 alone would understate the interval by 2-3 % at the 40-100 requests a point has).
+    z, v = 1.959963984540054, float(dof)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
 
 
 def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
@@ -125,7 +147,7 @@ def _per_rate(rows: list[dict[str, Any]], adaptive: str) -> list[tuple[float, di
         by_rate.setdefault(r["rate"], {})[r["policy"]] = r["mean_s"]
     out = []
     for rate, means in sorted(by_rate.items()):
-        static = {p: m for p, m in means.items() if p.startswith(STATIC_PREFIXES) and not math.isnan(m)}
+        static = {p: m for p, m in means.items() if is_static(p) and not math.isnan(m)}
         best = min(static, key=lambda p: static[p]) if static else None
         out.append((rate, means, best, means.get(adaptive, math.nan)))
     return out

@@ -12,7 +12,8 @@ from smartspec.policy.cost_model import CostModel
 from smartspec.sim.policies import PolicyKnobs, build_policy, canonical
 from smartspec.sim.report import RequestRecord
 from smartspec.sim.run import EngineConfig, SimResult, simulate
-from smartspec.sim.workload import Phase, WorkloadSpec
+from smartspec.sim.trace import Phase
+from smartspec.sim.workload import WorkloadSpec
 
 TRACE_RATE = 0.0  # the key of a trace run (its records carry each phase's own rate)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from smartspec.errors import InvalidRequest
 from smartspec.sim.acceptance import AcceptanceSpec
+from smartspec.sim.trace import Phase
 
 
 @dataclass(frozen=True)
@@ -111,33 +113,6 @@ def parse_arrivals(text: str) -> Arrivals:
 
 
 @dataclass(frozen=True)
-class Phase:
-    rate: float  # requests/s
-    duration_s: float
-
-    @property
-    def name(self) -> str:
-        return f"{self.rate:g}/s"
-
-
-def parse_trace(text: str) -> tuple[Phase, ...]:
-    """A dynamic trace: `RATE@SECONDS` phases in order, e.g. `1@60,4@60,8@60`."""
-    phases = []
-    for part in text.split(","):
-        rate, sep, dur = part.strip().partition("@")
-        try:
-            phase = Phase(float(rate), float(dur)) if sep else None
-        except ValueError:
-            phase = None
-        if phase is None or phase.rate <= 0 or phase.duration_s <= 0:
-            raise InvalidRequest(f"trace phase {part!r}: expected RATE@SECONDS with both > 0", param="trace")
-        phases.append(phase)
-    if not phases:
-        raise InvalidRequest("an empty trace", param="trace")
-    return tuple(phases)
-
-
-@dataclass(frozen=True)
 class WorkloadSpec:
     """Everything that defines a run's requests except the rate; the same seed gives the same requests
     (unit-rate gaps scaled by 1/rate, same lengths, same acceptance) at every rate and for every policy."""
@@ -161,23 +136,30 @@ class WorkloadSpec:
         arrivals = np.cumsum(gaps) - gaps[0]
         return self._build(arrivals, [rate] * n, [""] * n, prompt_rng, out_rng, acc_rng)
 
-    def trace(self, phases: tuple[Phase, ...]) -> list[SimRequest]:
-        """Requests of a phased trace: each phase's own rate for its duration, back to back."""
+    def trace(self, phases: Sequence[Phase]) -> list[SimRequest]:
+        """Requests of a phased trace, back to back: a timed phase draws arrivals at its rate until its duration
+        is over (at rate 0 it is a pause), a counted phase sends that many requests at its rate and ends at the
+        last one; the next phase's first request comes one of its own gaps later."""
         gap_rng, prompt_rng, out_rng, acc_rng = self._streams()
         times: list[float] = []
         rates: list[float] = []
         names: list[str] = []
         start = 0.0
         for phase in phases:
-            t = start
-            while True:
+            name = phase.name or phase.describe()
+            if phase.is_pause:
+                start += float(phase.duration_s or 0.0)
+                continue
+            t, sent = start, 0
+            while phase.count is None or sent < phase.count:
                 t += float(self.arrivals.gaps(1, phase.rate, gap_rng)[0])
-                if t >= start + phase.duration_s:
+                if phase.duration_s is not None and t >= start + phase.duration_s:
                     break
                 times.append(t)
                 rates.append(phase.rate)
-                names.append(phase.name)
-            start += phase.duration_s
+                names.append(name)
+                sent += 1
+            start = start + phase.duration_s if phase.duration_s is not None else t
         if not times:
             raise InvalidRequest("the trace produced no requests (rates × durations too small)", param="trace")
         return self._build(np.array(times), rates, names, prompt_rng, out_rng, acc_rng)

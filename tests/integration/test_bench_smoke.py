@@ -1,9 +1,11 @@
-"""`smartspec bench sweep` end to end on tiny models: two policies (a stack restart each), two rates, a
-dynamic trace; every request finishes, and the results folder holds its CSVs, plots and README."""
+"""`smartspec bench sweep` end to end on tiny models: two policies (a stack restart each), a closed loop, two rates on
+two arrival traces each, a dynamic trace; every request finishes, and the results folder holds its CSVs (with the
+paired and over-trace ratios), plots and README."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import subprocess
 import sys
@@ -35,7 +37,8 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "smartspec.cli.main", "bench", "sweep", "--models", "tiny", "--workload", "synthetic",
          "--dtype", "float32", "--max-batch-size", "8", "--policies", "off,goodput", "--rates", "2,8",
-         "--requests", "5", "--max-tokens", str(MAX_TOKENS), "--trace", "4@4", "--warmup", "1", "--out", str(out),
+         "--requests", "4", "--traces", "2", "--closed-loop", "3", "--max-tokens", str(MAX_TOKENS), "--trace", "4@4",
+         "--warmup", "1", "--out", str(out),
          "--no-progress", "--ready-timeout-s", "120"],
         env=env, capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - t0
@@ -43,9 +46,9 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
     assert f"results in {out}" in proc.stdout
 
     names = {p.name for p in out.iterdir()}
-    assert {"records.csv", "points.csv", "summary.csv", "ratios.csv", "steps.csv", "trace_records.csv",
-            "trace_summary.csv", "README.md", "latency_vs_rate.png", "throughput_vs_rate.png", "k_over_time.png",
-            "trace.png"} <= names
+    assert {"records.csv", "closed_records.csv", "points.csv", "summary.csv", "ratios.csv", "means.csv", "steps.csv",
+            "trace_records.csv", "trace_summary.csv", "README.md", "latency_vs_rate.png", "throughput_vs_rate.png",
+            "k_over_time.png", "trace.png"} <= names
     for png in ("latency_vs_rate.png", "throughput_vs_rate.png", "k_over_time.png", "trace.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The raw step records per policy: what `smartspec sim fit` calibrates the simulator from.
@@ -57,8 +60,16 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
     records = read_csv(out / "records.csv")
     assert sorted({(r.policy, r.rate) for r in records}) == [("goodput", 2.0), ("goodput", 8.0), ("off", 2.0),
                                                              ("off", 8.0)]
-    assert len(records) == 20
-    for r in records + read_csv(out / "trace_records.csv"):
+    assert len(records) == 32
+    assert sorted({(r.policy, r.rate, r.trace) for r in records}) == [
+        (p, rate, t) for p in ("goodput", "off") for rate in (2.0, 8.0) for t in (0, 1)]
+    closed = read_csv(out / "closed_records.csv")
+    assert sorted((r.policy, r.seq) for r in closed) == [(p, i) for p in ("goodput", "off") for i in range(3)]
+    assert all(r.phase == "closed-loop" for r in closed)
+    for policy in ("off", "goodput"):  # one at a time: each request is sent after the previous one's last token
+        mine = sorted((r for r in closed if r.policy == policy), key=lambda r: r.seq)
+        assert all(b.arrival_s >= a.arrival_s + (a.e2e_s or 0) for a, b in itertools.pairwise(mine))
+    for r in records + closed + read_csv(out / "trace_records.csv"):
         assert r.error is None, r
         assert r.completion_tokens == MAX_TOKENS and r.prompt_tokens > 0  # ignore_eos: every policy does the same work
         assert r.ttft_s is not None and r.e2e_s is not None and 0 < r.ttft_s <= r.e2e_s
@@ -69,13 +80,24 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
         steps = list(csv.DictReader(f))
     windows = {(s["policy"], s["window"]) for s in steps}
     for policy in ("off", "goodput"):
-        assert {(policy, "rate 2"), (policy, "rate 8"), (policy, "trace")} <= windows
+        assert {(policy, "closed loop"), (policy, "rate 2"), (policy, "rate 2 (trace 1)"), (policy, "rate 8"),
+                (policy, "trace")} <= windows
     assert all(s["sum_k"] == "0" for s in steps if s["policy"] == "off")
 
     with (out / "summary.csv").open() as f:
         summary = list(csv.DictReader(f))
-    assert len(summary) == 4 and all(s["errors"] == "0" and s["requests"] == "5" for s in summary)
+    assert len(summary) == 4 and all(s["errors"] == "0" and s["requests"] == "8" and s["traces"] == "2"
+                                     for s in summary)
+    with (out / "ratios.csv").open() as f:
+        ratios = {(r["point"], r["static"]): r for r in csv.DictReader(f)}
+    assert ratios[("closed loop", "off")]["n"] == "3" and ratios[("closed loop", "off")]["unit"] == "requests"
+    for rate in ("2", "8"):
+        row = ratios[(f"rate {rate}", "best static")]
+        assert row["n"] == "2" and row["selected"] == "off ×2 (leave-one-out)"  # the only static policy
+        assert float(row["lo95"]) <= float(row["ratio"]) <= float(row["hi95"])
     readme = (out / "README.md").read_text()
+    assert "### Closed loop (light load), paired per request" in readme
+    assert "### Loaded points (open loop), over arrival traces" in readme
     assert "## goodput vs the static policies" in readme and "Command: `smartspec bench sweep" in readme
     assert "![latency_vs_rate.png](latency_vs_rate.png)" in readme
 

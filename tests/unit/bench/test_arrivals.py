@@ -80,6 +80,9 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_parse_trace() -> None:
+    import smartspec.sim.trace
+
+    assert parse_trace is smartspec.sim.trace.parse_trace  # one grammar for the bench and the simulator
     phases = parse_trace("60s@1, 2m@4,30@0.5,10s@0")
     assert [(p.rate, p.duration_s, p.count) for p in phases] == [
         (1.0, 60.0, None), (4.0, 120.0, None), (0.5, None, 30), (0.0, 10.0, None)]
