@@ -75,7 +75,7 @@ def refit(window: TelemetryWindow, current: CostModel, holdout_fraction: float, 
 
 def holdout_r2(model: CostModel, samples: list[StepSample]) -> float | None:
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([model.step_time(s.shape) for s in samples])
+    predicted = np.array([s.predicted_s(model) for s in samples])
     r2 = r_squared(actual, predicted)
     return None if np.isnan(r2) else round(float(r2), 6)
 

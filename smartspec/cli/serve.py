@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from smartspec.errors import InvalidRequest
+from smartspec.policy.modes import MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--http-port", type=int)
     t.add_argument("--grpc-port", type=int)
     t.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    t.add_argument("--policy", choices=["goodput", "fixed", "off"])
+    t.add_argument("--policy", choices=MODES)
     t.add_argument("--max-k", type=int)
     t.add_argument("--fixed-k", type=int)
     t.add_argument("--max-batch-size", type=int)
     t.add_argument("--max-len", type=int)
-    t.add_argument("--draft-deadline-s", type=float)
+    t.add_argument("--draft-deadline-s", type=float, help="longest a step ever waits for drafts")
+    t.add_argument("--draft-deadline-factor", type=float, help="wait this many times the predicted draft time")
+    t.add_argument("--draft-deadline-floor-s", type=float, help="... but at least this long")
     t.add_argument("--cost-model")
     t.add_argument("--service", help="service name in the Redis keys")
     t.add_argument("--replica", help="this replica's name in step records")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from smartspec.cli import stackfile
 from smartspec.errors import InvalidRequest, ResourceShortage
+from smartspec.policy.modes import MODES
 from smartspec.telemetry.keys import check_service
 
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="real: the fetched Qwen2.5-Coder pair; tiny: seeded random models (a quick look)")
     u.add_argument("--port", type=int, default=8000, help="HTTP port of the OpenAI-compatible API")
     u.add_argument("--draft-method", choices=["draftModel", "ngram"], default="draftModel")
-    u.add_argument("--policy", choices=["goodput", "fixed", "off"], default="goodput")
+    u.add_argument("--policy", choices=MODES, default="goodput")
     u.add_argument("--fixed-k", type=int, default=3, help="k for --policy fixed")
     u.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     u.add_argument("--max-batch-size", type=int, default=32)

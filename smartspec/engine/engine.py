@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from smartspec.engine.emulation import AcceptanceEmulator
-from smartspec.engine.proposers.base import Proposal, Proposer, ProposeRequest
+from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, Proposer, ProposeRequest
 from smartspec.engine.runner import ForwardOutput, ForwardStats, ModelRunner, RowInput
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scoring import ScoredRow, first_tokens, verify_rows
@@ -23,8 +23,9 @@ from smartspec.engine.sequence import SeqStatus, Sequence
 from smartspec.engine.steps import CATCHUP_FREE_TOKENS as CATCHUP_FREE_TOKENS
 from smartspec.engine.steps import AdmissionLimits as AdmissionLimits
 from smartspec.engine.steps import KChooser as KChooser
-from smartspec.engine.steps import RequestBook
+from smartspec.engine.steps import RequestBook, plan_of
 from smartspec.engine.steps import StepOutput as StepOutput
+from smartspec.engine.steps import StepPlan as StepPlan
 from smartspec.engine.steps import StepStats as StepStats
 from smartspec.errors import InvalidRequest
 
@@ -82,11 +83,12 @@ class SpecEngine(RequestBook):
         prefill = self._admit()
         fresh = {s.seq_id for s in prefill}
         running = [self.seqs[i] for i in self.running if i not in fresh]
-        wanted = ks(running, prefill) if callable(ks) else (ks or {})
-        k_want = {s.seq_id: self._cap_k(s, wanted.get(s.seq_id, 0)) for s in running}
+        plan = plan_of(ks(running, prefill) if callable(ks) else ks)
+        k_want = {s.seq_id: self._cap_k(s, plan.ks.get(s.seq_id, 0)) for s in running}
         context = sum(self.runner.committed_len(s.seq_id) for s in running)
+        pending = sum(self.draft_pending(s) for s in running) if self.proposer is not None else 0
 
-        proposals, invalid, draft_s = self._propose(running, k_want)
+        proposals, invalid, draft_s, missed = self._propose(running, k_want, plan.draft_deadline_s)
         t_v = time.perf_counter()
         scored, firsts, forwards = self._score(running, prefill, proposals)
         verdicts = verify_rows(scored) if scored else []
@@ -115,18 +117,33 @@ class SpecEngine(RequestBook):
             num_invalid_proposals=invalid,
             prefill_tokens=sum(s.prompt_len for s in prefill),
             draft_catchup_tokens=sum(max(0, p.fed_tokens - CATCHUP_FREE_TOKENS) for p in proposals.values()),
+            prefill_padded_tokens=len(prefill) * max((s.prompt_len for s in prefill), default=0),
+            pending_catchup_tokens=pending,
+            draft_deadline_s=plan.draft_deadline_s,
+            missed_ks=[k_want[s.seq_id] for s in running] if missed else [],
         )
         return out
 
-    def _propose(self, running: list[Sequence], k_want: dict[int, int]) -> tuple[dict[int, Proposal], int, float]:
-        """Ask the proposer for drafts: (valid proposals, invalid count, seconds). No call when every k is 0."""
+    def draft_pending(self, seq: Sequence) -> int:
+        unseen = getattr(self.proposer, "unseen", None)
+        if unseen is None or not self.runner.has(seq.seq_id):
+            return 0
+        return max(0, int(unseen(seq.seq_id, seq.tokens)) - CATCHUP_FREE_TOKENS)
+
+    def _propose(self, running: list[Sequence], k_want: dict[int, int],
+                 deadline_s: float | None) -> tuple[dict[int, Proposal], int, float, bool]:
+        """Ask the proposer for drafts: (valid proposals, invalid count, seconds, deadline missed).
+        No call when every k is 0."""
         if self.proposer is None or not any(k_want.values()):
-            return {}, 0, 0.0
+            return {}, 0, 0.0, False
         t0 = time.perf_counter()
         reqs = [ProposeRequest(s.seq_id, s.tokens, k_want[s.seq_id], s.params) for s in running if k_want[s.seq_id]]
-        raw = self.proposer.propose(reqs)
+        try:
+            raw = self.proposer.propose(reqs, deadline_s=deadline_s)
+        except DraftDeadlineMissed:
+            return {}, 0, time.perf_counter() - t0, True
         draft_s = time.perf_counter() - t0
-        return *self._sanitize(raw, k_want), draft_s
+        return *self._sanitize(raw, k_want), draft_s, False
 
     def _score(
         self, running: list[Sequence], prefill: list[Sequence], proposals: dict[int, Proposal]

@@ -22,7 +22,7 @@ from typing_extensions import TypeVar
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
-from smartspec.engine.steps import StepEngine, StepOutput, StepStats
+from smartspec.engine.steps import StepEngine, StepOutput, StepPlan, StepStats
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
 from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model, plausible, relative_error
@@ -65,10 +65,30 @@ class RefitConfig:
     min_r2: float | None = None
 
 
+@dataclass(frozen=True)
+class DeadlineConfig:
+    """How long a step waits for drafts: `factor` × the predicted draft time, within [floor_s, max_s].
+    A constant 5 s turned every slow draft step into a 5 s stall (10 s of 26 s lost at saturation)."""
+
+    factor: float = 2.0
+    floor_s: float = 0.25
+    max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (self.factor >= 1.0 and 0 < self.floor_s <= self.max_s):
+            raise ValueError(f"need factor >= 1 and 0 < floor_s <= max_s, got {self}")
+
+    def for_draft(self, predicted_draft_s: float) -> float:
+        return min(self.max_s, max(self.floor_s, self.factor * predicted_draft_s))
+
+
 def sample_of(stats: StepStats) -> StepSample:
     shape = StepShape(stats.batch_size, stats.context_tokens, max(stats.ks, default=0), sum(stats.ks),
-                      stats.prefill_tokens, stats.draft_catchup_tokens)
-    return StepSample(shape, stats.draft_s, stats.verify_s, stats.overhead_s)
+                      stats.prefill_tokens, stats.draft_catchup_tokens, stats.prefill_padded_tokens)
+    draft_shape = None
+    if stats.missed_ks:  # waited draft_s for drafts of this shape, then verified at k = 0
+        draft_shape = replace(shape, max_k=max(stats.missed_ks), draft_tokens=sum(stats.missed_ks))
+    return StepSample(shape, stats.draft_s, stats.verify_s, stats.overhead_s, draft_shape)
 
 
 @dataclass
@@ -78,6 +98,7 @@ class Scheduler(Generic[E]):
     sinks: Seq[StepSink] = ()
     refit: RefitConfig = field(default_factory=RefitConfig)
     clock: Callable[[], float] = time.time
+    deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
 
     def __post_init__(self) -> None:
         self._specs: dict[int, RequestSpec] = {}
@@ -118,10 +139,10 @@ class Scheduler(Generic[E]):
         stats = out.stats
         assert stats is not None
         stats.policy_version = self.policy.version
-        stats.decision_s = self._last.decision_s if self._last else 0.0
-        ids = [sid for sid, (k, _) in out.verdicts.items() if k > 0]
-        stats.acceptance_by_class = self.policy.acceptance.observe(
-            ids, [out.verdicts[i][0] for i in ids], [out.verdicts[i][1] for i in ids])
+        if self._last is not None:
+            stats.decision_s = self._last.decision_s
+            stats.predicted_step_s = self._last.predicted_step_s
+        stats.acceptance_by_class = self.policy.observe(out.verdicts)
         for sid in out.finished:
             self._forget(sid)
         for sink in self.sinks:
@@ -141,7 +162,7 @@ class Scheduler(Generic[E]):
     def last_decision(self) -> Decision | None:
         return self._last
 
-    def _choose(self, running: list[Sequence], prefill: list[Sequence]) -> dict[int, int]:
+    def _choose(self, running: list[Sequence], prefill: list[Sequence]) -> StepPlan:
         batch = []
         for seq in running:
             spec = self._specs.get(seq.seq_id, RequestSpec())
@@ -150,10 +171,15 @@ class Scheduler(Generic[E]):
             cap = 0 if spec.mode == "off" else min(self.policy.config.max_k, seq.remaining - 1)
             if spec.max_k is not None:
                 cap = min(cap, spec.max_k)
-            batch.append(BatchRequest(seq.seq_id, max(cap, 0), len(seq.tokens) - 1))
-        decision = self.policy.choose(batch, prefill_tokens=sum(s.prompt_len for s in prefill))
+            pending = self.engine.draft_pending(seq) if cap > 0 else 0
+            batch.append(BatchRequest(seq.seq_id, max(cap, 0), len(seq.tokens) - 1, pending, seq.remaining))
+        decision = self.policy.choose(
+            batch, prefill_tokens=sum(s.prompt_len for s in prefill),
+            prefill_padded_tokens=len(prefill) * max((s.prompt_len for s in prefill), default=0),
+            waiting=self.engine.num_waiting)
         self._last = decision
-        return decision.ks
+        deadline = self.deadline.for_draft(decision.predicted_draft_s) if any(decision.ks.values()) else None
+        return StepPlan(decision.ks, deadline)
 
     def _refit(self) -> None:
         self._last_fit_step = self.steps

@@ -42,6 +42,12 @@ class StepStats:
     draft_catchup_tokens: int = 0  # context the proposer ingested beyond 2 tokens per request (a prompt, a k=0 stretch)
     policy_version: int = 0  # set by the scheduler
     decision_s: float = 0.0  # part of overhead_s: time the k decision took
+    prefill_padded_tokens: int = 0  # prefill rows × the longest prompt among them
+    pending_catchup_tokens: int = 0  # Σ over the running requests of context their draft had not seen
+    draft_deadline_s: float | None = None  # how long this step would wait for drafts
+    # Drafts asked for that missed the deadline: the step verified at k = 0 after waiting draft_s.
+    missed_ks: list[int] = field(default_factory=list)
+    predicted_step_s: float | None = None  # what the policy's cost model expected (set by the scheduler)
     # Set by the scheduler: per workload class, [tested, accepted] counts per draft position
     # (tested = reached, i.e. every earlier draft passed), for the controller's acceptance priors.
     acceptance_by_class: dict[str, list[list[int]]] = field(default_factory=dict)
@@ -67,9 +73,21 @@ class StepOutput:
     stats: StepStats | None = None
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What a caller decides for one step: k per running request, and how long to wait for drafts."""
+
+    ks: Mapping[int, int]
+    draft_deadline_s: float | None = None  # None: the proposer's own limit
+
+
 # How a caller picks k: a fixed map, or a function called after admission with the requests
 # about to be verified and the requests about to be prefilled.
-KChooser = Callable[["list[Sequence]", "list[Sequence]"], Mapping[int, int]]
+KChooser = Callable[["list[Sequence]", "list[Sequence]"], "Mapping[int, int] | StepPlan"]
+
+
+def plan_of(ks: Mapping[int, int] | StepPlan | None) -> StepPlan:
+    return ks if isinstance(ks, StepPlan) else StepPlan(ks or {})
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,14 @@ class StepEngine(Protocol):
     def has_unfinished(self) -> bool: ...
 
     def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput: ...
+
+    def draft_pending(self, seq: Sequence) -> int:
+        """Catch-up tokens: context of `seq` its draft would have to ingest before drafting (beyond the
+        1-2 tokens a step always feeds); 0 when there is no draft model."""
+        ...
+
+    @property
+    def num_waiting(self) -> int: ...
 
 
 class RequestBook:
@@ -136,6 +162,10 @@ class RequestBook:
     @property
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SeqStatus.FINISHED

@@ -10,7 +10,10 @@ Features of a step with B verified requests, per-request k_i, M = max k_i, S = �
     max_k, draft_tokens   M and S: a draft model runs M sequential forwards over S tokens in all
     spec_batch, spec_context_tokens   B and Σ context, counted only when speculating
     draft_catchup_tokens   context a draft model had to ingest first (a new request's prompt, a
-                    stretch at k = 0); 0 in steady state, so the policy predicts with 0
+                    stretch at k = 0); the policy prices each request's pending catch-up apart
+    prefill_padded_tokens  P·L_max: a prefill of P prompts pads every row to the longest one
+    spec_width_context     (M + 1)·Σ context, only when speculating: a multi-token verify with a 4D mask
+                    grows with batch × width × context (measured super-linear at batch 32)
 
 Times are seconds. `draft_fraction` / `overhead_fraction` add that fraction of the verify time
 when speculating (how the published n-gram presets model draft and overhead).
@@ -29,12 +32,14 @@ import numpy as np
 FEATURES = (
     "const", "batch", "batched_tokens", "context_tokens", "prefill_tokens",
     "spec", "max_k", "draft_tokens", "spec_batch", "spec_context_tokens", "draft_catchup_tokens",
+    "prefill_padded_tokens", "spec_width_context",
 )
 # What the online fit estimates for THIS engine, per component.
 # `spec` in verify: a multi-token (k > 0) verify forward costs more than a one-token decode of the
 # same size (4D masks instead of the causal fast path; measured here: 24 ms for a 2-token row vs
 # 13 ms for 5 one-token rows), as the published 70B fit also found.
-VERIFY_FEATURES = ("const", "spec", "batch", "batched_tokens", "context_tokens", "prefill_tokens")
+VERIFY_FEATURES = ("const", "spec", "batch", "batched_tokens", "context_tokens", "prefill_tokens",
+                   "prefill_padded_tokens", "spec_width_context")
 DRAFT_FEATURES = ("spec", "spec_batch", "max_k", "draft_tokens", "spec_context_tokens", "draft_catchup_tokens")
 OVERHEAD_FEATURES = ("const", "batch", "draft_tokens")
 
@@ -49,6 +54,11 @@ class StepShape:
     draft_tokens: int
     prefill_tokens: int = 0
     draft_catchup_tokens: int = 0
+    prefill_padded_tokens: int = 0  # 0: unknown, taken as prefill_tokens (no padding)
+
+    def decode_only(self) -> StepShape:
+        """The same step without its prefill: what k changes (the policy's objective)."""
+        return replace(self, prefill_tokens=0, prefill_padded_tokens=0)
 
     def features(self, pads_to_max_k: bool) -> dict[str, float]:
         spec = 1.0 if self.max_k > 0 else 0.0
@@ -65,6 +75,9 @@ class StepShape:
             "spec_batch": spec * self.batch,
             "spec_context_tokens": spec * self.context_tokens,
             "draft_catchup_tokens": float(self.draft_catchup_tokens),
+            "prefill_padded_tokens": float(max(self.prefill_padded_tokens, self.prefill_tokens)),
+            "spec_width_context": spec * self.context_tokens * (
+                self.max_k + 1 if pads_to_max_k else (self.draft_tokens + self.batch) / max(self.batch, 1)),
         }
 
 
@@ -102,6 +115,11 @@ class CostModel:
 
     def step_time(self, shape: StepShape) -> float:
         return sum(self.components(shape))
+
+    def catchup_s_per_token(self) -> float:
+        """Seconds one token of draft catch-up adds to a speculating step (the model is linear in it)."""
+        base = StepShape(1, 0, 1, 1)
+        return max(self.step_time(replace(base, draft_catchup_tokens=1)) - self.step_time(base), 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,9 +211,11 @@ def default_cost_model() -> CostModel:
     """The built-in model used until the engine has fitted its own: deliberately conservative.
 
     It prices a draft forward at a third of a target forward plus a fortieth per draft token, and
-    makes verification compute-bound beyond ~32 batched tokens, so with the 0.7 acceptance prior it
+    makes verification compute-bound beyond ~32 batched tokens, so with a 0.7 acceptance it
     speculates only up to batch ~4 (up to ~8 once acceptance shows ~0.9); the online fit then
-    replaces it with this machine's numbers.
+    replaces it with this machine's numbers. Draft catch-up is left unpriced here (the per-step cap
+    bounds it): it is the default's prior in every fit, and a rarely varied feature keeps its prior,
+    so a CPU-sized guess would stick on hardware where catch-up costs a hundredth of it.
     """
     base = 0.1
     return CostModel(
@@ -247,10 +267,20 @@ class StepSample:
     draft_s: float
     verify_s: float
     overhead_s: float
+    # The draft work asked for when it differs from what was verified: a step whose drafts missed the
+    # deadline verified at k = 0 but waited draft_s for drafts of this shape (so fits learn the stall).
+    draft_shape: StepShape | None = None
 
     @property
     def total_s(self) -> float:
         return self.draft_s + self.verify_s + self.overhead_s
+
+    def predicted_s(self, model: CostModel) -> float:
+        """What `model` says this step should have taken (drafts of the shape asked for, if they missed)."""
+        if self.draft_shape is None:
+            return model.step_time(self.shape)
+        _, verify, overhead = model.components(self.shape)
+        return model.components(self.draft_shape)[0] + verify + overhead
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> StepSample:
@@ -263,14 +293,21 @@ class StepSample:
             batch=int(rec["batch_size"]), context_tokens=int(rec.get("context_tokens", 0)),
             max_k=max_k, draft_tokens=draft_tokens, prefill_tokens=int(rec.get("prefill_tokens", 0)),
             draft_catchup_tokens=int(rec.get("draft_catchup_tokens", 0)),
+            prefill_padded_tokens=int(rec.get("prefill_padded_tokens", 0)),
         )
-        return cls(shape, float(rec["draft_s"]), float(rec["verify_s"]), float(rec["overhead_s"]))
+        draft_shape = None
+        missed_ks = [int(k) for k in rec.get("missed_ks", [])]  # a JSON-lines record lists them
+        missed = int(rec["missed_max_k"]) if "missed_max_k" in rec else max(missed_ks, default=0)
+        if missed > 0:  # drafts were asked for but missed the deadline
+            missed_sum = int(rec["missed_sum_k"]) if "missed_sum_k" in rec else sum(missed_ks)
+            draft_shape = replace(shape, max_k=missed, draft_tokens=missed_sum)
+        return cls(shape, float(rec["draft_s"]), float(rec["verify_s"]), float(rec["overhead_s"]), draft_shape)
 
 
 def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
     """Mean absolute error of predicted step times, relative to the mean step time."""
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([model.step_time(s.shape) for s in samples])
+    predicted = np.array([s.predicted_s(model) for s in samples])
     return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
 
 
@@ -343,22 +380,23 @@ def fit_cost_model(
         raise ValueError("no step samples to fit")
     prior = prior or default_cost_model()
     feats = [s.shape.features(pads_to_max_k) for s in samples]
+    draft_feats = [(s.draft_shape or s.shape).features(pads_to_max_k) for s in samples]
 
-    def matrix(names: Sequence[str], rows: Sequence[int]) -> np.ndarray:
-        return np.array([[feats[i][n] for n in names] for i in rows], dtype=float)
+    def matrix(names: Sequence[str], rows: Sequence[int], of: list[dict[str, float]] = feats) -> np.ndarray:
+        return np.array([[of[i][n] for n in names] for i in rows], dtype=float)
 
     everything = list(range(len(samples)))
-    spec_rows = [i for i in everything if feats[i]["spec"] > 0]
+    spec_rows = [i for i in everything if draft_feats[i]["spec"] > 0]
     verify = _fit_part(matrix(VERIFY_FEATURES, everything), np.array([s.verify_s for s in samples]),
                        VERIFY_FEATURES, prior.verify, ridge)
     overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
                          OVERHEAD_FEATURES, prior.overhead, ridge)
     draft = dict(prior.draft)
     if spec_rows:  # draft time is 0 by construction at k = 0; fit it on speculating steps only
-        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows), np.array([samples[i].draft_s for i in spec_rows]),
-                          DRAFT_FEATURES, prior.draft, ridge)
+        draft_s = np.array([samples[i].draft_s for i in spec_rows])
+        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows, draft_feats), draft_s, DRAFT_FEATURES, prior.draft, ridge)
     model = CostModel(name, verify=verify, draft=draft, overhead=overhead, pads_to_max_k=pads_to_max_k)
-    predicted = np.array([model.step_time(s.shape) for s in samples])
+    predicted = np.array([s.predicted_s(model) for s in samples])
     actual = np.array([s.total_s for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smartspec.policy.cost_model import PRESETS, CostModel
+from smartspec.policy.modes import Mode
 from smartspec.telemetry.keys import SCHEMA_VERSION
 
 MAX_K_LIMIT = 16  # the CRD's bound on maxSpeculationLength
@@ -25,7 +26,7 @@ class _Strict(BaseModel):
 
 class AcceptanceSpec(_Strict):
     window: int = Field(2000, ge=10, le=1_000_000, description="recent steps pooled for the acceptance estimate")
-    prior: float = Field(0.7, gt=0.0, lt=1.0, description="conditional acceptance assumed before any data")
+    prior: float = Field(0.9, gt=0.0, lt=1.0, description="conditional acceptance assumed before any data")
 
 
 class CostModelSpec(_Strict):
@@ -52,7 +53,7 @@ class PolicySpec(_Strict):
     """What an operator asks for (the `SpeculationPolicy` spec)."""
 
     schema_version: int = Field(SCHEMA_VERSION, alias="schemaVersion")
-    mode: Literal["goodput", "fixed", "off"] = "goodput"
+    mode: Mode = "goodput"
     max_k: int = Field(8, ge=0, le=MAX_K_LIMIT, alias="maxSpeculationLength")
     fixed_k: int = Field(3, ge=0, le=MAX_K_LIMIT, alias="fixedSpeculationLength")
     hysteresis: float = Field(1.1, ge=1.0, le=10.0)
@@ -88,7 +89,7 @@ class PolicyDocument(_Strict):
     schema_version: int = SCHEMA_VERSION
     service: str
     version: int = Field(..., ge=1)
-    mode: Literal["goodput", "fixed", "off"]
+    mode: Mode
     max_k: int = Field(..., ge=0, le=MAX_K_LIMIT)
     fixed_k: int = Field(..., ge=0, le=MAX_K_LIMIT)
     hysteresis: float = Field(..., ge=1.0)

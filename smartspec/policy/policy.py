@@ -1,9 +1,9 @@
-"""The speculation policy: mode, bounds, hysteresis and probing around the goodput optimiser."""
+"""The speculation policy: mode, bounds, catch-up pricing, probing and exploration around the exact selection."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,48 +11,73 @@ import numpy as np
 
 from smartspec.policy.acceptance import AcceptanceTracker
 from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
-from smartspec.policy.selection import expected_total, select_goodput
+from smartspec.policy.modes import ADAPTIVE_MODES, MODES, Mode
+from smartspec.policy.selection import (
+    CatchUp,
+    Objective,
+    Selection,
+    expected_total,
+    select_goodput,
+    select_uniform,
+    step_time,
+)
 
-Mode = Literal["goodput", "fixed", "off"]
-MODES: tuple[Mode, ...] = ("goodput", "fixed", "off")
+Admission = Literal["no-spec", "decode-only"]
+OBJECTIVES: tuple[Objective, ...] = ("ratio", "marginal")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """What an operator sets (the `SpeculationPolicy` spec, in engine terms)."""
+    """What an operator sets (the `SpeculationPolicy` spec, in engine terms), and the policy's own knobs."""
 
     mode: Mode = "goodput"
     max_k: int = 8  # K: no request ever drafts more
     fixed_k: int = 3  # k for mode "fixed"
-    hysteresis: float = 1.1  # speculate only if predicted goodput beats k = 0 by this factor
-    # A request held at k = 0 for `probe_every` steps drafts one token to refresh its estimate, in a
-    # step that speculates anyway (the padded verify width is already paid); if no step does, the
-    # requests due are probed together once the oldest has waited `stale_factor` times as long.
+    hysteresis: float = 1.1  # speculate only if the decode step's predicted goodput beats k = 0 by this factor
+    objective: Objective = "ratio"  # see selection.py
+    # A step that admits prompts runs at k = 0 ("no-spec"): its prefill is most of its time, and a
+    # speculating batch would make the new prompts wait for drafts too (measured: goodput chose k = 8 on
+    # every admission step at batch 17-32 when prefill was in the objective, and TTFT doubled).
+    admission: Admission = "no-spec"
+    # Draft catch-up (context the draft has not seen) ingested per step at most: requests with the
+    # least pending go first, the rest stay at k = 0 this step (one request may always go).
+    max_catchup_tokens: int = 512
+    # Requests waiting to be admitted are delayed by a longer step without benefiting from it: raise the
+    # price of step time by 1 + waiting / (running + waiting).
+    queue_weight: bool = False
+    # A request held at k = 0 for `probe_every` steps drafts one token to refresh its estimate — one
+    # request per step (the one with the least catch-up), and only where the probe costs less than the
+    # hysteresis (never a batch-wide verify pad or a large catch-up for one data point).
     probe_every: int = 16
-    stale_factor: int = 4
-    # For the cost model: one step in `explore_every` runs the other side — k = 0 if the policy
-    # speculates, else the k it would pick without hysteresis (at least 1) — so the fit has both
-    # kinds of steps at the batch sizes in use. Without them a cost at a new batch size is
-    # extrapolated from elsewhere (measured on the real pair at batch 16: a fit with only k > 0
-    # steps there priced a k = 0 step at 311 ms against 183 ms measured, and one with only k = 0
-    # steps there predicted twice the goodput that k = 5 then delivered).
+    # For the cost model: one decision in `explore_every` runs the other side — k = 0 for the batch if the
+    # policy speculates (cheap: one token of catch-up each next step), else one request (the least
+    # catch-up) at the k it would pick without hysteresis, again only where that costs less than the
+    # hysteresis. Without such steps a cost at a new batch size is extrapolated from elsewhere.
     explore_every: int = 50
+    # Upward exploration: a request that accepted all k drafts tries k + 1 next step while its class has
+    # too few trials at that position to trust its estimate, at batch sizes up to this (0 = never).
+    explore_up_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.admission not in ("no-spec", "decode-only"):
+            raise ValueError(f"admission must be 'no-spec' or 'decode-only', got {self.admission!r}")
         if not 0 <= self.max_k <= 64:
             raise ValueError(f"max_k must be in [0, 64], got {self.max_k}")
         if not 0 <= self.fixed_k <= self.max_k:
             raise ValueError(f"fixed_k must be in [0, max_k={self.max_k}], got {self.fixed_k}")
         if self.hysteresis < 1.0:
             raise ValueError(f"hysteresis must be >= 1.0, got {self.hysteresis}")
-        if self.probe_every < 0:
-            raise ValueError(f"probe_every must be >= 0 (0 = never), got {self.probe_every}")
-        if self.explore_every < 0:
-            raise ValueError(f"explore_every must be >= 0 (0 = never), got {self.explore_every}")
-        if self.stale_factor < 1:
-            raise ValueError(f"stale_factor must be >= 1, got {self.stale_factor}")
+        for name in ("probe_every", "explore_every", "explore_up_batch", "max_catchup_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.mode in ADAPTIVE_MODES
 
 
 @dataclass(frozen=True)
@@ -62,16 +87,21 @@ class BatchRequest:
     seq_id: int
     cap: int  # per-request bound: min(K, the request's own max_k, tokens it may still emit - 1)
     context_tokens: int
+    pending_catchup: int = 0  # tokens the draft would have to ingest before drafting for it
+    remaining: int = 1  # tokens the request may still emit
 
 
 @dataclass(frozen=True)
 class Decision:
     ks: dict[int, int]
-    predicted_goodput: float  # tokens/s
+    predicted_goodput: float  # decode tokens/s of the chosen k⃗ (what the choice maximised)
     predicted_goodput_k0: float
-    predicted_step_s: float
+    predicted_step_s: float  # the whole step: prefill and this step's catch-up included
+    predicted_draft_s: float  # the draft's share of it (for the draft deadline)
     decision_s: float  # wall time the decision took
     probes: int = 0
+    explored: bool = False
+    pending_catchup: int = 0  # Σ catch-up tokens of the requests asked for drafts (the draft ingests them now)
 
 
 @dataclass
@@ -85,66 +115,154 @@ class SpeculationPolicy:
 
     def __post_init__(self) -> None:
         self._zero_streak: dict[int, int] = {}
-        self._decisions = 0  # goodput decisions with something to decide (for exploration)
+        self._all_accepted: dict[int, int] = {}  # seq_id -> k whose drafts all passed last step
+        self._decisions = 0  # adaptive decisions with something to decide (for exploration)
 
     def forget(self, seq_id: int) -> None:
         self._zero_streak.pop(seq_id, None)
+        self._all_accepted.pop(seq_id, None)
         self.acceptance.remove(seq_id)
 
-    def choose(self, batch: Sequence[BatchRequest], prefill_tokens: int = 0) -> Decision:
+    def observe(self, verdicts: Mapping[int, tuple[int, int]]) -> dict[str, list[list[int]]]:
+        """One step's (k proposed, accepted) per request; returns the per-class counts for the step record."""
+        ids = [sid for sid, (k, _) in verdicts.items() if k > 0]
+        self._all_accepted = {sid: verdicts[sid][0] for sid in ids if verdicts[sid][1] >= verdicts[sid][0]}
+        return self.acceptance.observe(ids, [verdicts[i][0] for i in ids], [verdicts[i][1] for i in ids])
+
+    def choose(self, batch: Sequence[BatchRequest], *, prefill_tokens: int = 0, prefill_padded_tokens: int = 0,
+               waiting: int = 0) -> Decision:
+        """k per request for a step that verifies `batch` and prefills prompts of `prefill_tokens` tokens
+        (padded to `prefill_padded_tokens`): the prefill is priced in the prediction, never in the choice."""
         t0 = time.perf_counter()
+        admitting = prefill_tokens > 0
+        cfg = self.config
         ids = [r.seq_id for r in batch]
-        caps = np.array([min(r.cap, self.config.max_k) for r in batch], dtype=int).clip(min=0)
+        caps = np.array([min(r.cap, cfg.max_k) for r in batch], dtype=int).clip(min=0)
         context = sum(r.context_tokens for r in batch)
-        mode = self.config.mode
-        survival = self.acceptance.survival(ids)[:, : self.config.max_k] if batch else np.zeros((0, 0))
-        probes = 0
-        if mode == "off" or self.config.max_k == 0:
+        survival = self.acceptance.survival(ids)[:, : cfg.max_k] if batch else np.zeros((0, max(cfg.max_k, 1)))
+        pending = np.array([r.pending_catchup for r in batch], dtype=float)
+        probes, explored = 0, False
+        catchup = CatchUp.none(len(batch))
+        if cfg.mode == "off" or cfg.max_k == 0 or (admitting and cfg.admission == "no-spec" and cfg.adaptive):
             ks = np.zeros(len(batch), dtype=int)
-        elif mode == "fixed":
-            ks = np.minimum(caps, self.config.fixed_k)
+        elif cfg.mode == "fixed":
+            ks = np.minimum(caps, cfg.fixed_k)
         else:
-            sel = select_goodput(survival, caps, self.cost_model, context_tokens=context,
-                                 prefill_tokens=prefill_tokens, hysteresis=self.config.hysteresis)
+            caps = self._catchup_caps(caps, pending)
+            catchup = self._catchup(survival, caps, context, pending, np.array([r.remaining for r in batch]))
+            weight = 1.0 + waiting / (len(batch) + waiting) if cfg.queue_weight and batch else 1.0
+            sel = self._select(survival, caps, context, catchup, cfg.hysteresis, weight)
             ks = sel.ks.copy()
-            ks, probes = self._probe(ids, ks, caps)
-            if self.config.explore_every and caps.any():
+            if cfg.mode == "goodput":
+                ks = self._explore_up(ids, ks, caps, survival, len(batch))
+                ks, probes = self._probe(ids, ks, caps, survival, context, catchup, pending)
+            if cfg.explore_every and caps.any():
                 self._decisions += 1
-                if self._decisions % self.config.explore_every == 0:
-                    ks = self._explore(ks, survival, caps, context, prefill_tokens)
-        shape = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens)
-        step_s = self.cost_model.step_time(shape)
-        shape0 = StepShape(len(batch), context, 0, 0, prefill_tokens)
-        step0 = self.cost_model.step_time(shape0)
+                if self._decisions % cfg.explore_every == 0:
+                    ks, explored = self._explore(ks, survival, caps, context, catchup, pending)
+        t_dec = step_time(self.cost_model, ks, context, survival, catchup)
+        t_k0 = step_time(self.cost_model, np.zeros_like(ks), context, survival)
+        catchup_tokens = int(pending[ks > 0].sum()) if batch else 0
+        whole = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens, catchup_tokens,
+                          prefill_padded_tokens)
+        draft_s, verify_s, overhead_s = self.cost_model.components(whole)
         emitted = expected_total(survival, ks) if batch else 0.0
         return Decision(
             ks={sid: int(k) for sid, k in zip(ids, ks, strict=True)},
-            predicted_goodput=emitted / step_s if step_s > 0 else 0.0,
-            predicted_goodput_k0=len(batch) / step0 if step0 > 0 else 0.0,
-            predicted_step_s=step_s,
+            predicted_goodput=emitted / t_dec if t_dec > 0 else 0.0,
+            predicted_goodput_k0=len(batch) / t_k0 if t_k0 > 0 else 0.0,
+            predicted_step_s=draft_s + verify_s + overhead_s,
+            predicted_draft_s=max(draft_s, 0.0),
             decision_s=time.perf_counter() - t0,
             probes=probes,
+            explored=explored,
+            pending_catchup=catchup_tokens,
         )
 
-    def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, context: int,
-                 prefill_tokens: int) -> np.ndarray:
-        """The other side of the decision, for one step: k = 0, or the best k > 0 ignoring hysteresis."""
-        if ks.any():
-            return np.zeros_like(ks)
-        best = select_goodput(survival, caps, self.cost_model, context_tokens=context,
-                              prefill_tokens=prefill_tokens, hysteresis=1.0).ks
-        return best if best.any() else np.minimum(caps, 1)
+    # -- pieces ---------------------------------------------------------------------------------
+    def _select(self, survival: np.ndarray, caps: np.ndarray, context: int, catchup: CatchUp, hysteresis: float,
+                weight: float = 1.0) -> Selection:
+        if self.config.mode == "goodput-uniform":
+            return select_uniform(survival, caps, self.cost_model, context_tokens=context, catchup=catchup,
+                                  hysteresis=hysteresis * weight)
+        return select_goodput(survival, caps, self.cost_model, context_tokens=context, catchup=catchup,
+                              hysteresis=hysteresis, objective=self.config.objective, price_weight=weight)
 
-    def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, int]:
-        """k = 0 is not sticky: requests held at 0 draft one token now and then (see PolicyConfig)."""
+    def _catchup_caps(self, caps: np.ndarray, pending: np.ndarray) -> np.ndarray:
+        """At most `max_catchup_tokens` of catch-up per step, least pending first (one request always may)."""
+        limit = self.config.max_catchup_tokens
+        if not limit or pending.sum() <= limit:
+            return caps
+        order = np.argsort(pending, kind="stable")
+        before = np.concatenate([[0.0], np.cumsum(pending[order])[:-1]])
+        allowed = np.zeros(len(caps), dtype=bool)
+        allowed[order] = (before == 0) | (before + pending[order] <= limit)
+        return np.where(allowed, caps, 0)
+
+    def _catchup(self, survival: np.ndarray, caps: np.ndarray, context: int, pending: np.ndarray,
+                 remaining: np.ndarray) -> CatchUp:
+        """Price each request's pending catch-up. A request the batch would speculate for anyway (the
+        decision with catch-up ignored) pays it once for every token it has left to emit, spread over
+        them; any other pays it in full in this step — a probe or a lone speculating step never gets
+        its catch-up for free."""
+        per_token_s = self.cost_model.catchup_s_per_token()
+        cost = per_token_s * pending
+        if not cost.any():
+            return CatchUp.none(len(caps))
+        steady = self._select(survival, caps, context, CatchUp.none(len(caps)), self.config.hysteresis).ks > 0
+        spread = np.where(steady, cost / np.maximum(remaining, 1), 0.0)
+        return CatchUp(np.where(steady, 0.0, cost), spread)
+
+    def _affordable(self, ks: np.ndarray, base: np.ndarray, survival: np.ndarray, context: int,
+                    catchup: CatchUp) -> bool:
+        """Exploration may cost at most the hysteresis: its goodput ≥ that of `base` / h."""
+        def g(k: np.ndarray) -> float:
+            t = step_time(self.cost_model, k, context, survival, catchup)
+            return expected_total(survival, k) / t if t > 0 else 0.0
+        return g(ks) * self.config.hysteresis >= g(base)
+
+    def _explore_up(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray,
+                    batch: int) -> np.ndarray:
+        """After all k drafts passed, try k + 1 while the request's class has too few trials there to trust."""
+        if not self._all_accepted or batch > self.config.explore_up_batch:
+            return ks
+        untested = self.acceptance.untested(ids)
+        for b, sid in enumerate(ids):
+            last = self._all_accepted.get(sid)
+            if last is not None and ks[b] <= last < caps[b] and untested[b, last]:
+                ks[b] = last + 1
+        return ks
+
+    def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray, context: int,
+               catchup: CatchUp, pending: np.ndarray) -> tuple[np.ndarray, int]:
+        """k = 0 is not sticky: a request held at 0 for `probe_every` steps drafts one token (see PolicyConfig)."""
         every = self.config.probe_every
-        streaks = np.array([0 if k > 0 else self._zero_streak.get(sid, 0) + 1 for sid, k in zip(ids, ks, strict=True)])
-        due = (streaks >= every) & (caps > 0) & (ks == 0) if every else np.zeros(len(ids), dtype=bool)
-        # A lone probe in an otherwise k = 0 step would pad every request's verify to width 2.
-        if due.any() and ks.max(initial=0) == 0 and streaks[due].max() < every * self.config.stale_factor:
-            due[:] = False
-        ks = np.where(due, 1, ks)
-        streaks = np.where(due, 0, streaks)
+        streaks = np.array([0 if k > 0 else self._zero_streak.get(sid, 0) + 1
+                            for sid, k in zip(ids, ks, strict=True)], dtype=int)
+        probes = 0
+        if every:
+            due = np.flatnonzero((streaks >= every) & (caps > 0) & (ks == 0))
+            if due.size:
+                pick = int(due[np.argmin(pending[due])])
+                trial = ks.copy()
+                trial[pick] = 1
+                if self._affordable(trial, ks, survival, context, catchup):
+                    ks, probes = trial, 1
+                    streaks[pick] = 0
         for sid, streak in zip(ids, streaks, strict=True):
             self._zero_streak[sid] = int(streak)
-        return ks, int(due.sum())
+        return ks, probes
+
+    def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, context: int, catchup: CatchUp,
+                 pending: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The other side of the decision for one step (see PolicyConfig.explore_every)."""
+        if ks.any():
+            return np.zeros_like(ks), True
+        best = self._select(survival, caps, context, catchup, 1.0).ks
+        candidates = np.flatnonzero(caps > 0)
+        pick = int(candidates[np.argmin(pending[candidates])])
+        trial = np.zeros_like(ks)
+        trial[pick] = max(int(best[pick]), 1)
+        if self._affordable(trial, ks, survival, context, catchup):
+            return trial, True
+        return ks, False

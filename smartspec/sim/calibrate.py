@@ -54,7 +54,7 @@ def scale_matched(prior: CostModel, samples: Sequence[StepSample]) -> CostModel:
     a step) outweighs data of 7 ms steps (an H100) and the fit keeps the prior's shape. Scaled to the data,
     the prior only steers directions the samples do not vary, as intended."""
     measured = float(np.median([s.total_s for s in samples]))
-    predicted = float(np.median([prior.step_time(s.shape) for s in samples]))
+    predicted = float(np.median([s.predicted_s(prior) for s in samples]))
     f = measured / predicted if predicted > 0 else 1.0
     return replace(prior, verify={k: v * f for k, v in prior.verify.items()},
                    draft={k: v * f for k, v in prior.draft.items()},
@@ -85,7 +85,7 @@ def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True
         per_token = max(float(tokens @ extra / (tokens @ tokens)), 0.0)
         model = replace(model, verify={**model.verify, "prefill_tokens": per_token})
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([model.step_time(s.shape) for s in samples])
+    predicted = np.array([s.predicted_s(model) for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
 
 

@@ -9,7 +9,15 @@ import numpy as np
 
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.sequence import SeqStatus, Sequence
-from smartspec.engine.steps import CATCHUP_FREE_TOKENS, AdmissionLimits, KChooser, RequestBook, StepOutput, StepStats
+from smartspec.engine.steps import (
+    CATCHUP_FREE_TOKENS,
+    AdmissionLimits,
+    KChooser,
+    RequestBook,
+    StepOutput,
+    StepStats,
+    plan_of,
+)
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.sim.workload import SimRequest
@@ -95,16 +103,14 @@ class SimEngine(RequestBook):
         prefill = self._admit()
         fresh = {s.seq_id for s in prefill}
         running = [self.seqs[i] for i in self.running if i not in fresh]
-        wanted = ks(running, prefill) if callable(ks) else (ks or {})
-        k_of = [self._cap_k(s, wanted.get(s.seq_id, 0)) for s in running]
+        plan = plan_of(ks(running, prefill) if callable(ks) else ks)
+        k_of = [self._cap_k(s, plan.ks.get(s.seq_id, 0)) for s in running]
         context = sum(len(s.tokens) - 1 for s in running)  # committed KV: everything but the last emitted token
-        catchup = 0
-        for s, k in zip(running, k_of, strict=True):
-            if k > 0:
-                truth = self._truth[s.seq_id]
-                catchup += max(0, len(s.tokens) - truth.draft_seen - CATCHUP_FREE_TOKENS)
+        pending = [self.draft_pending(s) for s in running]
+        catchup = sum(p for p, k in zip(pending, k_of, strict=True) if k > 0)
         prefill_tokens = sum(s.prompt_len for s in prefill)
-        shape = StepShape(len(running), context, max(k_of, default=0), sum(k_of), prefill_tokens, catchup)
+        padded = len(prefill) * max((s.prompt_len for s in prefill), default=0)
+        shape = StepShape(len(running), context, max(k_of, default=0), sum(k_of), prefill_tokens, catchup, padded)
         draft_s, verify_s, overhead_s = self.cost.components(shape)
         dt = max(draft_s + verify_s + overhead_s, MIN_STEP_S)
         self.clock.advance(dt)
@@ -135,9 +141,14 @@ class SimEngine(RequestBook):
             num_forwards=1, real_tokens=len(running) + sum(k_of) + prefill_tokens,
             padded_tokens=len(running) * (k_max + 1) + len(prefill) * max((s.prompt_len for s in prefill), default=0),
             draft_s=draft_s, verify_s=verify_s, overhead_s=overhead_s, prefill_tokens=prefill_tokens,
-            draft_catchup_tokens=catchup,
+            draft_catchup_tokens=catchup, prefill_padded_tokens=padded, pending_catchup_tokens=sum(pending),
+            draft_deadline_s=plan.draft_deadline_s,
         )
         return out
+
+    def draft_pending(self, seq: Sequence) -> int:
+        truth = self._truth.get(seq.seq_id)
+        return 0 if truth is None else max(0, len(seq.tokens) - truth.draft_seen - CATCHUP_FREE_TOKENS)
 
     # -- helpers -------------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:

@@ -1,8 +1,8 @@
-"""Policies by name (`off`, `fixed:K`, `goodput`), built as the target service builds its SpeculationPolicy."""
+"""Policies by name (`off`, `fixed:K`, `goodput`, `goodput-uniform`), built as the target builds them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
@@ -25,16 +25,16 @@ class PolicyKnobs:
 def policy_config(name: str, max_k: int, knobs: PolicyKnobs | None = None) -> PolicyConfig:
     """`off`, `fixed:K` (0 <= K <= max_k; fixed:0 is off) or `goodput`, with the target's defaults otherwise."""
     knobs = knobs or PolicyKnobs()
-    extra: dict[str, int] = {}
-    if knobs.probe_every is not None:
-        extra["probe_every"] = knobs.probe_every
-    if knobs.explore_every is not None:
-        extra["explore_every"] = knobs.explore_every
     try:
         if name == "off":
             return PolicyConfig(mode="off", max_k=max_k, fixed_k=0)
-        if name == "goodput":
-            return PolicyConfig(mode="goodput", max_k=max_k, fixed_k=0, hysteresis=knobs.hysteresis, **extra)
+        if name in ("goodput", "goodput-uniform"):
+            config = PolicyConfig(mode=name, max_k=max_k, fixed_k=0, hysteresis=knobs.hysteresis)  # type: ignore[arg-type]
+            if knobs.probe_every is not None:
+                config = replace(config, probe_every=knobs.probe_every)
+            if knobs.explore_every is not None:
+                config = replace(config, explore_every=knobs.explore_every)
+            return config
         if name.startswith("fixed:"):
             k = int(name.split(":", 1)[1])
             if not 0 <= k <= max_k:
@@ -42,7 +42,7 @@ def policy_config(name: str, max_k: int, knobs: PolicyKnobs | None = None) -> Po
             return PolicyConfig(mode="fixed", max_k=max_k, fixed_k=k)
     except ValueError as exc:
         raise InvalidRequest(f"policy {name!r}: {exc}", param="policies") from None
-    raise InvalidRequest(f"unknown policy {name!r}; use off, fixed:K or goodput", param="policies")
+    raise InvalidRequest(f"unknown policy {name!r}; use off, fixed:K, goodput or goodput-uniform", param="policies")
 
 
 def build_policy(name: str, cost: CostModel, max_k: int, knobs: PolicyKnobs | None = None) -> SpeculationPolicy:

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from smartspec.v1 import common_pb2 as smartspec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18smartspec/v1/draft.proto\x12\x0csmartspec.v1\x1a\x19smartspec/v1/common.proto\"\x12\n\x10\x44raftInfoRequest\";\n\x11\x44raftInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.smartspec.v1.ModelInfo\"\xa6\x01\n\x0eSessionRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12$\n\x05\x61\x64mit\x18\x02 \x01(\x0b\x32\x13.smartspec.v1.AdmitH\x00\x12(\n\x07propose\x18\x03 \x01(\x0b\x32\x15.smartspec.v1.ProposeH\x00\x12(\n\x07release\x18\x04 \x01(\x0b\x32\x15.smartspec.v1.ReleaseH\x00\x42\t\n\x07payload\"7\n\x05\x41\x64mit\x12.\n\tsequences\x18\x01 \x03(\x0b\x32\x1b.smartspec.v1.AdmitSequence\"b\n\rAdmitSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.smartspec.v1.SamplingParams\";\n\x07Propose\x12\x30\n\tsequences\x18\x01 \x03(\x0b\x32\x1d.smartspec.v1.ProposeSequence\"\x85\x01\n\x0fProposeSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x14\n\x0cnum_accepted\x18\x02 \x01(\r\x12\x15\n\rnew_token_ids\x18\x03 \x03(\r\x12\x15\n\rcommitted_len\x18\x04 \x01(\r\x12\x1e\n\x16num_speculative_tokens\x18\x05 \x01(\r\"\x1a\n\x07Release\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"N\n\x0eSequenceResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.smartspec.v1.SequenceStatus\"\x95\x01\n\rDraftProposal\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.smartspec.v1.SequenceStatus\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12-\n\x0b\x64raft_dists\x18\x04 \x03(\x0b\x32\x18.smartspec.v1.SparseDist\"\x95\x01\n\x0fSessionResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.smartspec.v1.SequenceResult\x12.\n\tproposals\x18\x03 \x03(\x0b\x32\x1b.smartspec.v1.DraftProposal\x12\x12\n\ncompute_ns\x18\x04 \x01(\x04*\xd6\x01\n\x0eSequenceStatus\x12\x1f\n\x1bSEQUENCE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SEQUENCE_STATUS_OK\x10\x01\x12$\n SEQUENCE_STATUS_UNKNOWN_SEQUENCE\x10\x02\x12#\n\x1fSEQUENCE_STATUS_LENGTH_MISMATCH\x10\x03\x12#\n\x1fSEQUENCE_STATUS_OUT_OF_CAPACITY\x10\x04\x12\x1b\n\x17SEQUENCE_STATUS_INVALID\x10\x05\x32\xa6\x01\n\x0c\x44raftService\x12J\n\x07GetInfo\x12\x1e.smartspec.v1.DraftInfoRequest\x1a\x1f.smartspec.v1.DraftInfoResponse\x12J\n\x07Session\x12\x1c.smartspec.v1.SessionRequest\x1a\x1d.smartspec.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18smartspec/v1/draft.proto\x12\x0csmartspec.v1\x1a\x19smartspec/v1/common.proto\"\x12\n\x10\x44raftInfoRequest\";\n\x11\x44raftInfoResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.smartspec.v1.ModelInfo\"\xa6\x01\n\x0eSessionRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12$\n\x05\x61\x64mit\x18\x02 \x01(\x0b\x32\x13.smartspec.v1.AdmitH\x00\x12(\n\x07propose\x18\x03 \x01(\x0b\x32\x15.smartspec.v1.ProposeH\x00\x12(\n\x07release\x18\x04 \x01(\x0b\x32\x15.smartspec.v1.ReleaseH\x00\x42\t\n\x07payload\"7\n\x05\x41\x64mit\x12.\n\tsequences\x18\x01 \x03(\x0b\x32\x1b.smartspec.v1.AdmitSequence\"b\n\rAdmitSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.smartspec.v1.SamplingParams\"N\n\x07Propose\x12\x30\n\tsequences\x18\x01 \x03(\x0b\x32\x1d.smartspec.v1.ProposeSequence\x12\x11\n\tbudget_ms\x18\x02 \x01(\r\"\x85\x01\n\x0fProposeSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x14\n\x0cnum_accepted\x18\x02 \x01(\r\x12\x15\n\rnew_token_ids\x18\x03 \x03(\r\x12\x15\n\rcommitted_len\x18\x04 \x01(\r\x12\x1e\n\x16num_speculative_tokens\x18\x05 \x01(\r\"\x1a\n\x07Release\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"N\n\x0eSequenceResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.smartspec.v1.SequenceStatus\"\x95\x01\n\rDraftProposal\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.smartspec.v1.SequenceStatus\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12-\n\x0b\x64raft_dists\x18\x04 \x03(\x0b\x32\x18.smartspec.v1.SparseDist\"\x95\x01\n\x0fSessionResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.smartspec.v1.SequenceResult\x12.\n\tproposals\x18\x03 \x03(\x0b\x32\x1b.smartspec.v1.DraftProposal\x12\x12\n\ncompute_ns\x18\x04 \x01(\x04*\xd6\x01\n\x0eSequenceStatus\x12\x1f\n\x1bSEQUENCE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SEQUENCE_STATUS_OK\x10\x01\x12$\n SEQUENCE_STATUS_UNKNOWN_SEQUENCE\x10\x02\x12#\n\x1fSEQUENCE_STATUS_LENGTH_MISMATCH\x10\x03\x12#\n\x1fSEQUENCE_STATUS_OUT_OF_CAPACITY\x10\x04\x12\x1b\n\x17SEQUENCE_STATUS_INVALID\x10\x05\x32\xa6\x01\n\x0c\x44raftService\x12J\n\x07GetInfo\x12\x1e.smartspec.v1.DraftInfoRequest\x1a\x1f.smartspec.v1.DraftInfoResponse\x12J\n\x07Session\x12\x1c.smartspec.v1.SessionRequest\x1a\x1d.smartspec.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smartspec.v1.draft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEQUENCESTATUS']._serialized_start=1086
-  _globals['_SEQUENCESTATUS']._serialized_end=1300
+  _globals['_SEQUENCESTATUS']._serialized_start=1105
+  _globals['_SEQUENCESTATUS']._serialized_end=1319
   _globals['_DRAFTINFOREQUEST']._serialized_start=69
   _globals['_DRAFTINFOREQUEST']._serialized_end=87
   _globals['_DRAFTINFORESPONSE']._serialized_start=89
@@ -45,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMITSEQUENCE']._serialized_start=376
   _globals['_ADMITSEQUENCE']._serialized_end=474
   _globals['_PROPOSE']._serialized_start=476
-  _globals['_PROPOSE']._serialized_end=535
-  _globals['_PROPOSESEQUENCE']._serialized_start=538
-  _globals['_PROPOSESEQUENCE']._serialized_end=671
-  _globals['_RELEASE']._serialized_start=673
-  _globals['_RELEASE']._serialized_end=699
-  _globals['_SEQUENCERESULT']._serialized_start=701
-  _globals['_SEQUENCERESULT']._serialized_end=779
-  _globals['_DRAFTPROPOSAL']._serialized_start=782
-  _globals['_DRAFTPROPOSAL']._serialized_end=931
-  _globals['_SESSIONRESPONSE']._serialized_start=934
-  _globals['_SESSIONRESPONSE']._serialized_end=1083
-  _globals['_DRAFTSERVICE']._serialized_start=1303
-  _globals['_DRAFTSERVICE']._serialized_end=1469
+  _globals['_PROPOSE']._serialized_end=554
+  _globals['_PROPOSESEQUENCE']._serialized_start=557
+  _globals['_PROPOSESEQUENCE']._serialized_end=690
+  _globals['_RELEASE']._serialized_start=692
+  _globals['_RELEASE']._serialized_end=718
+  _globals['_SEQUENCERESULT']._serialized_start=720
+  _globals['_SEQUENCERESULT']._serialized_end=798
+  _globals['_DRAFTPROPOSAL']._serialized_start=801
+  _globals['_DRAFTPROPOSAL']._serialized_end=950
+  _globals['_SESSIONRESPONSE']._serialized_start=953
+  _globals['_SESSIONRESPONSE']._serialized_end=1102
+  _globals['_DRAFTSERVICE']._serialized_start=1322
+  _globals['_DRAFTSERVICE']._serialized_end=1488
 # @@protoc_insertion_point(module_scope)

@@ -62,10 +62,12 @@ class AdmitSequence(_message.Message):
     def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Propose(_message.Message):
-    __slots__ = ("sequences",)
+    __slots__ = ("sequences", "budget_ms")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[ProposeSequence]
-    def __init__(self, sequences: _Optional[_Iterable[_Union[ProposeSequence, _Mapping]]] = ...) -> None: ...
+    budget_ms: int
+    def __init__(self, sequences: _Optional[_Iterable[_Union[ProposeSequence, _Mapping]]] = ..., budget_ms: _Optional[int] = ...) -> None: ...
 
 class ProposeSequence(_message.Message):
     __slots__ = ("seq_id", "num_accepted", "new_token_ids", "committed_len", "num_speculative_tokens")

@@ -125,3 +125,31 @@ def test_a_step_id_that_does_not_increase_ends_the_stream(draft: Any) -> None:
         next(s.responses)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     s.close()
+
+
+def test_a_propose_past_its_budget_applies_its_tokens_but_drafts_nothing(draft: Any,
+                                                                       tiny_svc_models: dict[str, Any]) -> None:
+    from smartspec_draft.session import StreamSession
+
+    _, servicer = draft
+    pair = tiny_svc_models["pair"]
+    prompt = pair.tokenizer("def g(y):").input_ids
+    session = StreamSession(servicer.core)
+    try:
+        session.handle(draft_pb2.SessionRequest(step_id=1, admit=draft_pb2.Admit(sequences=[
+            draft_pb2.AdmitSequence(seq_id=1, token_ids=prompt[:-1])])))
+
+        def propose(step: int, new: list[int], length: int, received: float) -> draft_pb2.SessionResponse:
+            return session.handle(draft_pb2.SessionRequest(step_id=step, propose=draft_pb2.Propose(
+                budget_ms=50, sequences=[draft_pb2.ProposeSequence(
+                    seq_id=1, new_token_ids=new, committed_len=length, num_speculative_tokens=3)])), received)
+
+        # Waited 1 s for a 50 ms budget (a stopped draft resuming): no drafts, but the tokens count ...
+        late = propose(2, [prompt[-1]], len(prompt), time.monotonic() - 1.0)
+        assert late.proposals[0].status == S.SEQUENCE_STATUS_OK and not late.proposals[0].draft_token_ids
+        assert session.stale_proposes == 1
+        # ... so the next, timely Propose continues from them and drafts what the model says.
+        fresh = propose(3, [7], len(prompt) + 1, time.monotonic())
+        assert list(fresh.proposals[0].draft_token_ids) == hf_greedy(pair.draft, [*prompt, 7], 3)
+    finally:
+        session.close()

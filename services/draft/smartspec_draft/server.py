@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                                         f"step_id {req.step_id} is not above the previous {last}")
                 last = req.step_id
                 # The model runs in a worker thread so health checks and other streams stay live.
-                yield await asyncio.to_thread(session.handle, req)
+                yield await asyncio.to_thread(session.handle, req, time.monotonic())
         finally:
             self.sessions -= 1
             # Synchronous on purpose: a cancelled RPC may not get to resume an await in here, and

@@ -65,8 +65,10 @@ class StreamSession:
     def __init__(self, core: DraftCore) -> None:
         self.core = core
         self.seqs: dict[int, _Seq] = {}
+        self.stale_proposes = 0  # Proposes answered without drafts because their budget had passed
 
-    def handle(self, req: draft_pb2.SessionRequest) -> draft_pb2.SessionResponse:
+    def handle(self, req: draft_pb2.SessionRequest, received: float | None = None) -> draft_pb2.SessionResponse:
+        """Apply one message; `received` (time.monotonic()) dates a Propose for its budget."""
         t0 = time.perf_counter_ns()
         kind = req.WhichOneof("payload")
         resp = draft_pb2.SessionResponse(step_id=req.step_id)
@@ -74,7 +76,13 @@ class StreamSession:
             if kind == "admit":
                 resp.results.extend(self._admit(req.admit))
             elif kind == "propose":
-                resp.proposals.extend(self._propose(req.propose))
+                budget = req.propose.budget_ms / 1e3
+                # Work nobody waits for any more (queued behind a slow step, or a stopped process
+                # resuming) would only steal cores from the target: apply the tokens, draft nothing.
+                late = received is not None and budget > 0 and time.monotonic() - received > budget
+                if late:
+                    self.stale_proposes += 1
+                resp.proposals.extend(self._propose(req.propose, draft=not late))
             elif kind == "release":
                 resp.results.extend(self._release(list(req.release.seq_ids)))
         resp.compute_ns = time.perf_counter_ns() - t0
@@ -119,7 +127,7 @@ class StreamSession:
             results.append(draft_pb2.SequenceResult(seq_id=sid, status=S.SEQUENCE_STATUS_OK))
         return results
 
-    def _propose(self, msg: draft_pb2.Propose) -> list[draft_pb2.DraftProposal]:
+    def _propose(self, msg: draft_pb2.Propose, draft: bool = True) -> list[draft_pb2.DraftProposal]:
         status: dict[int, Any] = {}
         reqs: list[ProposeRequest] = []
         order = [p.seq_id for p in msg.sequences]
@@ -140,7 +148,7 @@ class StreamSession:
                 continue
             seq.tokens, seq.outstanding = tokens, []
             status[p.seq_id] = S.SEQUENCE_STATUS_OK
-            k = min(int(p.num_speculative_tokens), self.core.max_k)
+            k = min(int(p.num_speculative_tokens), self.core.max_k) if draft else 0
             if k > 0:
                 reqs.append(ProposeRequest(seq.internal_id, seq.tokens, k, seq.params))
         drafted: dict[int, Proposal] = self.core.proposer.propose(reqs) if reqs else {}

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import torch
 
-from smartspec.engine.proposers.base import Proposal, ProposeRequest
+from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, ProposeRequest
 from smartspec.rpc import channel_options, sampling_to_wire
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.v1 import draft_pb2, draft_pb2_grpc
@@ -75,21 +75,23 @@ class RemoteProposer:
         self.connects = 0
 
     # -- engine thread ---------------------------------------------------------------------
-    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+    def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
+        """Drafts within `deadline_s` (at most the configured `deadline_s`), else DraftDeadlineMissed."""
         wanted = [r for r in requests if r.k > 0]
         if not wanted:
             return {}
         if not self.connected:
             self.metrics.fallback("incompatible" if self.incompatible else "disconnected", len(wanted))
             return {}
-        fut = asyncio.run_coroutine_threadsafe(self._propose(wanted), self.loop)
+        wait = self.deadline_s if deadline_s is None else min(deadline_s, self.deadline_s)
+        fut = asyncio.run_coroutine_threadsafe(self._propose(wanted, wait), self.loop)
         try:
-            return fut.result(timeout=self.deadline_s)
+            return fut.result(timeout=wait)
         except (TimeoutError, concurrent.futures.TimeoutError):
             fut.cancel()
             self.metrics.fallback("deadline", len(wanted))
-            log.warning("draft missed the %.3fs deadline for %d sequences; k = 0 this step", self.deadline_s,
-                        len(wanted))
+            log.warning("draft missed the %.3fs deadline for %d sequences; k = 0 this step", wait, len(wanted))
+            raise DraftDeadlineMissed(f"no drafts within {wait:.3f}s") from None
         except Exception as exc:  # stream broke mid-step, or a malformed answer
             cause = "invalid" if isinstance(exc, ValueError) else "error"
             self.metrics.fallback(cause, len(wanted))
@@ -98,6 +100,14 @@ class RemoteProposer:
 
     def release(self, seq_id: int) -> None:
         self.loop.call_soon_threadsafe(self._release_soon, seq_id)
+
+    def unseen(self, seq_id: int, token_ids: Seq[int]) -> int:
+        """Tokens the draft has not ingested (read from the engine thread: the mirror's fields are
+        replaced, never mutated in place, on the event loop)."""
+        m = self._mirror.get(seq_id)
+        if m is None:
+            return len(token_ids)
+        return len(token_ids) - m.known - _confirmed(m.outstanding, token_ids[m.known:])
 
     # -- event loop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,7 +205,7 @@ class RemoteProposer:
             task = asyncio.ensure_future(self._send(consume=True, release=draft_pb2.Release(seq_ids=[seq_id])))
             task.add_done_callback(_swallow)
 
-    async def _propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+    async def _propose(self, requests: list[ProposeRequest], budget_s: float) -> dict[int, Proposal]:
         t0 = time.perf_counter()
         admits, entries = [], []
         fed: dict[int, int] = {}  # tokens the draft must run through first (its catch-up, for the cost model)
@@ -208,9 +218,7 @@ class RemoteProposer:
                 m = self._mirror[r.seq_id] = _Mirror(known=len(tokens) - 1)
                 fed[r.seq_id] = len(tokens) - 1
             tail = tokens[m.known:]
-            accepted = 0
-            while accepted < min(len(m.outstanding), len(tail) - 1) and m.outstanding[accepted] == tail[accepted]:
-                accepted += 1
+            accepted = _confirmed(m.outstanding, tail)
             fed[r.seq_id] = fed.get(r.seq_id, 0) + len(tail) - accepted
             entries.append(draft_pb2.ProposeSequence(
                 seq_id=r.seq_id, num_accepted=accepted, new_token_ids=list(tail[accepted:]),
@@ -220,7 +228,8 @@ class RemoteProposer:
             m.known, m.outstanding = len(tokens), []
         if admits:  # refused admissions show up as statuses of the Propose that follows
             await self._send(consume=True, admit=draft_pb2.Admit(sequences=admits))
-        resp = await (await self._send(propose=draft_pb2.Propose(sequences=entries)))
+        budget_ms = max(1, round(budget_s * 1e3))
+        resp = await (await self._send(propose=draft_pb2.Propose(sequences=entries, budget_ms=budget_ms)))
         rtt = time.perf_counter() - t0
         self.hops.append(HopSample(len(requests), rtt, resp.compute_ns / 1e9))
         self.metrics.draft_rpc.record(rtt)
@@ -274,6 +283,14 @@ class RemoteProposer:
         if bool(((sums - 1).abs() > 1e-3).any()):
             return None
         return q / sums[:, None]
+
+
+def _confirmed(outstanding: Seq[int], tail: Seq[int]) -> int:
+    """How many of the draft's last proposals the tokens emitted since confirm (never the last token)."""
+    n = 0
+    while n < min(len(outstanding), len(tail) - 1) and outstanding[n] == tail[n]:
+        n += 1
+    return n
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:

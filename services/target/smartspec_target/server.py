@@ -15,7 +15,7 @@ import uvicorn
 from smartspec.engine.builder import eos_ids
 from smartspec.engine.engine import AdmissionLimits, SpecEngine
 from smartspec.engine.runner import ModelRunner
-from smartspec.engine.scheduler import Scheduler
+from smartspec.engine.scheduler import DeadlineConfig, Scheduler
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from smartspec.policy.cost_model import load_cost_model
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
@@ -99,7 +99,9 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     config = PolicyConfig(mode=mode, max_k=settings.max_k, fixed_k=min(settings.fixed_k, settings.max_k),
                           hysteresis=settings.hysteresis)
     cost = load_cost_model(settings.cost_model)
-    scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks)
+    deadline = DeadlineConfig(factor=settings.draft_deadline_factor, max_s=settings.draft_deadline_s,
+                              floor_s=min(settings.draft_deadline_floor_s, settings.draft_deadline_s))
+    scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks, deadline=deadline)
     switch = PolicySwitch(scheduler, metrics, can_speculate=draft is not None)
     engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name)
     engine_loop.start()

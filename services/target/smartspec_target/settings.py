@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smartspec.policy.modes import Mode
+
 
 class TargetSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTSPEC_TARGET_", extra="ignore")
@@ -18,13 +20,16 @@ class TargetSettings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible HTTP API (0: any free port)")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC Generate (0: any free port)")
     draft_address: str | None = Field(None, description="host:port of the draft service; none: no speculation")
-    draft_deadline_s: float = Field(5.0, gt=0, description="longest a step waits for drafts before k = 0")
+    draft_deadline_s: float = Field(5.0, gt=0, description="longest a step ever waits for drafts before k = 0")
+    draft_deadline_factor: float = Field(
+        2.0, ge=1.0, description="a step waits for drafts this many times the time the cost model predicts for them")
+    draft_deadline_floor_s: float = Field(0.25, gt=0, description="... but never less than this")
     draft_connect_timeout_s: float = Field(30.0, ge=0, description="wait this long for the draft at startup")
     draft_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between draft reconnect attempts")
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
     max_len: int = Field(4096, ge=16, description="tokens per request (prompt + output)")
     max_prefill_tokens: int | None = Field(None, ge=1, description="prompt tokens prefilled per step")
-    policy: Literal["goodput", "fixed", "off"] = "goodput"
+    policy: Mode = "goodput"
     max_k: int = Field(8, ge=0, le=64)
     fixed_k: int = Field(3, ge=0, le=64)
     hysteresis: float = Field(1.1, ge=1.0)

@@ -34,14 +34,25 @@ class Proposal:
         return len(self.draft_token_ids)
 
 
+class DraftDeadlineMissed(Exception):
+    """The proposer gave up waiting for drafts (the step runs at k = 0 and records the miss)."""
+
+
 class Proposer(Protocol):
     """Stateful per sequence. The engine's token list is the truth: a proposer reconciles its own
     state (e.g. draft KV) against `token_ids` on every call, so a verdict never needs its own call."""
 
     name: str
 
-    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
-        """Draft for all requests in one batched pass; sequences missing from the result get k = 0."""
+    def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
+        """Draft for all requests in one batched pass; sequences missing from the result get k = 0.
+        A remote proposer waits at most `deadline_s` (None: its own limit) and then raises
+        DraftDeadlineMissed; an in-process one may ignore it."""
+        ...
+
+    def unseen(self, seq_id: int, token_ids: Seq[int]) -> int:
+        """Tokens of `token_ids` the proposer has not ingested for this sequence (all of them if it
+        does not know it); 0 for a proposer with no per-sequence state to catch up."""
         ...
 
     def release(self, seq_id: int) -> None:

@@ -48,7 +48,14 @@ class DraftModelProposer:
         if self._tracks.pop(seq_id, None) is not None:
             self.runner.remove(seq_id)
 
-    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+    def unseen(self, seq_id: int, token_ids: Sequence[int]) -> int:
+        track = self._tracks.get(seq_id)
+        if track is None:
+            return len(token_ids)
+        return len(token_ids) - self._confirmed_prefix(track, token_ids)
+
+    def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
+        # In-process drafting cannot be abandoned half way: `deadline_s` is for remote proposers.
         live: list[tuple[ProposeRequest, int, list[int]]] = []  # (request, k, pending tokens)
         for req in requests:
             if req.k <= 0:
@@ -94,11 +101,7 @@ class DraftModelProposer:
     def _reconcile(self, seq_id: int, track: _Track, token_ids: Sequence[int]) -> list[int]:
         """Truncate the draft KV to its longest prefix that the engine's tokens confirm."""
         cached = track.cached
-        # Only the drafts fed last time can disagree; everything before them is confirmed.
-        same = min(track.confirmed, len(token_ids))
-        limit = min(len(cached), len(token_ids))
-        while same < limit and cached[same] == token_ids[same]:
-            same += 1
+        same = self._confirmed_prefix(track, token_ids)
         # Always feed at least one token: its logits give the first draft.
         same = min(same, len(token_ids) - 1)
         if same < len(cached):
@@ -106,6 +109,16 @@ class DraftModelProposer:
             del cached[same:]
         track.confirmed = same
         return list(token_ids[same:])
+
+    @staticmethod
+    def _confirmed_prefix(track: _Track, token_ids: Sequence[int]) -> int:
+        """Length of the draft KV's prefix that the engine's tokens confirm."""
+        # Only the drafts fed last time can disagree; everything before them is confirmed.
+        same = min(track.confirmed, len(token_ids))
+        limit = min(len(track.cached), len(token_ids))
+        while same < limit and track.cached[same] == token_ids[same]:
+            same += 1
+        return same
 
     def _draft_one(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from smartspec.engine.proposers.base import Proposal, ProposeRequest
@@ -32,7 +34,7 @@ class NgramProposer:
         self.max_n = max_n
         self.min_n = min_n
 
-    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+    def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
         out: dict[int, Proposal] = {}
         for req in requests:
             if req.k <= 0:
@@ -44,3 +46,6 @@ class NgramProposer:
 
     def release(self, seq_id: int) -> None:
         return None
+
+    def unseen(self, seq_id: int, token_ids: Sequence[int]) -> int:
+        return 0  # a lookup reads the context as it is: nothing to catch up

@@ -84,7 +84,7 @@ def test_k0_steps_never_call_the_proposer_and_score_one_position(tiny_llama: Any
     calls: list[int] = []
 
     class Recording(NgramProposer):
-        def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+        def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
             calls.append(len(requests))
             return super().propose(requests)
 
@@ -107,7 +107,7 @@ def test_misbehaving_proposer_cannot_change_the_output(tiny_llama: Any) -> None:
         def __init__(self) -> None:
             self.n = 0
 
-        def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+        def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
             self.n += 1
             bad = [
                 Proposal([10**9]),  # token id outside the vocabulary

@@ -40,7 +40,7 @@ def exact_joint(model: Any, prompt: list[int]) -> dict[tuple[int, ...], float]:
 class OneHotDraft(DraftModelProposer):
     """The draft model's greedy tokens sent as one-hot q, like a model-free proposer would."""
 
-    def propose(self, requests: list[ProposeRequest]) -> dict[int, Proposal]:
+    def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
         greedy = [ProposeRequest(r.seq_id, r.token_ids, r.k, SamplingParams()) for r in requests]
         out = super().propose(greedy)
         assert all(p.draft_probs is None for p in out.values())

@@ -123,3 +123,38 @@ def test_cancel_forgets_the_request(tiny_llama: Any) -> None:
     sch.step()
     sch.cancel(0)
     assert 0 not in sch.policy.acceptance and not sch.has_unfinished
+
+
+def test_the_draft_deadline_follows_the_predicted_draft_time_and_a_miss_is_recorded(tiny_llama: Any) -> None:
+    from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, ProposeRequest
+    from smartspec.engine.scheduler import DeadlineConfig
+
+    waits: list[float | None] = []
+
+    class Stalled(DraftModelProposer):
+        """Drafts every other call; the rest 'miss the deadline' as a remote draft would."""
+
+        def propose(self, requests: list[ProposeRequest], deadline_s: float | None = None) -> dict[int, Proposal]:
+            waits.append(deadline_s)
+            if len(waits) % 2 == 0:
+                raise DraftDeadlineMissed("too slow")
+            return super().propose(requests)
+
+    runner = ModelRunner(tiny_llama.target, num_slots=2, max_len=256)
+    engine = SpecEngine(runner, Stalled(ModelRunner(tiny_llama.draft, num_slots=2, max_len=264), runner.vocab_size))
+    sink = MemorySink()
+    sch = Scheduler(engine, SpeculationPolicy(PolicyConfig(mode="fixed", fixed_k=3), CHEAP), sinks=[sink],
+                    refit=RefitConfig(enabled=False), deadline=DeadlineConfig(factor=3.0, floor_s=1e-4, max_s=10.0))
+    prompt = tiny_llama.tokenizer(PROMPTS[0]).input_ids
+    seq = sch.submit(0, prompt, SamplingParams(max_tokens=16, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    assert seq.output_ids == hf_greedy(tiny_llama.target, prompt, 16)  # misses cost speculation, never output
+    spec = [st for st in sink.records if st.draft_deadline_s is not None]
+    # Each speculating step waited 3 x the draft time the cost model predicts for k = 3 at batch 1.
+    assert waits == [st.draft_deadline_s for st in spec]
+    assert all(w == pytest.approx(3.0 * 3 * 1e-4) for w in waits)
+    missed = [st for st in spec if st.missed_ks]
+    assert missed and all(st.ks == [0] and st.missed_ks == [3] and st.predicted_step_s for st in missed)
+    sample = sample_of(missed[0])
+    assert sample.shape.max_k == 0 and sample.draft_shape is not None and sample.draft_shape.max_k == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
-from smartspec.policy.cost_model import CostModel
+from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
 
 CHEAP = CostModel("cheap", verify={"const": 0.05, "batched_tokens": 1e-4}, draft={"draft_tokens": 1e-3})
@@ -27,20 +27,40 @@ def test_modes_and_caps() -> None:
     assert d.predicted_goodput > d.predicted_goodput_k0 and d.decision_s >= 0
 
 
-def test_k0_is_not_sticky_requests_are_reprobed() -> None:
-    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.7,)))
-    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, stale_factor=2), DEAR, tracker)
-    tracker.add(0)
-    # Nobody speculates (drafting is dear): probing alone would pad the step, so it waits until
-    # the request is stale (4 x 2 steps), then probes.
-    ks = [pol.choose(batch([8])).ks[0] for _ in range(16)]
-    assert ks == [0] * 7 + [1] + [0] * 7 + [1]
-    assert SpeculationPolicy(PolicyConfig(probe_every=0), DEAR).choose(batch([8])).ks[0] == 0
+# With acceptance 0.3 speculation pays a little, but less than the 1.1 hysteresis: k = 0, and one
+# request's probe costs less than the hysteresis.
+NEAR = CostModel("near", verify={"const": 0.1}, draft={"draft_tokens": 0.02})
+
+
+def low_acceptance() -> AcceptanceTracker:
+    return AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.3,)))
+
+
+def test_k0_is_not_sticky_requests_are_reprobed_one_at_a_time() -> None:
+    tracker = low_acceptance()
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), NEAR, tracker)
+    reqs = [BatchRequest(i, 8, 100, pending_catchup=p, remaining=50) for i, p in enumerate([30, 0, 10])]
+    for r in reqs:
+        tracker.add(r.seq_id)
+    probed = []
+    for _ in range(12):
+        d = pol.choose(reqs)
+        assert sum(k > 0 for k in d.ks.values()) <= 1 and d.probes == sum(d.ks.values())
+        probed.append(next((sid for sid, k in d.ks.items() if k), None))
+    # Each becomes due after 4 steps at 0; one per step, the least catch-up first.
+    assert probed[:3] == [None] * 3 and probed[3:6] == [1, 2, 0]
+    assert SpeculationPolicy(PolicyConfig(probe_every=0), NEAR, low_acceptance()).choose(batch([8])).ks[0] == 0
+
+
+def test_probes_never_cost_more_than_the_hysteresis() -> None:
+    # DEAR: one draft token costs far more than a k = 0 step gains, so nobody is ever probed.
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=2, explore_every=3), DEAR)
+    assert all(max(pol.choose(batch([8, 8])).ks.values()) == 0 for _ in range(20))
 
 
 def test_probes_ride_along_in_steps_that_speculate_anyway() -> None:
     tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior_strength=1.0, decay=1.0))
-    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4), CHEAP, tracker)
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), CHEAP, tracker)
     tracker.add(0)
     tracker.add(1)
     for _ in range(50):  # request 0 accepts everything, request 1 nothing
@@ -48,6 +68,75 @@ def test_probes_ride_along_in_steps_that_speculate_anyway() -> None:
     ks = [pol.choose(batch([8, 8])).ks for _ in range(8)]
     assert all(k[0] > 0 for k in ks)
     assert [k[1] for k in ks] == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_no_speculation_in_steps_that_admit_prompts() -> None:
+    good = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5), CHEAP)
+    assert good.choose(batch([8, 8])).ks == {0: 5, 1: 5}
+    d = good.choose(batch([8, 8]), prefill_tokens=200, prefill_padded_tokens=300)
+    assert d.ks == {0: 0, 1: 0}
+    assert d.predicted_step_s == pytest.approx(CHEAP.step_time(StepShape(2, 200, 0, 0, 200, 0, 300)))
+    mixed = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, admission="decode-only"), CHEAP)
+    assert mixed.choose(batch([8, 8]), prefill_tokens=200).ks == {0: 5, 1: 5}  # decided on the decode part
+    fixed = SpeculationPolicy(PolicyConfig(mode="fixed", fixed_k=2), CHEAP)
+    assert fixed.choose(batch([8]), prefill_tokens=200).ks == {0: 2}  # a static policy stays static
+
+
+def test_prefill_never_makes_speculation_look_cheaper() -> None:
+    # The old objective divided by a step time that included the prefill: a long prompt made every
+    # draft position clear the threshold. The decode-only choice is the same with or without it.
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", admission="decode-only", explore_every=0), NEAR,
+                            low_acceptance())
+    assert pol.choose(batch([8] * 4)).ks == pol.choose(batch([8] * 4), prefill_tokens=5000).ks == dict.fromkeys(
+        range(4), 0)
+
+
+CATCHUP = CostModel("catchup", verify={"const": 0.1}, draft={"draft_tokens": 0.002, "draft_catchup_tokens": 0.002})
+
+
+def test_catch_up_is_priced_and_bounded_per_step() -> None:
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0, max_catchup_tokens=512),
+                            CATCHUP, AcceptanceTracker(AcceptanceConfig(prior=(0.95,))))
+    warm = [BatchRequest(i, 8, 100, pending_catchup=0, remaining=100) for i in range(2)]
+    assert all(k == 8 for k in pol.choose(warm).ks.values())
+    # New requests (a whole prompt to catch up) that the batch would speculate for anyway spread it over
+    # the tokens they have left: they speculate, but no more than 512 catch-up tokens in one step.
+    cold = [BatchRequest(i, 8, 300, pending_catchup=300, remaining=100) for i in range(3)]
+    d = pol.choose(cold)
+    assert sum(k > 0 for k in d.ks.values()) == 1 and d.pending_catchup == 300
+    assert d.predicted_draft_s == pytest.approx(0.002 * sum(d.ks.values()) + 0.002 * 300)
+    # With two tokens left, the same catch-up cannot pay for itself.
+    short = [BatchRequest(0, 1, 300, pending_catchup=300, remaining=2)]
+    assert pol.choose(short).ks == {0: 0}
+
+
+def test_upward_exploration_after_all_drafts_pass() -> None:
+    # Deeper positions look hopeless a priori (prior 0.05, pooled estimate not yet trusted), so k = 2.
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.99, 0.99, 0.05), pooled_min_trials=1e9))
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0), CHEAP, tracker)
+    tracker.add(0)
+    assert pol.choose(batch([8])).ks == {0: 2}
+    pol.observe({0: (2, 2)})  # both passed: try a third next step
+    assert pol.choose(batch([8])).ks == {0: 3}
+    pol.observe({0: (3, 2)})  # the third failed: back to what the estimates say
+    assert pol.choose(batch([8])).ks == {0: 2}
+    big = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0, explore_up_batch=1),
+                            CHEAP, tracker)
+    big.observe({0: (2, 2), 1: (2, 2)})
+    assert big.choose(batch([8, 8])).ks == {0: 2, 1: 2}  # not above explore_up_batch
+
+
+def test_goodput_uniform_gives_the_whole_batch_one_k() -> None:
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior_strength=1.0, decay=1.0))
+    for sid in (0, 1):
+        tracker.add(sid)
+    for _ in range(50):
+        tracker.observe([0, 1], [8, 8], [8, 0])
+    per_request = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0), CHEAP, tracker)
+    uniform = SpeculationPolicy(PolicyConfig(mode="goodput-uniform", explore_every=0), CHEAP, tracker)
+    assert per_request.choose(batch([8, 8])).ks == {0: 8, 1: 0}
+    ks = uniform.choose(batch([8, 3])).ks
+    assert ks[1] == min(ks[0], 3) and ks[0] > 0
 
 
 def test_config_is_validated() -> None:
@@ -63,9 +152,11 @@ def test_one_step_in_explore_every_runs_the_other_side() -> None:
     pol = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5), CHEAP)
     ks = [max(pol.choose(batch([8, 8])).ks.values()) for _ in range(10)]
     assert ks == [5, 5, 5, 5, 0] * 2  # the cost model gets k = 0 steps at this batch size too
-    dear = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5, probe_every=0), DEAR)
-    ks = [max(dear.choose(batch([8, 8])).ks.values()) for _ in range(10)]
-    assert ks[:4] == [0] * 4 and ks[4] >= 1 and ks[5:9] == [0] * 4 and ks[9] >= 1  # ... and k > 0 steps
+    near = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5, probe_every=0), NEAR,
+                             low_acceptance())
+    ks = [near.choose(batch([8, 8])).ks for _ in range(10)]
+    # ... and k > 0 steps, one request at a time (never the whole batch catching up at once)
+    assert [sum(k > 0 for k in d.values()) for d in ks] == [0, 0, 0, 0, 1] * 2
     never = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=0), CHEAP)
     assert all(max(never.choose(batch([8])).ks.values()) == 5 for _ in range(10))
     with pytest.raises(ValueError, match="explore_every"):

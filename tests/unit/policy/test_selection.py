@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smartspec.policy.cost_model import CostModel
-from smartspec.policy.selection import goodput, select_goodput
+from smartspec.policy.selection import CatchUp, expected_total, goodput, select_goodput, select_uniform, step_time
 
 
 def brute_force(survival: np.ndarray, caps: np.ndarray, cost: CostModel, context: int) -> float:
@@ -110,3 +110,61 @@ def test_empty_batch() -> None:
     sel = select_goodput(np.zeros((0, 8)), np.zeros(0, dtype=int), CostModel("c", verify={"const": 1.0}),
                          context_tokens=0)
     assert sel.ks.size == 0
+
+
+def catchups(batch: int) -> st.SearchStrategy[CatchUp]:
+    seconds = st.lists(st.floats(0.0, 0.3), min_size=batch, max_size=batch)
+    return st.builds(lambda f, a, spread: CatchUp(np.array(f) * np.array(spread), np.array(a) / 20 * ~np.array(spread)),
+                     seconds, seconds, st.lists(st.booleans(), min_size=batch, max_size=batch))
+
+
+def all_ks(caps: np.ndarray) -> list[np.ndarray]:
+    return [np.array(ks) for ks in itertools.product(*[range(int(c) + 1) for c in caps])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 3), k_max=st.integers(1, 4), cost=cost_models(),
+       context=st.integers(0, 4000), hysteresis=st.floats(1.0, 1.5), objective=st.sampled_from(["ratio", "marginal"]))
+def test_with_catch_up_and_hysteresis_matches_brute_force(
+    data: st.DataObject, batch: int, k_max: int, cost: CostModel, context: int, hysteresis: float, objective: str
+) -> None:
+    cond = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=batch * k_max, max_size=batch * k_max)))
+    survival = np.cumprod(cond.reshape(batch, k_max), axis=1)
+    caps = np.array(data.draw(st.lists(st.integers(0, k_max), min_size=batch, max_size=batch)))
+    catchup = data.draw(catchups(batch))
+    sel = select_goodput(survival, caps, cost, context_tokens=context, catchup=catchup, hysteresis=hysteresis,
+                         objective=objective)  # type: ignore[arg-type]
+    assert np.all(sel.ks <= caps)
+    zeros = np.zeros(batch, dtype=int)
+    t0 = step_time(cost, zeros, context, survival)
+    g0 = batch / t0
+    if objective == "ratio":  # the best ratio if it beats h × the k = 0 rate, else k = 0
+        best = max(goodput(survival, ks, cost, context_tokens=context, catchup=catchup) for ks in all_ks(caps))
+        want = best if best > hysteresis * g0 * (1 + 1e-9) else g0
+        got = goodput(survival, sel.ks, cost, context_tokens=context, catchup=catchup)
+        assert abs(got - want) <= 1e-9 * max(want, 1.0), (got, want, best, g0)
+    else:  # extra tokens against extra time priced at h × the k = 0 rate
+        lam = hysteresis * g0
+
+        def value(ks: np.ndarray) -> float:
+            return expected_total(survival, ks) - batch - lam * (step_time(cost, ks, context, survival, catchup) - t0)
+        want = max(value(ks) for ks in all_ks(caps))
+        assert abs(value(sel.ks) - max(want, 0.0)) <= 1e-9 * max(abs(want), 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4), k_max=st.integers(1, 4), cost=cost_models(),
+       hysteresis=st.floats(1.0, 1.3))
+def test_uniform_is_the_best_single_k(data: st.DataObject, batch: int, k_max: int, cost: CostModel,
+                                      hysteresis: float) -> None:
+    cond = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=batch * k_max, max_size=batch * k_max)))
+    survival = np.cumprod(cond.reshape(batch, k_max), axis=1)
+    caps = np.array(data.draw(st.lists(st.integers(0, k_max), min_size=batch, max_size=batch)))
+    sel = select_uniform(survival, caps, cost, context_tokens=100, hysteresis=hysteresis)
+    k = int(sel.ks.max(initial=0))
+    assert sel.ks.tolist() == np.minimum(caps, k).tolist()
+    g = [goodput(survival, np.minimum(caps, j), cost, context_tokens=100) for j in range(k_max + 1)]
+    if k > 0:
+        assert g[k] == pytest.approx(max(g[1:])) and g[k] > hysteresis * g[0]
+    else:
+        assert max(g[1:], default=0.0) <= hysteresis * g[0] * (1 + 1e-9)

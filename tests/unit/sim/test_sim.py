@@ -22,7 +22,8 @@ from smartspec.sim.policies import PolicyKnobs, build_policy
 from smartspec.sim.report import oracle_table, read_csv, summarize
 from smartspec.sim.run import EngineConfig, SimResult, simulate
 from smartspec.sim.sweep import SweepConfig, run_sweep
-from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths, parse_trace
+from smartspec.sim.trace import parse_trace
+from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths
 from smartspec.telemetry.records import encode
 
 H100 = PRESETS["h100-llama8b"]
@@ -76,7 +77,7 @@ def test_alpha_zero_goodput_stays_at_k0_and_matches_off() -> None:
     off = run(reqs, "off")
     gp = run(reqs, "goodput")
     speculated = sum(c for k, c in gp.tally.k_counts.items() if k > 0) / sum(gp.tally.k_counts.values())
-    assert speculated < 0.05  # the first steps on the 0.7 prior, probes and exploration only
+    assert speculated < 0.08  # the first steps on the optimistic 0.9 prior, probes and exploration only
     assert mean_e2e(gp) <= 1.03 * mean_e2e(off)
     # Told acceptance is 0 from the start, with no probing or exploring, it is plain decoding, step for step.
     exact = run(reqs, "goodput", knobs=PolicyKnobs(probe_every=0, explore_every=0, acceptance_prior=(0.0,)))
@@ -152,14 +153,14 @@ def test_oracle_is_the_fastest_static_policy() -> None:
 def test_gamma_arrivals_have_their_cv_and_traces_their_phases() -> None:
     gaps = parse_arrivals("gamma:2").gaps(20000, 4.0, np.random.default_rng(0))
     assert gaps.mean() == pytest.approx(0.25, rel=0.05) and gaps.std() / gaps.mean() == pytest.approx(2.0, rel=0.1)
-    reqs = workload().trace(parse_trace("2@30,10@10"))
-    first = [r for r in reqs if r.phase == "2/s"]
-    second = [r for r in reqs if r.phase == "10/s"]
+    reqs = workload().trace(parse_trace("30s@2,10s@10"))
+    first = [r for r in reqs if r.phase == "p1:30s@2"]
+    second = [r for r in reqs if r.phase == "p2:10s@10"]
     assert 40 <= len(first) <= 85 and 70 <= len(second) <= 135
     assert max(r.arrival_s for r in first) < 30 <= min(r.arrival_s for r in second)
     assert {r.rate for r in second} == {10.0}
-    with pytest.raises(InvalidRequest):
-        parse_trace("2@30,10")
+    with pytest.raises(ValueError, match="phase 2 '10'"):
+        parse_trace("30s@2,10")
 
 
 def test_fit_from_step_records_recovers_the_step_times(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def stats() -> StepStats:
 
 def test_encode_writes_every_documented_field_as_a_string() -> None:
     entry = records.encode(stats(), "pod-a", ts=1700000000.5)
-    assert set(entry) == set(records.FIELDS)
+    assert set(records.FIELDS) <= set(entry) <= set(records.FIELDS) | set(records.OPTIONAL_FIELDS)
     assert all(isinstance(v, str) for v in entry.values())
     assert entry["sum_k"] == "5" and entry["max_k"] == "3" and entry["emitted"] == "9"
     assert json.loads(entry["accepted_per_pos"]) == [2, 1, 0]
@@ -33,6 +33,20 @@ def test_decode_round_trip() -> None:
     assert rec.sample.shape.max_k == 3 and rec.sample.shape.draft_tokens == 5
     assert rec.sample.shape.prefill_tokens == 11 and rec.sample.shape.draft_catchup_tokens == 4
     assert rec.step_s == pytest.approx(0.033)
+    assert rec.predicted_step_s is None and not rec.deadline_missed
+
+
+def test_new_fields_round_trip_and_a_missed_deadline_prices_the_drafts_asked_for() -> None:
+    st = stats()
+    st.ks, st.missed_ks, st.predicted_step_s, st.pending_catchup_tokens = [0, 0, 0], [4, 0, 2], 0.25, 37
+    st.prefill_padded_tokens, st.draft_deadline_s = 20, 0.5
+    entry = records.encode(st, "pod-a", ts=1.0)
+    assert set(entry) == set(records.FIELDS) | set(records.OPTIONAL_FIELDS)
+    rec = records.decode(entry)
+    assert rec.predicted_step_s == pytest.approx(0.25) and rec.pending_catchup_tokens == 37 and rec.deadline_missed
+    assert rec.sample.shape.max_k == 0 and rec.sample.shape.prefill_padded_tokens == 20
+    assert rec.sample.draft_shape is not None and rec.sample.draft_shape.max_k == 4
+    assert rec.sample.draft_shape.draft_tokens == 6
     assert rec.acceptance == {"default": [[2, 2, 1], [2, 1, 0]]}
 
 
