@@ -1,10 +1,10 @@
-"""Controller on, real pair: load steps 1 → N → 1 concurrent requests; does the published k follow?
+"""Controller on, real pair: load steps 1 → N → 1 concurrent requests; does the recommended k follow?
 
 Starts `smartspec up` (redis, controller, draft, target as processes), runs closed-loop chat
-clients (1, then N, then 1 concurrent), and samples once a second what the controller published
-(`smartspec:{service}:policy`: version, k at the current batch size) and measured (status: mean
-batch size, goodput of decode steps). Prints the time series and how long k took to move after
-each load step; writes them to bench/results/<date>-controller-load-step/.
+clients (1, then N, then 1 concurrent), and samples once a second the policy version the controller
+published (`smartspec:{service}:policy`) and its status (`smartspec:{service}:status`: the k recommended
+at the current batch size, mean batch size, goodput of decode steps). Prints the time series and how
+long k took to move after each load step; writes them to bench/results/<date>-controller-load-step/.
 
     python -m bench.controller_load_step [--models real|tiny] [--high 16] [--phase-s 40,60,40]
 """
@@ -80,9 +80,9 @@ def sample(client: redis.Redis, service: str, t0: float, concurrency: int) -> di
     st = client.get(status_key(service))
     d: dict[str, Any] = json.loads(doc) if doc else {}
     s: dict[str, Any] = json.loads(st) if st else {}
-    cur = d.get("current") or {}
+    cur = s.get("current") or {}  # the recommended k is in the status, not the policy
     return {"t": round(time.time() - t0, 1), "clients": concurrency, "version": d.get("version"),
-            "batch": s.get("mean_batch_size"), "k_published": cur.get("k"), "mean_k_served": s.get("mean_k"),
+            "batch": s.get("mean_batch_size"), "k_recommended": cur.get("k"), "mean_k_served": s.get("mean_k"),
             "goodput": s.get("measured_goodput"), "predicted": s.get("predicted_goodput"),
             "r2": ((s.get("cost_model") or {}).get("last_fit") or {}).get("r2_in_force")}
 
@@ -128,28 +128,28 @@ def main() -> int:
         finally:
             proc.send_signal(2)
             proc.wait(timeout=120)
-    table = ["| t s | clients | policy version | mean batch | published k | mean k served | goodput tok/s "
+    table = ["| t s | clients | policy version | mean batch | recommended k | mean k served | goodput tok/s "
              "| predicted tok/s | cost-model R² |", "|---|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['t']} | {r['clients']} | {fmt(r['version'])} | {fmt(r['batch'], 2)} | {fmt(r['k_published'])} "
+    table += [f"| {r['t']} | {r['clients']} | {fmt(r['version'])} | {fmt(r['batch'], 2)} | {fmt(r['k_recommended'])} "
               f"| {fmt(r['mean_k_served'], 2)} | {fmt(r['goodput'])} | {fmt(r['predicted'])} | {fmt(r['r2'], 3)} |"
               for r in rows]
     moves = []
     bounds = [*steps_at, rows[-1]["t"] + 1 if rows else 0.0]
     for i, level in enumerate(levels):  # per phase: the k it settled on (median of its second half)
         mid, end = (bounds[i] + bounds[i + 1]) / 2, bounds[i + 1]
-        settled = sorted(r["k_published"] for r in rows if mid <= r["t"] < end and r["k_published"] is not None)
+        settled = sorted(r["k_recommended"] for r in rows if mid <= r["t"] < end and r["k_recommended"] is not None)
         if not settled:
-            moves.append(f"phase {i + 1} ({level} clients): no published k")
+            moves.append(f"phase {i + 1} ({level} clients): no recommended k")
             continue
         k = settled[len(settled) // 2]
-        reached = next((r["t"] for r in rows if bounds[i] <= r["t"] < end and r["k_published"] == k), None)
-        when = "" if reached is None or i == 0 else f", first published {reached - bounds[i]:.0f}s after the step"
-        moves.append(f"phase {i + 1} ({level} clients, t={bounds[i]:.0f}-{end:.0f}s): published k settled at "
+        reached = next((r["t"] for r in rows if bounds[i] <= r["t"] < end and r["k_recommended"] == k), None)
+        when = "" if reached is None or i == 0 else f", first recommended {reached - bounds[i]:.0f}s after the step"
+        moves.append(f"phase {i + 1} ({level} clients, t={bounds[i]:.0f}-{end:.0f}s): recommended k settled at "
                      f"{k}{when}")
-    body = "\n".join(["## Published k per load phase", "", *[f"- {m}" for m in moves], "",
+    body = "\n".join(["## Recommended k per load phase", "", *[f"- {m}" for m in moves], "",
                       "## Time series (1 s samples)", "", *table])
     print("\n" + body)
-    report = write_report("controller-load-step", "Controller on: load steps and published k", body)
+    report = write_report("controller-load-step", "Controller on: load steps and recommended k", body)
     (report.parent / "final-policy-and-status.json").write_text(json.dumps(final, indent=2) + "\n")
     print(f"\nwritten to {report}")
     return 0

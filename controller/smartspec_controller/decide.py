@@ -24,6 +24,14 @@ DEFAULT_CONTEXT = 512  # context tokens per request assumed before any step is s
 
 
 @dataclass(frozen=True)
+class CurrentLoad:
+    """The recent load and the k recommended at it: reported in the status key, never in the policy document."""
+
+    batch_size: float  # mean running requests per step in the recent window
+    k: int  # recommended k at that batch size
+
+
+@dataclass(frozen=True)
 class FitResult:
     adopted: bool
     model: CostModel  # the model in force after this fit

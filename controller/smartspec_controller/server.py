@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,7 +27,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from smartspec.policy.cost_model import CostModel, load_cost_model
 from smartspec.policy.document import (
-    CurrentLoad,
     GoodputReport,
     PolicyDocument,
     PolicySpec,
@@ -34,6 +34,7 @@ from smartspec.policy.document import (
     parse_document,
     parse_spec,
 )
+from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.telemetry.keys import SCHEMA_VERSION, check_service, policy_key, policy_spec_key, status_key, steps_key
 from smartspec.telemetry.records import BadRecord, decode
@@ -76,7 +77,7 @@ class Controller:
         self.view = LoadView()
         self.spec = default_spec()
         self.spec_error: str | None = None
-        self.window = TelemetryWindow(max_k=16, fit_window=settings.fit_window,
+        self.window = TelemetryWindow(max_k=MAX_K_LIMIT, fit_window=settings.fit_window,
                                       acceptance_window=self.spec.acceptance.window)
         self.online_model: CostModel = load_cost_model(settings.cost_model)
         self.last_fit: decide.FitResult | None = None
@@ -266,30 +267,27 @@ class Controller:
         if batch is None:  # no steps lately: the OTLP gauges say whether anything is running
             running = self.view.latest("smartspec_num_requests_running", max_age_s=15.0)
             batch = sum(running.values()) / len(running) if running else None
-        current = None if batch is None else CurrentLoad(
+        current = None if batch is None else decide.CurrentLoad(
             batch_size=round(batch, 3), k=decide.k_at(max(1, round(batch)), model, spec, pri["default"], ctx))
         predicted = decide.predicted_goodput(recent, model, spec, pri["default"])
         cost = model.to_dict()
         if cost.get("r2") is not None and not math.isfinite(cost["r2"]):
             cost["r2"] = None
         published = None
-        if self._changed(spec, cost, pri, table, current, now):
-            published = await self._publish(spec, cost, pri, table, current, seen["goodput"], predicted, now)
+        if self._changed(spec, cost, pri, now):  # the recommended k per load is status, not a new policy
+            published = await self._publish(spec, cost, pri, seen["goodput"], predicted, now)
         await self._write_status(seen, predicted, model, table, current, now)
         self._update_metrics(seen["goodput"], predicted, model, current, now)
         return published
 
-    def _changed(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]], table: dict[str, int],
-                 current: CurrentLoad | None, now: float) -> bool:
+    def _changed(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]], now: float) -> bool:
         d = self.doc
         if d is None or now - d.issued_at >= self.settings.refresh_fraction * (d.expires_at - d.issued_at):
             return True
         if (d.mode, d.max_k, d.fixed_k, d.hysteresis, d.per_request_override) != (
                 spec.mode, spec.max_k, spec.fixed_k, spec.hysteresis, spec.per_request_override.allowed):
             return True
-        if d.cost_model != cost or d.recommended_k != table or (d.current is None) != (current is None):
-            return True
-        if current is not None and d.current is not None and current.k != d.current.k:
+        if d.cost_model != cost:
             return True
         for klass, rates in pri.items():
             old = d.acceptance_prior.get(klass)
@@ -298,8 +296,7 @@ class Controller:
         return False
 
     async def _publish(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]],
-                       table: dict[str, int], current: CurrentLoad | None, measured_gp: float | None,
-                       predicted_gp: float | None, now: float) -> PolicyDocument:
+                       measured_gp: float | None, predicted_gp: float | None, now: float) -> PolicyDocument:
         key = policy_key(self.service)
         raw = await self.redis.get(key)
         if raw is not None:  # versions continue across controller restarts (and across controllers)
@@ -308,7 +305,7 @@ class Controller:
         doc = PolicyDocument(
             service=self.service, version=self.version + 1, mode=spec.mode, max_k=spec.max_k, fixed_k=spec.fixed_k,
             hysteresis=spec.hysteresis, per_request_override=spec.per_request_override.allowed, cost_model=cost,
-            acceptance_prior=pri, recommended_k=table, current=current,
+            acceptance_prior=pri,
             goodput=GoodputReport(measured=measured_gp, predicted=predicted_gp),
             issued_at=now, expires_at=now + spec.expiry_s, decided_by=self.settings.name)
         body = doc.model_dump_json()
@@ -318,13 +315,12 @@ class Controller:
             log.warning("controller: policy v%d already published by another controller; not overwriting", newer)
             return doc
         self.version, self.doc = doc.version, doc
-        log.info("controller: published policy v%d (%s, K=%d, k at batch %s = %s, cost model %s)", doc.version,
-                 doc.mode, doc.max_k, current.batch_size if current else "-", current.k if current else "-",
+        log.info("controller: published policy v%d (%s, K=%d, cost model %s)", doc.version, doc.mode, doc.max_k,
                  cost.get("name"))
         return doc
 
     async def _write_status(self, seen: dict[str, float | None], predicted: float | None, model: CostModel,
-                            table: dict[str, int], current: CurrentLoad | None, now: float) -> None:
+                            table: dict[str, int], current: decide.CurrentLoad | None, now: float) -> None:
         fit = self.last_fit
         self.status = {
             "schema_version": SCHEMA_VERSION, "service": self.service, "decided_by": self.settings.name,
@@ -332,7 +328,7 @@ class Controller:
             "max_k": self.spec.max_k, "spec_error": self.spec_error,
             "measured_goodput": seen["goodput"], "predicted_goodput": predicted,
             "mean_k": seen["mean_k"], "mean_batch_size": seen["batch_size"],
-            "current": None if current is None else current.model_dump(), "recommended_k": table,
+            "current": None if current is None else asdict(current), "recommended_k": table,
             "cost_model": {"name": model.name, "r2": model.r2, "samples": model.samples,
                            "last_fit": None if fit is None else {"adopted": fit.adopted, "reason": fit.reason,
                                                                  "holdout_r2": fit.holdout_r2,
@@ -345,7 +341,7 @@ class Controller:
         await self.redis.set(status_key(self.service), json.dumps(self.status, allow_nan=False))
 
     def _update_metrics(self, measured_gp: float | None, predicted: float | None, model: CostModel,
-                        current: CurrentLoad | None, now: float) -> None:
+                        current: decide.CurrentLoad | None, now: float) -> None:
         m = self.metrics
         if measured_gp is not None:
             m.goodput.set(measured_gp, {"kind": "measured"})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smartspec.policy.cost_model import StepSample
+from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec.telemetry.records import StepRecord
 
 
@@ -28,7 +29,7 @@ class _ClassCounts:
 
 @dataclass
 class TelemetryWindow:
-    max_k: int = 16
+    max_k: int = MAX_K_LIMIT  # positions pooled: any K a spec may ask for
     fit_window: int = 2000
     acceptance_window: int = 2000
     recent: deque[StepRecord] = field(default_factory=lambda: deque(maxlen=4096))

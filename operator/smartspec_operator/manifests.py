@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import API_VERSION, ModelRef, ServiceSpec
 
@@ -17,7 +18,6 @@ ROLES = ("target", "draft", "controller")
 UID = 10001  # the images' non-root user
 MODELS_ROOT = "/models"
 TARGET_HTTP, TARGET_GRPC, DRAFT_GRPC, CONTROLLER_HTTP, CONTROLLER_OTLP = 8000, 50051, 50061, 8090, 4317
-MAX_K = 16  # the CRD's bound on maxSpeculationLength
 TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (minus a margin)
 
 
@@ -92,8 +92,8 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_TARGET_MAX_BATCH_SIZE": str(t.max_batch_size),
         "SMARTSPEC_TARGET_MAX_LEN": str(t.max_len),
         "SMARTSPEC_TARGET_SERVICE": service_id,
-        # K's capacity: the SpeculationPolicy bounds k (up to the CRD's 16) without restarting pods.
-        "SMARTSPEC_TARGET_MAX_K": str(MAX_K),
+        # K's capacity: the SpeculationPolicy bounds k (up to the CRD's bound) without restarting pods.
+        "SMARTSPEC_TARGET_MAX_K": str(MAX_K_LIMIT),
         "SMARTSPEC_TARGET_REDIS_URL": redis_url(spec, settings),
         "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
         or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
@@ -110,7 +110,7 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
             "SMARTSPEC_DRAFT_METHOD": d.method,
             "SMARTSPEC_DRAFT_DTYPE": d.dtype,
             "SMARTSPEC_DRAFT_PORT": str(DRAFT_GRPC),
-            "SMARTSPEC_DRAFT_MAX_K": str(MAX_K),
+            "SMARTSPEC_DRAFT_MAX_K": str(MAX_K_LIMIT),
             # Every target slot may hold a draft sequence; streams from all targets can land on one draft.
             "SMARTSPEC_DRAFT_MAX_SEQUENCES": str(t.max_batch_size * max(t.replicas, 1)),
             "SMARTSPEC_DRAFT_MAX_LEN": str(t.max_len),

@@ -19,6 +19,7 @@ from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
 from smartspec.models.loading import DTYPES, load_tokenizer
 from smartspec.policy.cost_model import load_cost_model
+from smartspec.policy.limits import MAX_K_LIMIT, within
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
 
@@ -81,8 +82,8 @@ def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[
 
 
 def _check_args(args: argparse.Namespace) -> tuple[PolicyConfig, SamplingParams, int]:
-    if args.max_k < 0:
-        raise InvalidRequest(f"--max-k must be >= 0, got {args.max_k}", param="max_k")
+    if not within(args.max_k, MAX_K_LIMIT):
+        raise InvalidRequest(f"--max-k must be in [0, {MAX_K_LIMIT}], got {args.max_k}", param="max_k")
     config = parse_policy(args.policy, args.max_k)
     try:
         config = replace(config, hysteresis=args.hysteresis)

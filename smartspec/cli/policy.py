@@ -12,6 +12,7 @@ import numpy as np
 
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepSample, fit_cost_model, load_cost_model
+from smartspec.policy.limits import MAX_K_LIMIT, within
 from smartspec.policy.selection import goodput, select_goodput
 
 
@@ -89,8 +90,8 @@ def explain(args: argparse.Namespace) -> int:
     sizes = [int(b) for b in _floats(args.batch_sizes, "--batch-sizes")]
     if not sizes or min(sizes) < 1:
         raise InvalidRequest("--batch-sizes must be integers >= 1", param="batch_sizes")
-    if not 0 <= args.max_k <= 64 or args.hysteresis < 1.0 or args.context < 0:
-        raise InvalidRequest("need 0 <= --max-k <= 64, --hysteresis >= 1 and --context >= 0")
+    if not within(args.max_k, MAX_K_LIMIT) or args.hysteresis < 1.0 or args.context < 0:
+        raise InvalidRequest(f"need 0 <= --max-k <= {MAX_K_LIMIT}, --hysteresis >= 1 and --context >= 0")
     model = _model(args)
     if args.save:
         Path(args.save).write_text(json.dumps(model.to_dict(), indent=2) + "\n")

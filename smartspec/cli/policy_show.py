@@ -63,8 +63,6 @@ def _print(doc: PolicyDocument, status: dict[str, Any] | None, now: float) -> No
     print(f"  mode {doc.mode}, K {doc.max_k}, fixed k {doc.fixed_k}, hysteresis {doc.hysteresis}, "
           f"per-request override {'allowed' if doc.per_request_override else 'off'}")
     print(f"  cost model {doc.cost_model.get('name')}, R² {r2} (held out), {doc.cost_model.get('samples', 0)} steps")
-    if doc.current is not None:
-        print(f"  current load: {doc.current.batch_size:.2f} running per step -> k {doc.current.k}")
     gp = doc.goodput
     if gp.measured is not None or gp.predicted is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
@@ -72,10 +70,16 @@ def _print(doc: PolicyDocument, status: dict[str, Any] | None, now: float) -> No
     prior = doc.acceptance_prior.get("default")
     if prior:
         print("  acceptance (default class, per position): " + " ".join(f"{a:.2f}" for a in prior))
-    print("  recommended k:  " + "  ".join(f"batch {b}: {k}" for b, k in doc.recommended_k.items()))
-    if status:
+    if status:  # what the controller recommends at each load is status, not part of the policy
+        current = status.get("current")
+        if current:
+            print(f"  current load: {current['batch_size']:.2f} running per step -> k {current['k']}")
+        table = status.get("recommended_k") or {}
+        print("  recommended k:  " + ("  ".join(f"batch {b}: {k}" for b, k in table.items()) or "n/a"))
         age = status.get("telemetry_age_s")
         print(f"  replicas reporting: {', '.join(status.get('replicas') or []) or 'none'}; newest step record "
               f"{'n/a' if age is None else f'{age:.1f}s'} ago")
         if status.get("spec_error"):
             print(f"  spec error: {status['spec_error']}")
+    else:
+        print("  no controller status (the load and the recommended k per batch size are reported there)")

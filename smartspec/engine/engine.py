@@ -28,6 +28,7 @@ from smartspec.engine.steps import StepOutput as StepOutput
 from smartspec.engine.steps import StepPlan as StepPlan
 from smartspec.engine.steps import StepStats as StepStats
 from smartspec.errors import InvalidRequest
+from smartspec.policy.limits import cap_k
 
 # Prefill rows share the verify forward unless padding them together would cost this much more
 # than two separate forwards (the runner pads every row to the widest one).
@@ -224,7 +225,7 @@ class SpecEngine(RequestBook):
     def _cap_k(self, seq: Sequence, k: int) -> int:
         # Never draft past max_tokens (k drafts emit up to k + 1 tokens) or the slot's end.
         room = self.runner.max_len - self.runner.committed_len(seq.seq_id) - 1
-        return max(0, min(int(k), self.max_k, seq.remaining - 1, room))
+        return cap_k(k, self.max_k, seq.remaining - 1, room)
 
     def _sanitize(self, raw: dict[int, Proposal], k_want: dict[int, int]) -> tuple[dict[int, Proposal], int]:
         """Keep only proposals the verifier can use; anything else becomes k = 0 (never an error)."""

@@ -25,7 +25,9 @@ from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import StepEngine, StepOutput, StepPlan, StepStats
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
-from smartspec.policy.cost_model import StepSample, StepShape, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_model import CostModel, StepSample, StepShape, fit_cost_model, plausible, relative_error
+from smartspec.policy.in_force import PolicyInForce
+from smartspec.policy.limits import cap_k, within
 from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ class RequestSpec:
     def validate(self) -> None:
         if self.mode not in ("auto", "off"):
             raise InvalidRequest(f"speculation.mode must be 'auto' or 'off', got {self.mode!r}", param="speculation")
-        if self.max_k is not None and not (isinstance(self.max_k, int) and self.max_k >= 0):
+        if self.max_k is not None and not within(self.max_k):
             raise InvalidRequest(f"speculation.max_k must be an integer >= 0, got {self.max_k!r}", param="speculation")
 
 
@@ -59,6 +61,11 @@ class RefitConfig:
     enabled: bool = True
     every_steps: int = 32  # after the first fit
     window: int = 512  # most recent steps used
+    # ... plus the most recent speculating steps (drafts asked for) beyond that window: when the policy
+    # stops speculating for a while, a window of k = 0 steps alone leaves every k > 0 cost unconstrained,
+    # and refits drifted into pricing k = 8 at five times a k = 0 step (seen on the real pair at batch 1:
+    # speculation then never resumed).
+    spec_window: int = 128
     min_samples: int = 24
     # A fit is never adopted if it predicts the window worse than the model in force, or goes
     # negative anywhere it will be asked about; `min_r2` adds an R² floor on top.
@@ -78,8 +85,11 @@ class DeadlineConfig:
         if not (self.factor >= 1.0 and 0 < self.floor_s <= self.max_s):
             raise ValueError(f"need factor >= 1 and 0 < floor_s <= max_s, got {self}")
 
-    def for_draft(self, predicted_draft_s: float) -> float:
-        return min(self.max_s, max(self.floor_s, self.factor * predicted_draft_s))
+    def for_draft(self, predicted_draft_s: float, misses_in_a_row: int = 0) -> float:
+        """Doubled after each consecutive miss: a draft slower than the model thinks (a cold start, a
+        busy neighbour) would otherwise miss every step, its late work making the next miss too."""
+        base = max(self.floor_s, self.factor * predicted_draft_s)
+        return min(self.max_s, base * 2.0 ** min(misses_in_a_row, 16))
 
 
 def sample_of(stats: StepStats) -> StepSample:
@@ -103,12 +113,15 @@ class Scheduler(Generic[E]):
     def __post_init__(self) -> None:
         self._specs: dict[int, RequestSpec] = {}
         self._samples: deque[StepSample] = deque(maxlen=self.refit.window)
+        self._spec_samples: deque[StepSample] = deque(maxlen=self.refit.spec_window)
+        self._misses_in_a_row = 0
         self._last: Decision | None = None
         self.steps = 0
         self._last_fit_step: int | None = None
         self.sink_errors = 0
         self.fits: list[float] = []  # R² of every adopted fit
-        self.allow_request_override = True  # a policy may forbid requests' own speculation settings
+        # What the policy was built with is the local default; `apply_policy` is the only way to change it.
+        self._in_force = PolicyInForce(self.policy.config, self.policy.cost_model)
 
     # -- requests ------------------------------------------------------------------------
     def submit(self, seq_id: int, prompt_ids: list[int], params: SamplingParams,
@@ -138,7 +151,7 @@ class Scheduler(Generic[E]):
         self.steps += 1
         stats = out.stats
         assert stats is not None
-        stats.policy_version = self.policy.version
+        stats.policy_version = self._in_force.version
         if self._last is not None:
             stats.decision_s = self._last.decision_s
             stats.predicted_step_s = self._last.predicted_step_s
@@ -151,10 +164,17 @@ class Scheduler(Generic[E]):
             except Exception:  # a sink must never fail a step
                 self.sink_errors += 1
                 log.exception("step sink %s failed; record dropped", type(sink).__name__)
+        if stats.missed_ks:
+            self._misses_in_a_row += 1
+        elif any(stats.ks):
+            self._misses_in_a_row = 0
         if stats.batch_size:
-            self._samples.append(sample_of(stats))
+            sample = sample_of(stats)
+            self._samples.append(sample)
+            if sample.draft_shape is not None or sample.shape.max_k > 0:
+                self._spec_samples.append(sample)
         due = self._last_fit_step is None or self.steps - self._last_fit_step >= self.refit.every_steps
-        if self.refit.enabled and due and len(self._samples) >= self.refit.min_samples:
+        if self.refit.enabled and self._in_force.refit and due and len(self._samples) >= self.refit.min_samples:
             self._refit()  # first as soon as there are enough samples, then every `every_steps`
         return out
 
@@ -162,29 +182,51 @@ class Scheduler(Generic[E]):
     def last_decision(self) -> Decision | None:
         return self._last
 
+    # -- the policy in force -------------------------------------------------------------
+    @property
+    def in_force(self) -> PolicyInForce:
+        """The policy in force now (its cost model is the latest adopted refit while refitting is on)."""
+        return self._in_force
+
+    def apply_policy(self, in_force: PolicyInForce) -> None:
+        """Put `in_force` in force as a whole, between two steps: a published policy or the local default."""
+        pol, tracker = self.policy, self.policy.acceptance
+        pol.config, pol.cost_model = in_force.config, in_force.cost_model
+        # A class the new policy has no prior for goes back to the configured one (e.g. on expiry).
+        for klass in self._in_force.priors.keys() - in_force.priors.keys():
+            tracker.set_prior(tracker.config.prior, klass)
+        for klass, rates in in_force.priors.items():
+            tracker.set_prior(rates, klass)
+        self._in_force = in_force
+
+    def _use_cost_model(self, model: CostModel) -> None:
+        self._in_force = replace(self._in_force, cost_model=model)
+        self.policy.cost_model = model
+
     def _choose(self, running: list[Sequence], prefill: list[Sequence]) -> StepPlan:
         batch = []
         for seq in running:
             spec = self._specs.get(seq.seq_id, RequestSpec())
-            if not self.allow_request_override:
+            if not self._in_force.allow_request_override:
                 spec = RequestSpec(klass=spec.klass)
-            cap = 0 if spec.mode == "off" else min(self.policy.config.max_k, seq.remaining - 1)
-            if spec.max_k is not None:
-                cap = min(cap, spec.max_k)
+            # Never draft past max_tokens: k drafts emit up to k + 1 tokens.
+            cap = 0 if spec.mode == "off" else cap_k(self.policy.config.max_k, seq.remaining - 1, spec.max_k)
             pending = self.engine.draft_pending(seq) if cap > 0 else 0
-            batch.append(BatchRequest(seq.seq_id, max(cap, 0), len(seq.tokens) - 1, pending, seq.remaining))
+            batch.append(BatchRequest(seq.seq_id, cap, len(seq.tokens) - 1, pending, seq.remaining))
         decision = self.policy.choose(
             batch, prefill_tokens=sum(s.prompt_len for s in prefill),
             prefill_padded_tokens=len(prefill) * max((s.prompt_len for s in prefill), default=0),
             waiting=self.engine.num_waiting)
         self._last = decision
-        deadline = self.deadline.for_draft(decision.predicted_draft_s) if any(decision.ks.values()) else None
+        deadline = (self.deadline.for_draft(decision.predicted_draft_s, self._misses_in_a_row)
+                    if any(decision.ks.values()) else None)
         return StepPlan(decision.ks, deadline)
 
     def _refit(self) -> None:
         self._last_fit_step = self.steps
         current = self.policy.cost_model
-        samples = list(self._samples)
+        recent = {id(s) for s in self._samples}
+        samples = [s for s in self._spec_samples if id(s) not in recent] + list(self._samples)
         fitted = fit_cost_model(samples, prior=current, pads_to_max_k=True, name="online")
         reason = None
         if self.refit.min_r2 is not None and not (fitted.r2 is not None and fitted.r2 >= self.refit.min_r2):
@@ -196,7 +238,7 @@ class Scheduler(Generic[E]):
         if reason:
             log.info("cost-model refit on %d steps not adopted: %s", len(samples), reason)
             return
-        self.policy.cost_model = replace(fitted, name="online")
+        self._use_cost_model(replace(fitted, name="online"))
         self.fits.append(float("nan") if fitted.r2 is None else fitted.r2)
         log.info("cost model refitted: R²=%s on %d steps", fitted.r2, fitted.samples)
 

@@ -13,10 +13,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smartspec.policy.cost_model import PRESETS, CostModel
+from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec.policy.modes import Mode
 from smartspec.telemetry.keys import SCHEMA_VERSION
 
-MAX_K_LIMIT = 16  # the CRD's bound on maxSpeculationLength
+# Fields older controllers published in the document; the status key carries them now (a change of
+# the recommended k per batch size is not a new policy). Dropped on parsing, so those documents stay valid.
+_MOVED_TO_STATUS = ("recommended_k", "current")
 
 
 class _Strict(BaseModel):
@@ -78,11 +81,6 @@ class GoodputReport(_Strict):
     predicted: float | None = None  # what the published model expects for the same steps
 
 
-class CurrentLoad(_Strict):
-    batch_size: float  # mean running requests per step in the recent window
-    k: int  # recommended k at that batch size
-
-
 class PolicyDocument(_Strict):
     """What the controller publishes; targets apply it between two steps."""
 
@@ -96,12 +94,17 @@ class PolicyDocument(_Strict):
     per_request_override: bool = True
     cost_model: dict[str, Any]
     acceptance_prior: dict[str, list[float]] = Field(default_factory=dict)
-    recommended_k: dict[str, int] = Field(default_factory=dict)  # batch size -> k (for humans and dashboards)
-    current: CurrentLoad | None = None
     goodput: GoodputReport = Field(default_factory=lambda: GoodputReport())
     issued_at: float
     expires_at: float
     decided_by: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in _MOVED_TO_STATUS):
+            return {k: v for k, v in data.items() if k not in _MOVED_TO_STATUS}
+        return data
 
     @field_validator("schema_version")
     @classmethod

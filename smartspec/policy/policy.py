@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
 from smartspec.policy.acceptance import AcceptanceTracker
 from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
+from smartspec.policy.limits import MAX_K_LIMIT, cap_k, within
 from smartspec.policy.modes import ADAPTIVE_MODES, MODES, Mode
 from smartspec.policy.selection import (
     CatchUp,
@@ -65,9 +66,9 @@ class PolicyConfig:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.admission not in ("no-spec", "decode-only"):
             raise ValueError(f"admission must be 'no-spec' or 'decode-only', got {self.admission!r}")
-        if not 0 <= self.max_k <= 64:
-            raise ValueError(f"max_k must be in [0, 64], got {self.max_k}")
-        if not 0 <= self.fixed_k <= self.max_k:
+        if not within(self.max_k, MAX_K_LIMIT):
+            raise ValueError(f"max_k must be in [0, {MAX_K_LIMIT}], got {self.max_k}")
+        if not within(self.fixed_k, self.max_k):
             raise ValueError(f"fixed_k must be in [0, max_k={self.max_k}], got {self.fixed_k}")
         if self.hysteresis < 1.0:
             raise ValueError(f"hysteresis must be >= 1.0, got {self.hysteresis}")
@@ -111,9 +112,11 @@ class SpeculationPolicy:
     config: PolicyConfig = field(default_factory=PolicyConfig)
     cost_model: CostModel = field(default_factory=default_cost_model)
     acceptance: AcceptanceTracker = field(default_factory=AcceptanceTracker)
-    version: int = 0  # of the policy document in force (0 = local default)
 
     def __post_init__(self) -> None:
+        if self.acceptance.config.max_k < self.config.max_k:
+            # A tracker narrower than K would silently cap goodput's k at its width (8 by default).
+            self.acceptance = AcceptanceTracker(replace(self.acceptance.config, max_k=self.config.max_k))
         self._zero_streak: dict[int, int] = {}
         self._all_accepted: dict[int, int] = {}  # seq_id -> k whose drafts all passed last step
         self._decisions = 0  # adaptive decisions with something to decide (for exploration)
@@ -137,7 +140,7 @@ class SpeculationPolicy:
         admitting = prefill_tokens > 0
         cfg = self.config
         ids = [r.seq_id for r in batch]
-        caps = np.array([min(r.cap, cfg.max_k) for r in batch], dtype=int).clip(min=0)
+        caps = np.array([cap_k(r.cap, cfg.max_k) for r in batch], dtype=int)
         context = sum(r.context_tokens for r in batch)
         survival = self.acceptance.survival(ids)[:, : cfg.max_k] if batch else np.zeros((0, max(cfg.max_k, 1)))
         pending = np.array([r.pending_catchup for r in batch], dtype=float)
@@ -149,17 +152,22 @@ class SpeculationPolicy:
             ks = np.minimum(caps, cfg.fixed_k)
         else:
             caps = self._catchup_caps(caps, pending)
-            catchup = self._catchup(survival, caps, context, pending, np.array([r.remaining for r in batch]))
+            remaining = np.array([r.remaining for r in batch])
+            catchup = self._catchup(survival, caps, context, pending, remaining)
             weight = 1.0 + waiting / (len(batch) + waiting) if cfg.queue_weight and batch else 1.0
             sel = self._select(survival, caps, context, catchup, cfg.hysteresis, weight)
             ks = sel.ks.copy()
+            # A probe or an exploration step starts what may become a steady state, so it is judged
+            # with every request's catch-up spread over the tokens it has left; priced in full, a
+            # request whose estimate or cost had gone wrong could never be tried again.
+            trial = _spread(self.cost_model.catchup_s_per_token() * pending, remaining)
             if cfg.mode == "goodput":
                 ks = self._explore_up(ids, ks, caps, survival, len(batch))
-                ks, probes = self._probe(ids, ks, caps, survival, context, catchup, pending)
+                ks, probes = self._probe(ids, ks, caps, survival, context, trial, pending)
             if cfg.explore_every and caps.any():
                 self._decisions += 1
                 if self._decisions % cfg.explore_every == 0:
-                    ks, explored = self._explore(ks, survival, caps, context, catchup, pending)
+                    ks, explored = self._explore(ks, survival, caps, context, trial, pending)
         t_dec = step_time(self.cost_model, ks, context, survival, catchup)
         t_k0 = step_time(self.cost_model, np.zeros_like(ks), context, survival)
         catchup_tokens = int(pending[ks > 0].sum()) if batch else 0
@@ -210,8 +218,8 @@ class SpeculationPolicy:
         if not cost.any():
             return CatchUp.none(len(caps))
         steady = self._select(survival, caps, context, CatchUp.none(len(caps)), self.config.hysteresis).ks > 0
-        spread = np.where(steady, cost / np.maximum(remaining, 1), 0.0)
-        return CatchUp(np.where(steady, 0.0, cost), spread)
+        spread = _spread(cost, remaining)
+        return CatchUp(np.where(steady, 0.0, cost), np.where(steady, spread.per_token, 0.0))
 
     def _affordable(self, ks: np.ndarray, base: np.ndarray, survival: np.ndarray, context: int,
                     catchup: CatchUp) -> bool:
@@ -266,3 +274,8 @@ class SpeculationPolicy:
         if self._affordable(trial, ks, survival, context, catchup):
             return trial, True
         return ks, False
+
+
+def _spread(cost_s: np.ndarray, remaining: np.ndarray) -> CatchUp:
+    """Catch-up seconds charged per token the request is expected to emit, over the tokens it has left."""
+    return CatchUp(np.zeros_like(cost_s), cost_s / np.maximum(remaining, 1))

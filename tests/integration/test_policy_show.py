@@ -11,6 +11,7 @@ import pytest
 
 from smartspec.cli import stackfile
 from smartspec.cli.main import main
+from smartspec.telemetry.keys import status_key
 from tests.integration.conftest import LoopThread
 from tests.integration.control_plane import published, set_spec, start_controller, wait_for
 
@@ -29,6 +30,8 @@ def test_show_prints_the_policy_in_force(loop_thread: LoopThread, redis_db: Any,
     ctl = start_controller(loop_thread, redis_db.url)
     try:
         doc = wait_for(lambda: (d := published(client)) and d.max_k == 5 and d, 5, "a policy")
+        # The recommended k per batch size is in the controller's status (written after each decision).
+        wait_for(lambda: client.get(status_key("smartspec")), 5, "the controller's status")
         stackfile.write({"service": "smartspec", "redis_url": redis_db.url})  # as `smartspec up` does
         assert main(["policy", "show"]) == 0
         out = capsys.readouterr().out
@@ -38,6 +41,7 @@ def test_show_prints_the_policy_in_force(loop_thread: LoopThread, redis_db: Any,
         shown = json.loads(capsys.readouterr().out)
         assert shown["policy"]["version"] >= doc.version and shown["expired"] is False
         assert shown["age_s"] >= 0 and shown["status"]["service"] == "smartspec"
+        assert "recommended_k" not in shown["policy"] and shown["status"]["recommended_k"]["64"] >= 0
         assert main(["policy", "show", "--service", "Not_A_Label", "--redis-url", redis_db.url]) == 2
         assert "DNS-1123" in capsys.readouterr().err
     finally:

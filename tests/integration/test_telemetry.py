@@ -13,6 +13,8 @@ from smartspec.policy.cost_model import relative_error
 from smartspec.telemetry import records
 from smartspec.telemetry.keys import status_key, steps_key
 from smartspec_controller import decide
+from smartspec_controller.server import Controller
+from smartspec_controller.settings import ControllerSettings
 from tests.integration.conftest import DraftProcess, LoopThread, free_port
 from tests.integration.control_plane import (
     complete,
@@ -137,3 +139,22 @@ def test_otlp_metrics_reach_the_controller(plane: dict[str, Any]) -> None:
     assert view.latest("smartspec_num_requests_running", max_age_s=5.0) == {"target-0": 0.0}
     wait_for(lambda: view.spans["decode"] >= 4, 5, "request spans over OTLP")
     assert view.spans["text_completion target"] >= 4
+
+
+def test_a_new_recommended_k_alone_goes_to_the_status_not_into_a_new_policy(
+        loop_thread: LoopThread, redis_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = Controller(ControllerSettings(redis_url=redis_db.url, http_port=0, otlp_port=0))  # decides when told to
+    client = redis_db.client()
+    try:
+        first = loop_thread.run(ctl.decide_once())
+        assert first is not None and published(client) == first
+        before = json.loads(client.get(status_key("smartspec")))["recommended_k"]
+        assert before and all(0 <= k <= first.max_k for k in before.values())
+        # Only the recommended k per batch size moves (e.g. the load shifted which k pays at each size).
+        monkeypatch.setattr(decide, "k_at", lambda batch, *_: (before[str(batch)] + 1) % (first.max_k + 1))
+        assert loop_thread.run(ctl.decide_once()) is None
+        status = json.loads(client.get(status_key("smartspec")))
+        assert status["recommended_k"] == {b: (k + 1) % (first.max_k + 1) for b, k in before.items()} != before
+        assert published(client) == first and status["policy_version"] == first.version
+    finally:
+        stop_all(lambda: loop_thread.run(ctl.redis.aclose()), ctl.metrics.shutdown, client.close)

@@ -20,6 +20,7 @@ import torch
 
 from smartspec.engine.proposers.base import Proposal, Proposer, ProposeRequest
 from smartspec.engine.sampling import SamplingParams
+from smartspec.policy.limits import cap_k
 from smartspec.rpc import sampling_from_wire
 from smartspec.v1 import common_pb2, draft_pb2
 
@@ -148,7 +149,7 @@ class StreamSession:
                 continue
             seq.tokens, seq.outstanding = tokens, []
             status[p.seq_id] = S.SEQUENCE_STATUS_OK
-            k = min(int(p.num_speculative_tokens), self.core.max_k) if draft else 0
+            k = cap_k(p.num_speculative_tokens, self.core.max_k) if draft else 0
             if k > 0:
                 reqs.append(ProposeRequest(seq.internal_id, seq.tokens, k, seq.params))
         drafted: dict[int, Proposal] = self.core.proposer.propose(reqs) if reqs else {}

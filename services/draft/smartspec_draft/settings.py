@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smartspec.policy.limits import MAX_K_LIMIT
+
 
 class DraftSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTSPEC_DRAFT_", extra="ignore")
@@ -20,7 +22,7 @@ class DraftSettings(BaseSettings):
     port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: any free port)")
     max_sequences: int = Field(64, ge=1, description="sequences with draft KV at once (all streams)")
     max_len: int = Field(4096, ge=16, description="tokens per sequence, drafts included")
-    max_k: int = Field(8, ge=1, le=64, description="most draft tokens per sequence per step")
+    max_k: int = Field(8, ge=1, le=MAX_K_LIMIT, description="most draft tokens per sequence per step")
     q_top_k: int = Field(64, ge=1, description="support of the q sent per draft token when sampling")
     ngram_max: int = Field(4, ge=1)
     ngram_min: int = Field(2, ge=1)

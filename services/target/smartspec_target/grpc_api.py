@@ -9,6 +9,7 @@ import grpc
 
 from smartspec.engine.scheduler import RequestSpec
 from smartspec.errors import InvalidRequest, SmartspecError
+from smartspec.policy.limits import request_max_k
 from smartspec.rpc import sampling_from_wire
 from smartspec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from smartspec_target.generation import GenerationRequest, generate
@@ -69,9 +70,6 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             raise InvalidRequest("give text or token_ids", param="input")
         params = sampling_from_wire(r.sampling, max_tokens=int(r.max_tokens) or 16, ignore_eos=r.ignore_eos)
         params.validate()
-        max_k = int(r.speculation.max_k) if r.speculation.HasField("max_k") else None
-        if max_k is not None and max_k > self.ctx.max_k:
-            raise InvalidRequest(f"speculation.max_k must be in [0, {self.ctx.max_k}], got {max_k}",
-                                 param="speculation.max_k")
+        max_k = request_max_k(int(r.speculation.max_k) if r.speculation.HasField("max_k") else None, self.ctx.max_k)
         spec = RequestSpec(mode="off" if r.speculation.off else "auto", max_k=max_k)
         return GenerationRequest(ids, params, tuple(s for s in r.stop if s), spec)

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RequestSpec
 from smartspec.errors import InvalidRequest, SmartspecError
+from smartspec.policy.limits import request_max_k
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.generation import Chunk, GenerationRequest, Usage, generate
@@ -114,9 +115,8 @@ def _to_request(ctx: ApiContext, body: CommonParams, prompt_ids: list[int], chat
     if problem:
         raise InvalidRequest(problem[1], param=problem[0])
     spec = body.speculation
-    if spec is not None and spec.max_k is not None and not 0 <= spec.max_k <= ctx.max_k:
-        raise InvalidRequest(f"speculation.max_k must be in [0, {ctx.max_k}], got {spec.max_k}",
-                             param="speculation.max_k")
+    if spec is not None:
+        request_max_k(spec.max_k, ctx.max_k)
     max_tokens = body.max_tokens
     if chat and isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens

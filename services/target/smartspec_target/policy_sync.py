@@ -13,14 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from smartspec.engine.scheduler import Scheduler
-from smartspec.policy.cost_model import CostModel
 from smartspec.policy.document import PolicyDocument, parse_document
+from smartspec.policy.in_force import PolicyInForce, from_document
 from smartspec.telemetry.keys import policy_key
 from smartspec.telemetry.metrics import TargetMetrics
 
@@ -29,55 +29,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PolicySwitch:
-    """Owned by the engine thread: swaps the scheduler between the local default and a published policy."""
+    """Owned by the engine thread: puts the local default or a published policy in force, between two steps."""
 
     scheduler: Scheduler
     metrics: TargetMetrics
     can_speculate: bool  # False when the target has no draft: any mode becomes "off"
 
     def __post_init__(self) -> None:
-        pol = self.scheduler.policy
-        self._local_config = pol.config
-        self._local_cost: CostModel = pol.cost_model
-        self._local_refit = self.scheduler.refit
-        self._prior_classes: set[str] = set()
+        self._local: PolicyInForce = self.scheduler.in_force
         self.doc: PolicyDocument | None = None
 
     def apply(self, doc: PolicyDocument | None, reason: str = "") -> None:
-        pol = self.scheduler.policy
-        tracker = pol.acceptance
         if doc is None:
             if self.doc is None:
                 return
-            pol.config, pol.cost_model, pol.version = self._local_config, self._local_cost, 0
-            self.scheduler.refit = self._local_refit
-            self.scheduler.allow_request_override = True
-            for klass in self._prior_classes:
-                tracker.set_prior(tracker.config.prior, klass)
-            self._prior_classes.clear()
+            self.scheduler.apply_policy(self._local)
             self.doc = None
             self.metrics.policy_version.set(0)
             self.metrics.policy_fallback.add(1, {"reason": reason or "expired"})
             log.warning("policy: %s; back to the local default policy (%s, K=%d)", reason or "expired",
-                        self._local_config.mode, self._local_config.max_k)
+                        self._local.config.mode, self._local.config.max_k)
             return
         if self.doc is None:  # the local model may have been refitted; keep the refitted one for later
-            self._local_cost = pol.cost_model
-        max_k = min(doc.max_k, self._local_config.max_k)  # the engine's K is a hard bound
-        pol.config = replace(self._local_config, mode=doc.mode if self.can_speculate else "off", max_k=max_k,
-                             fixed_k=min(doc.fixed_k, max_k), hysteresis=doc.hysteresis)
-        pol.cost_model = doc.model_cost()
-        pol.version = doc.version
-        # The controller fits on the whole fleet's steps; a local refit would undo its model.
-        self.scheduler.refit = replace(self._local_refit, enabled=False)
-        self.scheduler.allow_request_override = doc.per_request_override
-        for klass, rates in doc.acceptance_prior.items():
-            tracker.set_prior(rates, klass)
-            self._prior_classes.add(klass)
+            self._local = self.scheduler.in_force
+        in_force = from_document(doc, self._local, can_speculate=self.can_speculate)
+        self.scheduler.apply_policy(in_force)
         self.doc = doc
         self.metrics.policy_version.set(doc.version)
-        log.info("policy v%d in force (%s, K=%d, cost model %s, decided by %s)", doc.version, doc.mode, max_k,
-                 pol.cost_model.name, doc.decided_by)
+        log.info("policy v%d in force (%s, K=%d, cost model %s, decided by %s)", doc.version, doc.mode,
+                 in_force.config.max_k, in_force.cost_model.name, doc.decided_by)
 
 
 class PolicySync:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec.policy.modes import Mode
 
 
@@ -30,8 +31,8 @@ class TargetSettings(BaseSettings):
     max_len: int = Field(4096, ge=16, description="tokens per request (prompt + output)")
     max_prefill_tokens: int | None = Field(None, ge=1, description="prompt tokens prefilled per step")
     policy: Mode = "goodput"
-    max_k: int = Field(8, ge=0, le=64)
-    fixed_k: int = Field(3, ge=0, le=64)
+    max_k: int = Field(8, ge=0, le=MAX_K_LIMIT)
+    fixed_k: int = Field(3, ge=0, le=MAX_K_LIMIT)
     hysteresis: float = Field(1.1, ge=1.0)
     cost_model: str = Field("default", description="default, a preset name, or a JSON coefficients file")
     emulate_acceptance: float | None = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from smartspec.engine.sinks import MemorySink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel
+from smartspec.policy.in_force import PolicyInForce
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 from tests.conftest import hf_greedy
 from tests.unit.engine.test_engine import PROMPTS
@@ -89,13 +91,44 @@ def test_sink_failures_never_fail_a_step_and_records_carry_the_policy(tiny_llama
 
     good = MemorySink()
     sch = scheduler(tiny_llama, PolicyConfig(mode="goodput"), sinks=[Broken(), good])
-    sch.policy.version = 7
+    sch.apply_policy(replace(sch.in_force, version=7))  # as a published policy does
     sch.submit(0, [5, 6, 7], SamplingParams(max_tokens=6, ignore_eos=True))
     while sch.has_unfinished:
         sch.step()
     assert sch.sink_errors == len(good.records) > 0
     assert all(st.policy_version == 7 for st in good.records)
     assert all(st.decision_s >= 0 for st in good.records)
+
+
+def test_apply_policy_puts_a_policy_in_force_as_a_whole_and_the_local_default_back(tiny_llama: Any) -> None:
+    sink = MemorySink()
+    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=6), slots=2, sinks=[sink],
+                    refit=RefitConfig(every_steps=2, min_samples=2))
+    local, tracker = sch.in_force, sch.policy.acceptance
+    published = PolicyInForce(PolicyConfig(mode="fixed", max_k=3, fixed_k=3), CHEAP, version=5,
+                              priors={"chat": [0.25]}, allow_request_override=False, refit=False)
+    sch.apply_policy(published)
+    assert sch.in_force is published and sch.policy.config is published.config
+    assert tracker.prior("chat")[0] == pytest.approx(0.25) and tracker.prior()[0] == pytest.approx(0.9)
+    prompt = tiny_llama.tokenizer(PROMPTS[0]).input_ids
+    off = RequestSpec(mode="off", klass="chat")
+    first = sch.submit(0, prompt, SamplingParams(max_tokens=12, ignore_eos=True), off)
+    while sch.has_unfinished:
+        sch.step()
+    # Overrides are forbidden: the request's "off" does not count, and K = 3 bounds the policy's k.
+    assert max(first.stats.k_history) == 3
+    assert sink.records and all(st.policy_version == 5 for st in sink.records)
+    assert not sch.fits and sch.policy.cost_model is CHEAP  # no local refit while a published policy is in force
+
+    sch.apply_policy(local)
+    assert sch.in_force is local and sch.policy.config.fixed_k == 6 and sch.policy.cost_model is CHEAP
+    assert tracker.prior("chat")[0] == pytest.approx(0.9)  # the configured prior again
+    second = sch.submit(1, prompt, SamplingParams(max_tokens=12, ignore_eos=True), off)
+    while sch.has_unfinished:
+        sch.step()
+    assert set(second.stats.k_history) == {0}  # the request's own setting counts again
+    assert sink.records[-1].policy_version == 0
+    assert sch.fits and sch.in_force.cost_model is sch.policy.cost_model  # refits resume, and stay in force
 
 
 def test_cost_model_is_refitted_online_from_its_own_steps(tiny_llama: Any) -> None:
@@ -151,10 +184,37 @@ def test_the_draft_deadline_follows_the_predicted_draft_time_and_a_miss_is_recor
         sch.step()
     assert seq.output_ids == hf_greedy(tiny_llama.target, prompt, 16)  # misses cost speculation, never output
     spec = [st for st in sink.records if st.draft_deadline_s is not None]
-    # Each speculating step waited 3 x the draft time the cost model predicts for k = 3 at batch 1.
+    # Each speculating step waited 3 x the draft time the cost model predicts for k = 3 at batch 1,
+    # doubled right after a miss (every other call misses here).
     assert waits == [st.draft_deadline_s for st in spec]
-    assert all(w == pytest.approx(3.0 * 3 * 1e-4) for w in waits)
+    assert waits == pytest.approx([3.0 * 3 * 1e-4 * (2 if i % 2 == 0 and i > 0 else 1) for i in range(len(waits))])
     missed = [st for st in spec if st.missed_ks]
     assert missed and all(st.ks == [0] and st.missed_ks == [3] and st.predicted_step_s for st in missed)
     sample = sample_of(missed[0])
     assert sample.shape.max_k == 0 and sample.draft_shape is not None and sample.draft_shape.max_k == 3
+
+
+def test_a_missed_deadline_doubles_the_next_one_until_a_draft_arrives() -> None:
+    from smartspec.engine.scheduler import DeadlineConfig
+
+    cfg = DeadlineConfig(factor=2.0, floor_s=0.25, max_s=5.0)
+    assert cfg.for_draft(0.3) == pytest.approx(0.6)
+    assert [cfg.for_draft(0.3, n) for n in (1, 2, 3)] == pytest.approx([1.2, 2.4, 4.8])
+    assert cfg.for_draft(0.3, 4) == 5.0 and cfg.for_draft(0.01) == 0.25
+
+
+def test_refits_keep_speculating_steps_after_the_policy_stopped_speculating(tiny_llama: Any) -> None:
+    sch = scheduler(tiny_llama, PolicyConfig(mode="fixed", fixed_k=4),
+                    refit=RefitConfig(every_steps=10_000, window=16, spec_window=8, min_samples=1))
+    prompt = tiny_llama.tokenizer(PROMPTS[0]).input_ids
+    sch.submit(0, prompt, SamplingParams(max_tokens=60, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    sch.policy.config = PolicyConfig(mode="off")  # then only k = 0 steps, more than the window holds
+    sch.submit(1, prompt, SamplingParams(max_tokens=40, ignore_eos=True))
+    while sch.has_unfinished:
+        sch.step()
+    window = list(sch._samples)
+    assert all(s.shape.max_k == 0 for s in window) and len(window) == 16
+    kept = list(sch._spec_samples)
+    assert len(kept) == 8 and all(s.shape.max_k > 0 for s in kept)

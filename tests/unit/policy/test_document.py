@@ -71,3 +71,15 @@ def test_invalid_documents_are_rejected(kw: dict[str, object], why: str) -> None
 
     with pytest.raises(ValueError, match=why):
         parse_document(json.dumps(raw))
+
+
+def test_the_load_and_recommended_k_are_not_in_the_document_but_older_documents_still_parse() -> None:
+    import json
+
+    d = doc()
+    assert "recommended_k" not in d.model_dump() and "current" not in d.model_dump()
+    # Published by a controller from before they moved to the status key (a rolling update).
+    older = {**d.model_dump(), "recommended_k": {"1": 4, "64": 0}, "current": {"batch_size": 3.0, "k": 2}}
+    assert parse_document(json.dumps(older)) == d
+    with pytest.raises(ValueError, match="surprise"):  # anything else unknown is still refused
+        parse_document(json.dumps({**d.model_dump(), "surprise": 1}))

@@ -161,3 +161,19 @@ def test_one_step_in_explore_every_runs_the_other_side() -> None:
     assert all(max(never.choose(batch([8])).ks.values()) == 5 for _ in range(10))
     with pytest.raises(ValueError, match="explore_every"):
         PolicyConfig(explore_every=-1)
+
+
+def test_a_request_far_behind_is_still_probed_with_its_catch_up_spread() -> None:
+    # k = 0 in steady state (acceptance 0.3), and 300 tokens of catch-up would cost 0.6 s in one step:
+    # judged in full no probe could ever be afforded and the estimate would never be corrected.
+    model = CostModel("behind", verify={"const": 0.1}, draft={"draft_tokens": 0.02, "draft_catchup_tokens": 0.002})
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), model, low_acceptance())
+    req = [BatchRequest(0, 8, 300, pending_catchup=300, remaining=200)]
+    ks = [pol.choose(req).ks[0] for _ in range(8)]
+    assert ks == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_the_tracker_covers_every_position_up_to_k() -> None:
+    pol = SpeculationPolicy(PolicyConfig(max_k=12), CHEAP)
+    assert pol.acceptance.config.max_k == 12
+    assert max(pol.choose(batch([12])).ks.values()) == 12

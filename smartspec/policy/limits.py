@@ -1,0 +1,29 @@
+"""The bounds on k: the largest K any part accepts, and the one function every part clamps k with."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from smartspec.errors import InvalidRequest
+
+# The largest K anywhere: the CRD's bound on maxSpeculationLength, which the operator also gives its
+# pods as their K capacity; the policy, the controller, the services' settings and the CLIs import it.
+MAX_K_LIMIT = 16
+
+
+def cap_k(k: int, *bounds: int | None) -> int:
+    """`k` within every bound given (None: that bound does not apply), never below 0."""
+    return max(0, min([int(k), *(int(b) for b in bounds if b is not None)]))
+
+
+def within(k: int, *bounds: int | None) -> bool:
+    """Whether `k` is an integer that `cap_k` leaves as it is (for checks that reject instead of clamping)."""
+    return isinstance(k, Integral) and not isinstance(k, bool) and cap_k(k, *bounds) == k
+
+
+def request_max_k(value: int | None, engine_k: int) -> int | None:
+    """A request's own `speculation.max_k`, checked against the engine's K (the HTTP and gRPC APIs' check)."""
+    if value is not None and not within(value, engine_k):
+        raise InvalidRequest(f"speculation.max_k must be in [0, {engine_k}], got {value!r}",
+                             param="speculation.max_k")
+    return value
