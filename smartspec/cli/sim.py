@@ -11,8 +11,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from smartspec.engine.scheduler import DeadlineConfig
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, load_cost_model
+from smartspec.policy.limits import MAX_K_LIMIT, within
+from smartspec.sim.effects import Contention, SimEffects
 from smartspec.sim.policies import DEFAULT_POLICIES, PolicyKnobs, policy_config
 
 
@@ -22,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = verbs.add_parser("sweep", help="every policy at every request rate; tables, CSVs and plots in a folder")
     s.add_argument("--cost-model", default="h100-llama8b", help="preset name or a JSON coefficients file")
     s.add_argument("--prefill-cost", default="auto",
-                   help="ms per prompt token when the cost model has none: auto (its batched-token cost, as the "
-                        "published model counts every scheduled token), none, or a number")
+                   help="ms per prompt token (per padded slot, P prompts x the longest, for a model that pads) when "
+                        "the cost model has no prefill price: auto (its batched-token cost, as the published model "
+                        "counts every scheduled token), none, or a number")
     s.add_argument("--rates", default="1,2,4,8,16,24,32", help="request rates (req/s), comma-separated")
     s.add_argument("--trace", default=None, metavar="PHASE,…",
                    help="a dynamic trace instead of --rates, the grammar of `smartspec bench sweep --trace`: phases "
@@ -35,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt-len", default="uniform:128,384",
                    help="fixed:N | uniform:A,B | lognormal:MEDIAN,SIGMA[,MAX] | replay:RECORDS.csv")
     s.add_argument("--output-len", default="uniform:128,384", help="as --prompt-len")
-    s.add_argument("--arrivals", default="poisson", help="poisson | gamma:CV (CV > 1 is burstier)")
+    s.add_argument("--arrivals", default="poisson",
+                   help="poisson | gamma:CV (CV > 1 is burstier) | replay:RECORDS.csv (measured arrival times)")
     s.add_argument("--max-batch", type=int, default=256, help="running requests at most (KV slots)")
     s.add_argument("--max-prefill-tokens", type=int, default=None, help="prompt tokens prefilled per step")
     s.add_argument("--max-k", type=int, default=7, help="K: the largest k any request drafts (oracle: fixed:0…K)")
@@ -45,6 +50,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="goodput: one step in N runs the other side for the cost fit (default: target's; 0 = never)")
     s.add_argument("--acceptance-prior", default=None, help="goodput: the tracker's prior (default: target's)")
     s.add_argument("--refit", action="store_true", help="goodput: refit the cost model online (off by default)")
+    s.add_argument("--cold-start", action="store_true",
+                   help="start every policy as the real target does: the default cost model with online refit on "
+                        "(steps still cost what --cost-model says)")
+    s.add_argument("--no-deadline", action="store_true",
+                   help="drafts always arrive (default: a draft slower than the deadline is a deadline-long wait "
+                        "and a k = 0 step, as on the real target)")
+    s.add_argument("--draft-deadline-factor", type=float, default=DeadlineConfig.factor,
+                   help="the target's deadline: this many times the predicted draft time …")
+    s.add_argument("--draft-deadline-floor-s", type=float, default=DeadlineConfig.floor_s, help="… at least this …")
+    s.add_argument("--draft-deadline-s", type=float, default=DeadlineConfig.max_s, help="… and at most this")
+    s.add_argument("--cores", type=int, default=Contention.cores,
+                   help="cores the target and draft share: a missed draft's leftover work slows the next target "
+                        "steps (0: the draft has its own cores)")
+    s.add_argument("--contention-busy", type=float, default=Contention.busy,
+                   help="share of a thread's time that needs a core: overlapping work is 1 + this times slower "
+                        "(0.6: 1.6x, the worst measured on this CPU's pair)")
+    s.add_argument("--noise-sigma", type=float, default=0.0,
+                   help="multiplicative lognormal noise (median 1, seeded by --seed) on every step time "
+                        "(`sim fit` prints the recorded steps' σ)")
     s.add_argument("--no-oracle", action="store_true", help="skip the fixed:0…K runs for the oracle")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--jobs", type=int, default=1, help="simulate in this many processes")
@@ -63,9 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def with_prefill_cost(cost: CostModel, setting: str) -> CostModel:
     """The cost model with a prefill price when it has none: `auto` charges a prompt token what the model charges
-    a batched token (the published vLLM model's N_batched counts every scheduled token), `none` keeps prefill free."""
-    if "prefill_tokens" in cost.verify or setting == "none":
+    a batched token (the published vLLM model's N_batched counts every scheduled token), `none` keeps prefill free.
+
+    The price goes where the engine spends it: per padded slot (`prefill_padded_tokens`, P prompts × the longest)
+    for a model of an engine that pads rows (smartspec's runner, `pads_to_max_k`), per prompt token for a ragged
+    one (vLLM). A model that prices either already (e.g. one `sim fit` learned) is left as it is."""
+    if {"prefill_tokens", "prefill_padded_tokens"} & set(cost.verify) or setting == "none":
         return cost
+    feature = "prefill_padded_tokens" if cost.pads_to_max_k else "prefill_tokens"
     if setting == "auto":
         per_token = cost.verify.get("batched_tokens", 0.0)
     else:
@@ -75,7 +104,7 @@ def with_prefill_cost(cost: CostModel, setting: str) -> CostModel:
             per_token = -1.0
         if per_token < 0:
             raise InvalidRequest(f"--prefill-cost must be auto, none or ms >= 0, got {setting!r}", param="prefill_cost")
-    return replace(cost, name=f"{cost.name}+prefill", verify={**cost.verify, "prefill_tokens": per_token})
+    return replace(cost, name=f"{cost.name}+prefill", verify={**cost.verify, feature: per_token})
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -112,6 +141,12 @@ def command_line(args: argparse.Namespace) -> str:
         if getattr(args, opt) is not None:
             parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     parts += ["--refit"] if args.refit else []
+    parts += ["--cold-start"] if args.cold_start else []
+    parts += ["--no-deadline"] if args.no_deadline else []
+    parts += ["--draft-deadline-factor", f"{args.draft_deadline_factor:g}", "--draft-deadline-floor-s",
+              f"{args.draft_deadline_floor_s:g}", "--draft-deadline-s", f"{args.draft_deadline_s:g}",
+              "--cores", str(args.cores), "--contention-busy", f"{args.contention_busy:g}",
+              "--noise-sigma", f"{args.noise_sigma:g}"]
     parts += ["--no-oracle"] if args.no_oracle else []
     parts += ["--out", _shown_path(args.out)] if args.out else []
     return shlex.join(parts)
@@ -125,8 +160,8 @@ def sweep(args: argparse.Namespace) -> int:
     from smartspec.sim.trace import parse_trace
     from smartspec.sim.workload import WorkloadSpec, parse_arrivals, parse_lengths
 
-    if args.requests < 1 or args.max_batch < 1 or args.jobs < 1 or not 0 <= args.max_k <= 64:
-        raise InvalidRequest("need --requests, --max-batch and --jobs >= 1 and 0 <= --max-k <= 64")
+    if args.requests < 1 or args.max_batch < 1 or args.jobs < 1 or not within(args.max_k, MAX_K_LIMIT):
+        raise InvalidRequest(f"need --requests, --max-batch and --jobs >= 1 and 0 <= --max-k <= {MAX_K_LIMIT}")
     rates = _floats(args.rates, "--rates")
     if min(rates) <= 0:
         raise InvalidRequest("--rates must be > 0", param="rates")
@@ -139,12 +174,17 @@ def sweep(args: argparse.Namespace) -> int:
         trace = parse_trace(args.trace) if args.trace else None
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="trace") from None
+    try:
+        deadline = DeadlineConfig(args.draft_deadline_factor, args.draft_deadline_floor_s, args.draft_deadline_s)
+        effects = SimEffects(not args.no_deadline, Contention(args.cores, args.contention_busy), args.noise_sigma)
+    except ValueError as exc:
+        raise InvalidRequest(f"engine effects: {exc}") from None
     cost = with_prefill_cost(load_cost_model(args.cost_model), args.prefill_cost)
     workload = WorkloadSpec(parse_lengths(args.prompt_len, "prompt_tokens"), parse_lengths(args.output_len),
                             parse_acceptance(args.acceptance), parse_arrivals(args.arrivals), args.max_k, args.seed)
     cfg = SweepConfig(cost, workload, rates, policies, args.requests,
                       EngineConfig(args.max_batch, args.max_k, args.max_prefill_tokens), knobs, args.refit,
-                      trace, not args.no_oracle)
+                      trace, not args.no_oracle, effects=effects, deadline=deadline, cold_start=args.cold_start)
     tag = args.tag or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.cost_model).stem)
     out = Path(args.out) if args.out else Path("bench/results") / f"{dt.date.today().isoformat()}-sim-{tag}"
 
@@ -164,10 +204,11 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def fit(args: argparse.Namespace) -> int:
-    from smartspec.sim.calibrate import fit_cost, read_records, recorded_acceptance
+    from smartspec.sim.calibrate import fit_cost, read_records, recorded_acceptance, step_samples, timing_noise
 
     records = read_records(args.records)
     model = fit_cost(records, pads_to_max_k=not args.ragged, name=f"fit:{Path(args.records).stem}")
+    noise = timing_noise(model, step_samples(records))
     acc = recorded_acceptance(records, args.klass)
     if args.save:
         Path(args.save).write_text(json.dumps(model.to_dict(), indent=2) + "\n")
@@ -175,10 +216,11 @@ def fit(args: argparse.Namespace) -> int:
     print(f"cost model {model.name}: R² {r2} on {model.samples} steps")
     for part in ("verify", "draft", "overhead"):
         print(f"  {part}: " + ", ".join(f"{k}={v:.4g}" for k, v in getattr(model, part).items()))
+    print(f"timing noise: σ {noise:.3f} (robust, log of actual / predicted over the decode steps)")
     if sum(acc.tested):
         print(f"acceptance: mean α {acc.mean_alpha:.3f}; per position " +
               ", ".join(f"{c:.3f}" for c in acc.conditional) + f" (tested {', '.join(map(str, acc.tested))})")
-        print(f"simulate with: --acceptance {acc.spec().label()}" +
+        print(f"simulate with: --acceptance {acc.spec().label()} --noise-sigma {noise:.3f}" +
               (f" --cost-model {_shown_path(args.save)}" if args.save else ""))
     else:
         print("acceptance: no draft was tested in these records")

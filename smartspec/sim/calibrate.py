@@ -68,8 +68,9 @@ def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True
     1. fit_cost_model (the controller's fit) on the decode steps — those without a prefill — from `prior`
        (default: the built-in model scaled to the data). Steps with a prefill are a minority whose residuals
        the fit's Huber weights treat as outliers, so they would leave the prefill price at the prior's.
-    2. the prefill price per prompt token: least squares (through 0) of what the steps with a prefill took
-       beyond the stage-1 prediction for the same step without it."""
+    2. the prefill price (prefill_prices): what the steps with a prefill took beyond the stage-1 prediction
+       for the same step without it, per prompt token and, where the records say how rows were padded, per
+       padded slot."""
     samples = step_samples(records)
     decode = [s for s in samples if s.shape.prefill_tokens == 0]
     mixed = [s for s in samples if s.shape.prefill_tokens > 0]
@@ -80,13 +81,50 @@ def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True
     model = fit_cost_model(base, prior=prior or scale_matched(default_cost_model(), base),
                            pads_to_max_k=pads_to_max_k, name=name)
     if mixed and base is decode:
-        tokens = np.array([s.shape.prefill_tokens for s in mixed], dtype=float)
-        extra = np.array([s.total_s - model.step_time(replace(s.shape, prefill_tokens=0)) for s in mixed])
-        per_token = max(float(tokens @ extra / (tokens @ tokens)), 0.0)
-        model = replace(model, verify={**model.verify, "prefill_tokens": per_token})
+        model = replace(model, verify={**model.verify, **prefill_prices(model, mixed)})
     actual = np.array([s.total_s for s in samples])
     predicted = np.array([s.predicted_s(model) for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+
+
+def _without_prefill(s: StepSample) -> StepSample:
+    return replace(s, shape=s.shape.decode_only())
+
+
+def prefill_prices(model: CostModel, mixed: Sequence[StepSample]) -> dict[str, float]:
+    """Seconds per prompt token and per padded prefill slot (P prompts × the longest: the runner pads rows),
+    by non-negative least squares through 0 of what steps with a prefill took beyond `model`'s time for the
+    same step without it.
+
+    Records that do not say how rows were padded (older ones), or whose prefills never padded (one prompt a
+    step), cannot tell the two apart: the whole price then goes on the prompt token, as it always did."""
+    real = np.array([s.shape.prefill_tokens for s in mixed], dtype=float)
+    padded = np.array([max(s.shape.prefill_padded_tokens, s.shape.prefill_tokens) for s in mixed], dtype=float)
+    extra = np.array([s.total_s - _without_prefill(s).predicted_s(model) for s in mixed])
+
+    def through_zero(x: np.ndarray) -> float:
+        return max(float(x @ extra / (x @ x)), 0.0) if x @ x > 0 else 0.0
+
+    if not (padded > real).any():
+        return {"prefill_tokens": through_zero(real), "prefill_padded_tokens": 0.0}
+    both, *_ = np.linalg.lstsq(np.column_stack([real, padded]), extra, rcond=None)
+    if (both >= 0).all():
+        return {"prefill_tokens": float(both[0]), "prefill_padded_tokens": float(both[1])}
+    # A negative price is a cost the data cannot separate: keep the one feature that explains more.
+    alone = [(through_zero(real), 0.0), (0.0, through_zero(padded))]
+    best = min(alone, key=lambda ab: float(np.sum((extra - ab[0] * real - ab[1] * padded) ** 2)))
+    return {"prefill_tokens": best[0], "prefill_padded_tokens": best[1]}
+
+
+def timing_noise(model: CostModel, samples: Sequence[StepSample]) -> float:
+    """The σ of log(actual / predicted) over the decode steps (robust: 1.4826 × the median absolute deviation):
+    the step-to-step variation the model does not explain, for the simulator's `--noise-sigma`."""
+    logs = [np.log(s.total_s / p) for s in samples
+            if s.shape.prefill_tokens == 0 and s.total_s > 0 and (p := s.predicted_s(model)) > 0]
+    if len(logs) < 4:
+        return 0.0
+    x = np.array(logs)
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from smartspec.engine.steps import (
 )
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepShape
+from smartspec.sim.effects import SimEffects, StepTimer
 from smartspec.sim.workload import SimRequest
 
 MIN_STEP_S = 1e-6  # a cost model that predicts <= 0 somewhere still moves the clock
@@ -61,11 +62,16 @@ class SimEngine(RequestBook):
     Each output position t of a request has one uniform u_t, fixed by (seed, request id): a draft that
     proposes position t passes iff u_t < the request's rate at its draft position. Every position is tested
     at most once (a rejection emits the target's own token there), so this is the per-step geometric draw,
-    and a request meets the same luck under every policy (common random numbers across the sweep)."""
+    and a request meets the same luck under every policy (common random numbers across the sweep).
+
+    `effects` (smartspec.sim.effects) adds what the real pair showed beyond the cost model: a draft slower
+    than the plan's deadline turns the step into a deadline-long wait and a k = 0 verify, recorded as the
+    real engine records it, while the abandoned draft work slows the next target forwards on shared cores;
+    and optional timing noise."""
 
     def __init__(self, requests: Mapping[int, SimRequest], cost: CostModel, clock: VirtualClock, *,
                  num_slots: int = 256, max_k: int = 8, limits: AdmissionLimits | None = None,
-                 max_len: int | None = None, seed: int = 0) -> None:
+                 max_len: int | None = None, seed: int = 0, effects: SimEffects | None = None) -> None:
         self.requests = requests
         self.cost = cost
         self.clock = clock
@@ -78,6 +84,7 @@ class SimEngine(RequestBook):
         self._truth: dict[int, _Truth] = {}
         self._step_id = 0
         self.busy_s = 0.0  # virtual seconds spent in steps
+        self.timer = StepTimer(cost, effects, seed)
 
     # -- requests ------------------------------------------------------------------------
     def add_request(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> Sequence:
@@ -111,7 +118,14 @@ class SimEngine(RequestBook):
         prefill_tokens = sum(s.prompt_len for s in prefill)
         padded = len(prefill) * max((s.prompt_len for s in prefill), default=0)
         shape = StepShape(len(running), context, max(k_of, default=0), sum(k_of), prefill_tokens, catchup, padded)
-        draft_s, verify_s, overhead_s = self.cost.components(shape)
+        timing = self.timer.time(shape, plan.draft_deadline_s, self.clock.now)
+        draft_s, verify_s, overhead_s = timing.draft_s, timing.verify_s, timing.overhead_s
+        missed_ks: list[int] = []
+        if timing.missed:  # as SpecEngine: verified at k = 0; the draft still ingested what it was sent
+            for s, k in zip(running, k_of, strict=True):
+                if k > 0:
+                    self._truth[s.seq_id].draft_seen = len(s.tokens)
+            missed_ks, k_of, shape = k_of, [0] * len(k_of), timing.shape
         dt = max(draft_s + verify_s + overhead_s, MIN_STEP_S)
         self.clock.advance(dt)
         self.busy_s += dt
@@ -141,8 +155,8 @@ class SimEngine(RequestBook):
             num_forwards=1, real_tokens=len(running) + sum(k_of) + prefill_tokens,
             padded_tokens=len(running) * (k_max + 1) + len(prefill) * max((s.prompt_len for s in prefill), default=0),
             draft_s=draft_s, verify_s=verify_s, overhead_s=overhead_s, prefill_tokens=prefill_tokens,
-            draft_catchup_tokens=catchup, prefill_padded_tokens=padded, pending_catchup_tokens=sum(pending),
-            draft_deadline_s=plan.draft_deadline_s,
+            draft_catchup_tokens=shape.draft_catchup_tokens, prefill_padded_tokens=padded,
+            pending_catchup_tokens=sum(pending), draft_deadline_s=plan.draft_deadline_s, missed_ks=missed_ks,
         )
         return out
 
@@ -169,8 +183,10 @@ class SimEngine(RequestBook):
         return admitted
 
     def _cap_k(self, seq: Sequence, k: int) -> int:
-        room = k if self.max_len is None else self.max_len - (len(seq.tokens) - 1) - 1
-        return max(0, min(int(k), self.max_k, seq.remaining - 1, room))
+        from smartspec.policy.limits import cap_k  # the one clamp on k, as in the real engine
+
+        room = None if self.max_len is None else self.max_len - (len(seq.tokens) - 1) - 1
+        return cap_k(k, self.max_k, seq.remaining - 1, room)
 
     def _verify(self, seq: Sequence, k: int) -> int:
         """Accepted drafts of k proposed: leading passes of u_t < rate_j (t = output position, j = draft position)."""

@@ -34,6 +34,8 @@ def _setup(result: SweepResult) -> str:
             else f"rates {', '.join(f'{r:g}' for r in cfg.rates)} req/s, {cfg.requests} requests per rate")
     kn = cfg.knobs
     budget = f"{cfg.engine.max_prefill_tokens} tokens/step" if cfg.engine.max_prefill_tokens else "unlimited"
+    start = ("cold (every policy on the default cost model, online refit on)" if cfg.cold_start
+             else "warm (every policy on the true cost model)")
     return "\n".join([
         f"- cost model `{cost.name}`: {coef}; draft = {cost.draft_fraction:g}×verify, overhead = "
         f"{cost.overhead_fraction:g}×verify when speculating; pads to max k: {cost.pads_to_max_k}",
@@ -46,6 +48,9 @@ def _setup(result: SweepResult) -> str:
         f"- goodput policy: hysteresis {kn.hysteresis:g}, probe every {kn.probe_every or 'default'}, explore every "
         f"{'default' if kn.explore_every is None else kn.explore_every}, acceptance prior "
         f"{kn.acceptance_prior or 'default'}; online refit {'on' if cfg.refit else 'off'}",
+        f"- start: {start}; "
+        f"draft deadline {cfg.deadline.factor:g}× the predicted draft time within [{cfg.deadline.floor_s:g}, "
+        f"{cfg.deadline.max_s:g}] s; {cfg.effects.describe()}",
     ])
 
 
@@ -59,7 +64,7 @@ def _runs_table(result: SweepResult, policy: str) -> list[dict[str, Any]]:
         rows.append({"rate": "trace" if run.rate == TRACE_RATE and result.config.trace else run.rate,
                      "steps": run.steps, "mean_batch": run.mean_batch, "mean_k": run.mean_k,
                      "busy_share": run.busy_s / run.sim_s if run.sim_s > 0 else float("nan"),
-                     "k per request-step": dist})
+                     "deadline_misses": run.misses, "refits": run.refits, "k per request-step": dist})
     return rows
 
 
@@ -75,11 +80,11 @@ def write_results(out: Path, result: SweepResult, command: str, note: str | None
     with files[2].open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["policy", "rate", "requests", "steps", "mean_batch", "mean_k", "k_counts", "sim_s", "busy_s",
-                    "wall_s", "refits"])
+                    "wall_s", "refits", "deadline_misses"])
         for r in result.runs:
             w.writerow([r.policy, r.rate, r.requests, r.steps, f"{r.mean_batch:.3f}", f"{r.mean_k:.3f}",
                         " ".join(f"{k}:{c}" for k, c in r.k_counts.items()), f"{r.sim_s:.3f}", f"{r.busy_s:.3f}",
-                        f"{r.wall_s:.3f}", r.refits])
+                        f"{r.wall_s:.3f}", r.refits, r.misses])
     shown = [r for r in summary if r["policy"] in named]
     ratios = ratio_table(shown)
     oracle = oracle_table(summary)

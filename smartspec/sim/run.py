@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from smartspec.engine.params import SamplingParams
-from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler
+from smartspec.engine.scheduler import DeadlineConfig, RefitConfig, RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence as Seq
 from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import AdmissionLimits, StepStats
 from smartspec.policy.cost_model import CostModel
 from smartspec.policy.policy import SpeculationPolicy
+from smartspec.sim.effects import SimEffects
 from smartspec.sim.engine import SimEngine, VirtualClock
 from smartspec.sim.report import RequestRecord
 from smartspec.sim.workload import SimRequest
@@ -61,20 +62,24 @@ class SimResult:
     busy_s: float  # virtual seconds spent stepping
     wall_s: float  # real seconds the simulation took
     refits: int = 0
+    misses: int = 0  # steps whose drafts missed the deadline
 
 
 def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: CostModel, *, label: str,
              engine: EngineConfig | None = None, refit: RefitConfig | None = None,
-             sinks: Sequence[StepSink] = (), workload: str = "synthetic", seed: int = 0) -> SimResult:
-    """Run `requests` through a real Scheduler driving a SimEngine whose steps cost what `cost` says."""
+             sinks: Sequence[StepSink] = (), workload: str = "synthetic", seed: int = 0,
+             effects: SimEffects | None = None, deadline: DeadlineConfig | None = None) -> SimResult:
+    """Run `requests` through a real Scheduler driving a SimEngine whose steps cost what `cost` says (the truth;
+    the policy decides on its own cost model), with `effects` on top and the target's draft `deadline`."""
     t0 = time.perf_counter()
     engine = engine or EngineConfig()
     clock = VirtualClock()
     by_id = {r.seq_id: r for r in requests}
     sim = SimEngine(by_id, cost, clock, num_slots=engine.max_batch, max_k=engine.max_k, max_len=engine.max_len,
-                    limits=AdmissionLimits(max_prefill_tokens=engine.max_prefill_tokens), seed=seed)
+                    limits=AdmissionLimits(max_prefill_tokens=engine.max_prefill_tokens), seed=seed, effects=effects)
     tally = StepTally()
-    sched = Scheduler(sim, policy, sinks=[tally, *sinks], refit=refit or RefitConfig(enabled=False), clock=clock)
+    sched = Scheduler(sim, policy, sinks=[tally, *sinks], refit=refit or RefitConfig(enabled=False), clock=clock,
+                      deadline=deadline or DeadlineConfig())
     pending = sorted(requests, key=lambda r: (r.arrival_s, r.seq_id))
     done: dict[int, Seq] = {}
     i = 0
@@ -93,7 +98,8 @@ def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: Co
             done[sid] = sched.pop_finished(sid)
     records = [_record(done[r.seq_id], r, label, workload) for r in requests]
     start = min((r.arrival_s for r in requests), default=0.0)
-    return SimResult(label, records, tally, clock.now - start, sim.busy_s, time.perf_counter() - t0, len(sched.fits))
+    return SimResult(label, records, tally, clock.now - start, sim.busy_s, time.perf_counter() - t0, len(sched.fits),
+                     sim.timer.misses)
 
 
 def _record(seq: Seq, req: SimRequest, policy: str, workload: str) -> RequestRecord:

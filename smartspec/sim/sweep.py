@@ -7,8 +7,9 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from smartspec.engine.scheduler import RefitConfig
-from smartspec.policy.cost_model import CostModel
+from smartspec.engine.scheduler import DeadlineConfig, RefitConfig
+from smartspec.policy.cost_model import CostModel, default_cost_model
+from smartspec.sim.effects import SimEffects
 from smartspec.sim.policies import PolicyKnobs, build_policy, canonical
 from smartspec.sim.report import RequestRecord
 from smartspec.sim.run import EngineConfig, SimResult, simulate
@@ -27,10 +28,17 @@ class SweepConfig:
     requests: int = 500  # per rate
     engine: EngineConfig = field(default_factory=EngineConfig)
     knobs: PolicyKnobs = field(default_factory=PolicyKnobs)
-    refit: bool = False  # online refit of the goodput policy's cost model (adds nothing: steps cost what it says)
+    # Online refit of the goodput policy's cost model; it learns something only where steps do not cost what
+    # the model says (timing noise, contention, deadline misses, a cold start).
+    refit: bool = False
     trace: tuple[Phase, ...] | None = None  # a phased trace instead of one run per rate
     oracle: bool = True  # also run every fixed k in 0 … K for the best static policy in hindsight
     workload_name: str = "synthetic"
+    effects: SimEffects = field(default_factory=SimEffects)
+    deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
+    # Start every policy as the real target does: the built-in default cost model with online refit on (the
+    # steps still cost what `cost` says); the acceptance prior is the tracker's configured one either way.
+    cold_start: bool = False
 
     @property
     def all_policies(self) -> tuple[str, ...]:
@@ -54,6 +62,7 @@ class RunInfo:
     busy_s: float
     wall_s: float
     refits: int
+    misses: int = 0
 
 
 @dataclass
@@ -66,13 +75,13 @@ class SweepResult:
 
 def _task(cfg: SweepConfig, rate: float, policy: str) -> tuple[SimResult, RunInfo]:
     reqs = cfg.workload.trace(cfg.trace) if cfg.trace else cfg.workload.requests(cfg.requests, rate)
-    pol = build_policy(policy, cfg.cost, cfg.engine.max_k, cfg.knobs)
-    refit = RefitConfig(enabled=cfg.refit and policy == "goodput")
+    pol = build_policy(policy, default_cost_model() if cfg.cold_start else cfg.cost, cfg.engine.max_k, cfg.knobs)
+    refit = RefitConfig() if cfg.cold_start else RefitConfig(enabled=cfg.refit and policy == "goodput")
     res = simulate(reqs, pol, cfg.cost, label=policy, engine=cfg.engine, refit=refit,
-                   workload=cfg.workload_name, seed=cfg.workload.seed)
+                   workload=cfg.workload_name, seed=cfg.workload.seed, effects=cfg.effects, deadline=cfg.deadline)
     t = res.tally
     info = RunInfo(policy, rate, len(reqs), t.steps, t.mean_batch, t.mean_k, dict(sorted(t.k_counts.items())),
-                   res.sim_s, res.busy_s, res.wall_s, res.refits)
+                   res.sim_s, res.busy_s, res.wall_s, res.refits, res.misses)
     return res, info
 
 

@@ -83,32 +83,54 @@ def parse_lengths(text: str, column: str = "completion_tokens") -> LengthSpec:
 
 @dataclass(frozen=True)
 class Arrivals:
-    """Inter-arrival gaps: Poisson (cv = 1, exponential gaps) or gamma with coefficient of variation cv."""
+    """Inter-arrival gaps: Poisson (cv = 1, exponential gaps) or gamma with coefficient of variation cv; or the
+    gaps of a recorded run, replayed in order whatever the rate (a measured point compared with its simulation)."""
 
     cv: float = 1.0
     poisson: bool = True
+    replay: tuple[float, ...] = ()  # recorded gaps, the first 0
 
     def gaps(self, n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+        if self.replay:
+            if n > len(self.replay):
+                raise InvalidRequest(f"{n} requests but {len(self.replay)} recorded arrivals to replay",
+                                     param="arrivals")
+            return np.array(self.replay[:n])
         if self.poisson:
             return rng.exponential(1.0 / rate, size=n)
         shape = 1.0 / self.cv**2
         return rng.gamma(shape, 1.0 / (rate * shape), size=n)
 
     def label(self) -> str:
+        if self.replay:
+            return f"replay ({len(self.replay)} recorded)"
         return "poisson" if self.poisson else f"gamma:{self.cv:g}"
 
 
 def parse_arrivals(text: str) -> Arrivals:
-    """`poisson` or `gamma:CV` (CV = 1 is Poisson; larger is burstier)."""
+    """`poisson`, `gamma:CV` (CV = 1 is Poisson; larger is burstier) or `replay:RECORDS.csv` (the `arrival_s` of a
+    bench records CSV, in time order)."""
     if text == "poisson":
         return Arrivals()
+    if text.startswith("replay:"):
+        from smartspec.sim.report import read_csv
+
+        path = text.partition(":")[2]
+        try:
+            times = sorted(r.arrival_s for r in read_csv(Path(path)) if r.error is None)
+        except (OSError, AttributeError, ValueError, KeyError) as exc:
+            raise InvalidRequest(f"cannot replay arrivals from {path}: {exc}", param="arrivals") from None
+        if not times:
+            raise InvalidRequest(f"no arrivals in {path}", param="arrivals")
+        return Arrivals(replay=tuple(float(x) for x in np.diff(times, prepend=times[0])))
     kind, _, rest = text.partition(":")
     try:
         cv = float(rest)
     except ValueError:
         cv = -1.0
     if kind != "gamma" or cv <= 0:
-        raise InvalidRequest(f"unknown arrivals {text!r}; use poisson or gamma:CV with CV > 0", param="arrivals")
+        raise InvalidRequest(f"unknown arrivals {text!r}; use poisson, gamma:CV with CV > 0 or replay:RECORDS.csv",
+                             param="arrivals")
     return Arrivals(cv=cv, poisson=False)
 
 
@@ -140,6 +162,8 @@ class WorkloadSpec:
         """Requests of a phased trace, back to back: a timed phase draws arrivals at its rate until its duration
         is over (at rate 0 it is a pause), a counted phase sends that many requests at its rate and ends at the
         last one; the next phase's first request comes one of its own gaps later."""
+        if self.arrivals.replay:
+            raise InvalidRequest("a trace draws its own arrivals; replayed arrivals go with --rates", param="trace")
         gap_rng, prompt_rng, out_rng, acc_rng = self._streams()
         times: list[float] = []
         rates: list[float] = []
