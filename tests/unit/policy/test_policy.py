@@ -113,7 +113,8 @@ def test_catch_up_is_priced_and_bounded_per_step() -> None:
 def test_upward_exploration_after_all_drafts_pass() -> None:
     # Deeper positions look hopeless a priori (prior 0.05, pooled estimate not yet trusted), so k = 2.
     tracker = AcceptanceTracker(AcceptanceConfig(max_k=8, prior=(0.99, 0.99, 0.05), pooled_min_trials=1e9))
-    pol = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0), CHEAP, tracker)
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", explore_every=0, probe_every=0, explore_up_batch=8),
+                            CHEAP, tracker)
     tracker.add(0)
     assert pol.choose(batch([8])).ks == {0: 2}
     pol.observe({0: (2, 2)})  # both passed: try a third next step
