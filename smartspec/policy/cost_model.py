@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,28 +62,40 @@ class StepShape:
         return replace(self, prefill_tokens=0, prefill_padded_tokens=0)
 
     def features(self, pads_to_max_k: bool) -> dict[str, float]:
-        spec = 1.0 if self.max_k > 0 else 0.0
-        batched = self.batch * (self.max_k + 1) if pads_to_max_k else self.draft_tokens + self.batch
-        return {
-            "const": 1.0,
-            "batch": float(self.batch),
-            "batched_tokens": float(batched),
-            "context_tokens": float(self.context_tokens),
-            "prefill_tokens": float(self.prefill_tokens),
-            "spec": spec,
-            "max_k": float(self.max_k),
-            "draft_tokens": float(self.draft_tokens),
-            "spec_batch": spec * self.batch,
-            "spec_context_tokens": spec * self.context_tokens,
-            "draft_catchup_tokens": float(self.draft_catchup_tokens),
-            "prefill_padded_tokens": float(max(self.prefill_padded_tokens, self.prefill_tokens)),
-            "spec_width_context": spec * self.context_tokens * (
-                self.max_k + 1 if pads_to_max_k else (self.draft_tokens + self.batch) / max(self.batch, 1)),
-        }
+        feats = feature_values(self.batch, self.context_tokens, self.max_k, self.draft_tokens, pads_to_max_k,
+                               self.prefill_tokens, self.draft_catchup_tokens, self.prefill_padded_tokens)
+        return {name: float(v) for name, v in feats.items()}
 
 
-def _dot(coef: Mapping[str, float], feats: Mapping[str, float]) -> float:
-    return sum(c * feats[name] for name, c in coef.items())
+def feature_values(batch: int, context_tokens: int, max_k: Any, draft_tokens: Any, pads_to_max_k: bool,
+                   prefill_tokens: int = 0, draft_catchup_tokens: int = 0, prefill_padded_tokens: int = 0,
+                   ) -> dict[str, Any]:
+    """The features of a step (see the module docstring); `max_k` and `draft_tokens` may be numpy arrays
+    of the same shape, so one call prices a whole curve of steps (the policy's hot path)."""
+    max_k = np.asarray(max_k, dtype=float)
+    spec = (max_k > 0).astype(float)
+    batched = batch * (max_k + 1) if pads_to_max_k else draft_tokens + batch
+    width = max_k + 1 if pads_to_max_k else (np.asarray(draft_tokens, dtype=float) + batch) / max(batch, 1)
+    zero = np.zeros_like(max_k)
+    return {
+        "const": zero + 1.0,
+        "batch": zero + batch,
+        "batched_tokens": zero + batched,
+        "context_tokens": zero + context_tokens,
+        "prefill_tokens": zero + prefill_tokens,
+        "spec": spec,
+        "max_k": max_k,
+        "draft_tokens": zero + draft_tokens,
+        "spec_batch": spec * batch,
+        "spec_context_tokens": spec * context_tokens,
+        "draft_catchup_tokens": zero + draft_catchup_tokens,
+        "prefill_padded_tokens": zero + max(prefill_padded_tokens, prefill_tokens),
+        "spec_width_context": spec * context_tokens * width,
+    }
+
+
+def _dot(coef: Mapping[str, float], feats: Mapping[str, Any]) -> Any:
+    return sum((c * feats[name] for name, c in coef.items()), 0.0)
 
 
 @dataclass(frozen=True)
@@ -116,10 +129,29 @@ class CostModel:
     def step_time(self, shape: StepShape) -> float:
         return sum(self.components(shape))
 
-    def catchup_s_per_token(self) -> float:
-        """Seconds one token of draft catch-up adds to a speculating step (the model is linear in it)."""
+    def decode_curve(self, batch: int, context_tokens: int, max_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(α, β) with the decode step's time T = α[M] + β[M]·S for M = max k ≤ `max_k` and S = Σ k: the
+        model is affine in S at a fixed M, so two evaluations per M give every k⃗ of this batch exactly."""
+        m = np.arange(max_k + 1, dtype=float)
+        spec = (m > 0).astype(float)
+
+        def total(s: np.ndarray) -> np.ndarray:
+            feats = feature_values(batch, context_tokens, m, s, self.pads_to_max_k)
+            verify = _dot(self.verify, feats)
+            extra = spec * (self.draft_fraction + self.overhead_fraction) * verify
+            return np.asarray(verify + _dot(self.draft, feats) + _dot(self.overhead, feats) + extra, dtype=float)
+
+        alpha = total(np.zeros_like(m))
+        return alpha, (total(spec) - alpha) * spec
+
+    @cached_property  # the model is frozen; the policy asks every step
+    def _catchup_s_per_token(self) -> float:
         base = StepShape(1, 0, 1, 1)
         return max(self.step_time(replace(base, draft_catchup_tokens=1)) - self.step_time(base), 0.0)
+
+    def catchup_s_per_token(self) -> float:
+        """Seconds one token of draft catch-up adds to a speculating step (the model is linear in it)."""
+        return self._catchup_s_per_token
 
     def to_dict(self) -> dict[str, Any]:
         return {

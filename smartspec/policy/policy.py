@@ -17,10 +17,10 @@ from smartspec.policy.selection import (
     CatchUp,
     Objective,
     Selection,
+    StepCurve,
     expected_total,
     select_goodput,
     select_uniform,
-    step_time,
 )
 
 Admission = Literal["no-spec", "decode-only"]
@@ -149,6 +149,7 @@ class SpeculationPolicy:
         pending = np.array([r.pending_catchup for r in batch], dtype=float)
         probes, explored = 0, False
         catchup = CatchUp.none(len(batch))
+        curve = StepCurve.of(self.cost_model, len(batch), context, cfg.max_k)
         if cfg.mode == "off" or cfg.max_k == 0 or (admitting and cfg.admission == "no-spec" and cfg.adaptive):
             ks = np.zeros(len(batch), dtype=int)
         elif cfg.mode == "fixed":
@@ -156,23 +157,24 @@ class SpeculationPolicy:
         else:
             caps = self._catchup_caps(caps, pending)
             remaining = np.array([r.remaining for r in batch])
-            catchup = self._catchup(survival, caps, context, pending, remaining)
+            per_token_s = self.cost_model.catchup_s_per_token() if pending.any() else 0.0
+            catchup = self._catchup(survival, caps, curve, per_token_s * pending, remaining)
             weight = 1.0 + waiting / (len(batch) + waiting) if cfg.queue_weight and batch else 1.0
-            sel = self._select(survival, caps, context, catchup, cfg.hysteresis, weight)
+            sel = self._select(survival, caps, curve, catchup, cfg.hysteresis, weight)
             ks = sel.ks.copy()
             # A probe or an exploration step starts what may become a steady state, so it is judged
             # with every request's catch-up spread over the tokens it has left; priced in full, a
             # request whose estimate or cost had gone wrong could never be tried again.
-            trial = _spread(self.cost_model.catchup_s_per_token() * pending, remaining)
+            trial = _spread(per_token_s * pending, remaining)
             if cfg.mode == "goodput":
                 ks = self._explore_up(ids, ks, caps, survival, len(batch))
-                ks, probes = self._probe(ids, ks, caps, survival, context, trial, pending)
+                ks, probes = self._probe(ids, ks, caps, survival, curve, trial, pending)
             if cfg.explore_every and caps.any():
                 self._decisions += 1
                 if self._decisions % cfg.explore_every == 0:
-                    ks, explored = self._explore(ks, survival, caps, context, trial, pending)
-        t_dec = step_time(self.cost_model, ks, context, survival, catchup)
-        t_k0 = step_time(self.cost_model, np.zeros_like(ks), context, survival)
+                    ks, explored = self._explore(ks, survival, caps, curve, trial, pending)
+        t_dec = curve.time(ks, survival, catchup)
+        t_k0 = float(curve.alpha[0])
         catchup_tokens = int(pending[ks > 0].sum()) if batch else 0
         whole = StepShape(len(batch), context, int(ks.max(initial=0)), int(ks.sum()), prefill_tokens, catchup_tokens,
                           prefill_padded_tokens)
@@ -191,13 +193,14 @@ class SpeculationPolicy:
         )
 
     # -- pieces ---------------------------------------------------------------------------------
-    def _select(self, survival: np.ndarray, caps: np.ndarray, context: int, catchup: CatchUp, hysteresis: float,
-                weight: float = 1.0) -> Selection:
+    def _select(self, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp,
+                hysteresis: float, weight: float = 1.0) -> Selection:
         if self.config.mode == "goodput-uniform":
-            return select_uniform(survival, caps, self.cost_model, context_tokens=context, catchup=catchup,
-                                  hysteresis=hysteresis * weight)
-        return select_goodput(survival, caps, self.cost_model, context_tokens=context, catchup=catchup,
-                              hysteresis=hysteresis, objective=self.config.objective, price_weight=weight)
+            return select_uniform(survival, caps, self.cost_model, context_tokens=0, catchup=catchup,
+                                  hysteresis=hysteresis * weight, curve=curve)
+        return select_goodput(survival, caps, self.cost_model, context_tokens=0, catchup=catchup,
+                              hysteresis=hysteresis, objective=self.config.objective, price_weight=weight,
+                              curve=curve)
 
     def _catchup_caps(self, caps: np.ndarray, pending: np.ndarray) -> np.ndarray:
         """At most `max_catchup_tokens` of catch-up per step, least pending first (one request always may)."""
@@ -210,25 +213,23 @@ class SpeculationPolicy:
         allowed[order] = (before == 0) | (before + pending[order] <= limit)
         return np.where(allowed, caps, 0)
 
-    def _catchup(self, survival: np.ndarray, caps: np.ndarray, context: int, pending: np.ndarray,
+    def _catchup(self, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, cost: np.ndarray,
                  remaining: np.ndarray) -> CatchUp:
         """Price each request's pending catch-up. A request the batch would speculate for anyway (the
         decision with catch-up ignored) pays it once for every token it has left to emit, spread over
         them; any other pays it in full in this step — a probe or a lone speculating step never gets
         its catch-up for free."""
-        per_token_s = self.cost_model.catchup_s_per_token()
-        cost = per_token_s * pending
         if not cost.any():
             return CatchUp.none(len(caps))
-        steady = self._select(survival, caps, context, CatchUp.none(len(caps)), self.config.hysteresis).ks > 0
+        steady = self._select(survival, caps, curve, CatchUp.none(len(caps)), self.config.hysteresis).ks > 0
         spread = _spread(cost, remaining)
         return CatchUp(np.where(steady, 0.0, cost), np.where(steady, spread.per_token, 0.0))
 
-    def _affordable(self, ks: np.ndarray, base: np.ndarray, survival: np.ndarray, context: int,
+    def _affordable(self, ks: np.ndarray, base: np.ndarray, survival: np.ndarray, curve: StepCurve,
                     catchup: CatchUp) -> bool:
         """Exploration may cost at most the hysteresis: its goodput ≥ that of `base` / h."""
         def g(k: np.ndarray) -> float:
-            t = step_time(self.cost_model, k, context, survival, catchup)
+            t = curve.time(k, survival, catchup)
             return expected_total(survival, k) / t if t > 0 else 0.0
         return g(ks) * self.config.hysteresis >= g(base)
 
@@ -244,7 +245,7 @@ class SpeculationPolicy:
                 ks[b] = last + 1
         return ks
 
-    def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray, context: int,
+    def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray, curve: StepCurve,
                catchup: CatchUp, pending: np.ndarray) -> tuple[np.ndarray, int]:
         """k = 0 is not sticky: a request held at 0 for `probe_every` steps drafts one token (see PolicyConfig)."""
         every = self.config.probe_every
@@ -257,24 +258,24 @@ class SpeculationPolicy:
                 pick = int(due[np.argmin(pending[due])])
                 trial = ks.copy()
                 trial[pick] = 1
-                if self._affordable(trial, ks, survival, context, catchup):
+                if self._affordable(trial, ks, survival, curve, catchup):
                     ks, probes = trial, 1
                     streaks[pick] = 0
         for sid, streak in zip(ids, streaks, strict=True):
             self._zero_streak[sid] = int(streak)
         return ks, probes
 
-    def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, context: int, catchup: CatchUp,
+    def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp,
                  pending: np.ndarray) -> tuple[np.ndarray, bool]:
         """The other side of the decision for one step (see PolicyConfig.explore_every)."""
         if ks.any():
             return np.zeros_like(ks), True
-        best = self._select(survival, caps, context, catchup, 1.0).ks
+        best = self._select(survival, caps, curve, catchup, 1.0).ks
         candidates = np.flatnonzero(caps > 0)
         pick = int(candidates[np.argmin(pending[candidates])])
         trial = np.zeros_like(ks)
         trial[pick] = max(int(best[pick]), 1)
-        if self._affordable(trial, ks, survival, context, catchup):
+        if self._affordable(trial, ks, survival, curve, catchup):
             return trial, True
         return ks, False
 

@@ -22,7 +22,8 @@ Two policies on top (`objective`):
   the ratio just achieved until it stops rising.
 - "marginal": one evaluation at λ₀: the extra expected tokens Σ (E_i − 1) against the extra decode
   time T(k⃗) − T(0⃗) priced at h (× a queue weight) times the k = 0 rate.
-Cost: O(iterations · K · B · K) numpy operations — no per-request Python loop.
+Cost: a few numpy passes over [K, B, K] arrays per Dinkelbach iteration — no per-request Python loop,
+and the cost model is evaluated once per decision (`StepCurve`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,28 @@ class Selection:
     goodput: float  # predicted decode tokens/s of the chosen k⃗
     goodput_k0: float  # predicted decode tokens/s with every k = 0
     step_s: float  # predicted decode step time of the chosen k⃗ (catch-up included)
-    step_k0_s: float  # ... with every k = 0
+
+
+@dataclass(frozen=True)
+class StepCurve:
+    """The decode step's time at one batch and context, T = α[M] + β[M]·S (see `CostModel.decode_curve`):
+    built once per decision, so pricing a k⃗ is two lookups, not a pass over the cost model's features."""
+
+    alpha: np.ndarray  # [K + 1]
+    beta: np.ndarray  # [K + 1], β[0] = 0
+
+    @classmethod
+    def of(cls, cost: CostModel, batch: int, context_tokens: int, max_k: int) -> StepCurve:
+        return cls(*cost.decode_curve(batch, context_tokens, max_k))
+
+    def time(self, ks: np.ndarray, survival: np.ndarray, catchup: CatchUp | None = None) -> float:
+        """T(k⃗), each speculating request's catch-up included."""
+        m = int(ks.max(initial=0))
+        t = float(self.alpha[m] + self.beta[m] * ks.sum())
+        if catchup is not None and m > 0:
+            on = ks > 0
+            t += float((catchup.fixed[on] + catchup.per_token[on] * expected_each(survival[on], ks[on])).sum())
+        return t
 
 
 def expected_total(survival: np.ndarray, ks: np.ndarray) -> float:
@@ -75,11 +97,7 @@ def expected_each(survival: np.ndarray, ks: np.ndarray) -> np.ndarray:
 def step_time(cost: CostModel, ks: np.ndarray, context_tokens: int, survival: np.ndarray,
               catchup: CatchUp | None = None) -> float:
     """T(k⃗): the decode step's predicted seconds, each speculating request's catch-up included."""
-    t = cost.step_time(StepShape(len(ks), context_tokens, int(ks.max(initial=0)), int(ks.sum())))
-    if catchup is not None and len(ks):
-        on = ks > 0
-        t += float((catchup.fixed[on] + catchup.per_token[on] * expected_each(survival[on], ks[on])).sum())
-    return t
+    return StepCurve.of(cost, len(ks), context_tokens, int(ks.max(initial=0))).time(ks, survival, catchup)
 
 
 def select_goodput(
@@ -92,81 +110,88 @@ def select_goodput(
     hysteresis: float = 1.0,
     objective: Objective = "ratio",
     price_weight: float = 1.0,
+    curve: StepCurve | None = None,  # the cost model at this batch and context, when the caller has it
 ) -> Selection:
     """The best k⃗ for the decode step (see the module docstring); all zeros unless it pays."""
     batch = survival.shape[0]
     zeros = np.zeros(batch, dtype=int)
-    t0 = step_time(cost, zeros, context_tokens, survival)
+    caps = np.clip(caps, 0, survival.shape[1]).astype(int)
+    curve = curve or StepCurve.of(cost, batch, context_tokens, int(caps.max(initial=0)))
+    t0 = float(curve.alpha[0])
     g0 = batch / t0 if t0 > 0 else 0.0
     if batch == 0 or t0 <= 0:
-        return Selection(zeros, g0, g0, t0, t0)
+        return Selection(zeros, g0, g0, t0)
     surv = np.minimum.accumulate(np.clip(survival, 0.0, 1.0), axis=1)  # guard monotonicity
-    caps = np.clip(caps, 0, surv.shape[1]).astype(int)
     catchup = catchup or CatchUp.none(batch)
     lam = hysteresis * price_weight * g0
     best, best_t = zeros, t0
     if objective == "marginal":  # one price: the best k⃗ against k = 0 at λ₀
-        best = best_at_price(surv, caps, cost, context_tokens, catchup, lam)
-        best_t = step_time(cost, best, context_tokens, surv, catchup) if best.any() else t0
+        best = best_at_price(surv, caps, curve, catchup, lam)
+        best_t = curve.time(best, surv, catchup)
     else:
         for _ in range(_MAX_DINKELBACH_ITERS):
-            ks = best_at_price(surv, caps, cost, context_tokens, catchup, lam)
+            ks = best_at_price(surv, caps, curve, catchup, lam)
             if not ks.any():
                 break
-            t = step_time(cost, ks, context_tokens, surv, catchup)
+            t = curve.time(ks, surv, catchup)
             ratio = expected_total(surv, ks) / t
             if ratio <= lam * (1 + 1e-12):
                 break  # nothing beats the current price (the hysteresis first, then the ratio so far)
             best, best_t, lam = ks, t, ratio
     goodput = expected_total(surv, best) / best_t if best_t > 0 else 0.0
-    return Selection(best.astype(int), goodput, g0, best_t, t0)
+    return Selection(best.astype(int), goodput, g0, best_t)
 
 
-def best_at_price(surv: np.ndarray, caps: np.ndarray, cost: CostModel, context_tokens: int, catchup: CatchUp,
-                  lam: float) -> np.ndarray:
-    """argmax over k⃗ of Σ E_i(k_i) − λ·T(k⃗), exactly (see the module docstring); zeros if none beats k = 0."""
-    batch = surv.shape[0]
+def best_at_price(surv: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp, lam: float) -> np.ndarray:
+    """argmax over k⃗ of Σ E_i(k_i) − λ·T(k⃗), exactly (see the module docstring); zeros if none beats k = 0.
+    Every cap M = 1 … max(caps) at once: arrays [M, B, K]."""
+    batch, width = surv.shape
+    top = min(int(caps.max(initial=0)), len(curve.alpha) - 1)
     zeros = np.zeros(batch, dtype=int)
-    best, best_value = zeros, batch - lam * step_time(cost, zeros, context_tokens, surv)
-    cols = np.arange(surv.shape[1])[None, :]
+    if top == 0:
+        return zeros
+    ms = np.arange(1, top + 1)
+    cols = np.arange(width)[None, None, :]
     scale = 1.0 - lam * catchup.per_token  # [B]
-    for m in range(1, int(caps.max(initial=0)) + 1):
-        alpha = cost.step_time(StepShape(batch, context_tokens, m, 0))
-        beta = cost.step_time(StepShape(batch, context_tokens, m, 1)) - alpha
-        capped = np.minimum(caps, m)
-        inc = surv * scale[:, None] - lam * beta  # [B, K] value of each position
-        take = (inc > 0) & (cols < capped[:, None])
-        ks = take.cumprod(axis=1).sum(axis=1)
-        gain = (inc * (cols < ks[:, None])).sum(axis=1) - lam * (catchup.fixed + catchup.per_token)
-        ks = np.where((ks > 0) & (gain > 0), ks, 0)
-        if not ks.any():
-            continue
-        value = expected_total(surv, ks) - lam * step_time(cost, ks, context_tokens, surv, catchup)  # at its true max
-        if value > best_value:
-            best, best_value = ks, value
-    return best
+    inc = surv[None] * scale[None, :, None] - lam * curve.beta[ms][:, None, None]  # value of each position
+    capped = np.minimum(caps[None, :], ms[:, None])  # [M, B]
+    take = (inc > 0) & (cols < capped[:, :, None])
+    ks = take.cumprod(axis=2).sum(axis=2)
+    gain = (inc * (cols < ks[:, :, None])).sum(axis=2) - lam * (catchup.fixed + catchup.per_token)[None, :]
+    ks = np.where((ks > 0) & (gain > 0), ks, 0)
+    # Each candidate re-scored at its true max (a solution found under cap M may use less).
+    each = 1.0 + (surv[None] * (cols < ks[:, :, None])).sum(axis=2)  # E_i per candidate
+    true_m = ks.max(axis=1)
+    on = ks > 0
+    t = (curve.alpha[true_m] + curve.beta[true_m] * ks.sum(axis=1)
+         + ((catchup.fixed[None, :] + catchup.per_token[None, :] * each) * on).sum(axis=1))
+    value = np.where(true_m > 0, each.sum(axis=1) - lam * t, -np.inf)
+    pick = int(np.argmax(value))  # the first of equals: the smallest cap, as a scan upward would keep
+    return ks[pick].astype(int) if value[pick] > batch - lam * curve.alpha[0] else zeros
 
 
 def select_uniform(
     survival: np.ndarray, caps: np.ndarray, cost: CostModel, *, context_tokens: int, catchup: CatchUp | None = None,
-    hysteresis: float = 1.0,
+    hysteresis: float = 1.0, curve: StepCurve | None = None,
 ) -> Selection:
     """One k for the whole batch (each request at min(k, its cap)), the best goodput over k = 0 … K, as the
     authors' code decides; k = 0 unless the best beats it by the hysteresis."""
     batch = survival.shape[0]
     zeros = np.zeros(batch, dtype=int)
-    t0 = step_time(cost, zeros, context_tokens, survival)
+    caps = np.clip(caps, 0, survival.shape[1]).astype(int)
+    curve = curve or StepCurve.of(cost, batch, context_tokens, int(caps.max(initial=0)))
+    t0 = float(curve.alpha[0])
     g0 = batch / t0 if t0 > 0 else 0.0
     best, best_g, best_t = zeros, g0 * hysteresis, t0
     surv = np.minimum.accumulate(np.clip(survival, 0.0, 1.0), axis=1) if batch else survival
-    for k in range(1, int(caps.max(initial=0)) + 1):
+    for k in range(1, min(int(caps.max(initial=0)), len(curve.alpha) - 1) + 1):
         ks = np.minimum(caps, k).astype(int)
-        t = step_time(cost, ks, context_tokens, surv, catchup)
+        t = curve.time(ks, surv, catchup)
         g = expected_total(surv, ks) / t if t > 0 else 0.0
         if g > best_g:
             best, best_g, best_t = ks, g, t
     goodput = expected_total(surv, best) / best_t if batch and best_t > 0 else 0.0
-    return Selection(best, goodput, g0, best_t, t0)
+    return Selection(best, goodput, g0, best_t)
 
 
 def goodput(survival: np.ndarray, ks: np.ndarray, cost: CostModel, *, context_tokens: int,

@@ -79,3 +79,19 @@ def test_padding_changes_batched_tokens() -> None:
     shape = StepShape(batch=4, context_tokens=0, max_k=5, draft_tokens=8)
     assert shape.features(pads_to_max_k=True)["batched_tokens"] == 24
     assert shape.features(pads_to_max_k=False)["batched_tokens"] == 12
+
+
+@pytest.mark.parametrize("name", ["default", *sorted(PRESETS)])
+@pytest.mark.parametrize("pads", [True, False])
+def test_decode_curve_prices_every_k_vector_as_step_time_does(name: str, pads: bool) -> None:
+    """α[M] + β[M]·S is the model itself at the decode shape, not an approximation (the policy's hot path)."""
+    from dataclasses import replace
+
+    cost = replace(resolve(name), pads_to_max_k=pads)
+    rng = np.random.default_rng(0)
+    for batch, context in ((1, 50), (7, 3_000), (32, 40_000)):
+        alpha, beta = cost.decode_curve(batch, context, 8)
+        for _ in range(20):
+            ks = rng.integers(0, 9, size=batch)
+            m, s = int(ks.max()), int(ks.sum())
+            assert alpha[m] + beta[m] * s == pytest.approx(cost.step_time(StepShape(batch, context, m, s)), rel=1e-12)
