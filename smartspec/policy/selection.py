@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from smartspec.policy.cost_model import CostModel, StepShape
+from smartspec.policy.cost_model import CostModel
 
 Objective = Literal["ratio", "marginal"]
 _MAX_DINKELBACH_ITERS = 32
