@@ -169,10 +169,7 @@ class Scheduler(Generic[E]):
         elif any(stats.ks):
             self._misses_in_a_row = 0
         if stats.batch_size:
-            sample = sample_of(stats)
-            self._samples.append(sample)
-            if sample.draft_shape is not None or sample.shape.max_k > 0:
-                self._spec_samples.append(sample)
+            self._keep(sample_of(stats))
         due = self._last_fit_step is None or self.steps - self._last_fit_step >= self.refit.every_steps
         if self.refit.enabled and self._in_force.refit and due and len(self._samples) >= self.refit.min_samples:
             self._refit()  # first as soon as there are enough samples, then every `every_steps`
@@ -222,7 +219,20 @@ class Scheduler(Generic[E]):
                     if any(decision.ks.values()) else None)
         return StepPlan(decision.ks, deadline)
 
-    def _refit(self) -> None:
+    def seed_samples(self, steps: Seq[StepStats]) -> bool:
+        """Steps run outside the loop (start-up calibration): into the refit window, then a refit now.
+        Returns whether the fit was adopted."""
+        for stats in steps:
+            if stats.batch_size:
+                self._keep(sample_of(stats))
+        return self.refit.enabled and self._in_force.refit and bool(self._samples) and self._refit()
+
+    def _keep(self, sample: StepSample) -> None:
+        self._samples.append(sample)
+        if sample.draft_shape is not None or sample.shape.max_k > 0:
+            self._spec_samples.append(sample)
+
+    def _refit(self) -> bool:
         self._last_fit_step = self.steps
         current = self.policy.cost_model
         recent = {id(s) for s in self._samples}
@@ -237,10 +247,11 @@ class Scheduler(Generic[E]):
             reason = "it predicts these steps no better than the model in force"
         if reason:
             log.info("cost-model refit on %d steps not adopted: %s", len(samples), reason)
-            return
+            return False
         self._use_cost_model(replace(fitted, name="online"))
         self.fits.append(float("nan") if fitted.r2 is None else fitted.r2)
         log.info("cost model refitted: R²=%s on %d steps", fitted.r2, fitted.samples)
+        return True
 
     def _forget(self, seq_id: int) -> None:
         self._specs.pop(seq_id, None)

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from smartspec.engine.builder import eos_ids
+from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.engine import AdmissionLimits, SpecEngine
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.scheduler import DeadlineConfig, Scheduler
@@ -102,6 +103,7 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     deadline = DeadlineConfig(factor=settings.draft_deadline_factor, max_s=settings.draft_deadline_s,
                               floor_s=min(settings.draft_deadline_floor_s, settings.draft_deadline_s))
     scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks, deadline=deadline)
+    await _calibrate(settings, scheduler, draft, runner.vocab_size)
     switch = PolicySwitch(scheduler, metrics, can_speculate=draft is not None)
     engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name)
     engine_loop.start()
@@ -123,6 +125,22 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     port = int(http.servers[0].sockets[0].getsockname()[1])
     log.info("target %s: HTTP on %s:%d, gRPC on %s:%d", name, settings.host, port, settings.host, grpc_server.port)
     return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port, telemetry)
+
+
+async def _calibrate(settings: TargetSettings, scheduler: Scheduler, draft: RemoteProposer | None,
+                     vocab_size: int) -> None:
+    """The start-up profile (engine/calibration.py), off the event loop: the draft client needs the loop."""
+    if settings.calibrate_s == 0 or settings.cost_model != "default" or not scheduler.policy.config.adaptive:
+        return
+    if draft is None or not draft.connected:
+        log.warning("no draft connected: skipping start-up calibration; the cost model starts from its default")
+        return
+    cfg = CalibrationConfig(budget_s=settings.calibrate_s)
+    report = await asyncio.get_running_loop().run_in_executor(
+        None, calibrate, scheduler, vocab_size, settings.max_batch_size, cfg)
+    model = scheduler.policy.cost_model
+    log.info("start-up calibration: %d steps in %.1fs; cost model %s (R²=%s)", len(report.steps), report.seconds,
+             "fitted to them" if report.adopted else "left at its default", model.r2)
 
 
 async def serve(settings: TargetSettings) -> None:
