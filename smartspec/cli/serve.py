@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--draft-deadline-factor", type=float, help="wait this many times the predicted draft time")
     t.add_argument("--draft-deadline-floor-s", type=float, help="... but at least this long")
     t.add_argument("--cost-model")
+    t.add_argument("--calibrate-s", type=float, help="start-up profile of step times before serving (0: off)")
     t.add_argument("--service", help="service name in the Redis keys")
     t.add_argument("--replica", help="this replica's name in step records")
     t.add_argument("--redis-url", help="redis://host:port for step records and the controller's policy")
