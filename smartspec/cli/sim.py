@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--refit", action="store_true", help="goodput: refit the cost model online (off by default)")
     s.add_argument("--cold-start", action="store_true",
                    help="start every policy as the real target does: the default cost model with online refit on "
-                        "(steps still cost what --cost-model says)")
+                        "(steps still cost what --cost-model says), after its start-up calibration")
+    s.add_argument("--no-calibration", action="store_true",
+                   help="with --cold-start: skip the start-up calibration (as the target did before 2026-12-01)")
     s.add_argument("--no-deadline", action="store_true",
                    help="drafts always arrive (default: a draft slower than the deadline is a deadline-long wait "
                         "and a k = 0 step, as on the real target)")
@@ -142,6 +144,7 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     parts += ["--refit"] if args.refit else []
     parts += ["--cold-start"] if args.cold_start else []
+    parts += ["--no-calibration"] if args.no_calibration else []
     parts += ["--no-deadline"] if args.no_deadline else []
     parts += ["--draft-deadline-factor", f"{args.draft_deadline_factor:g}", "--draft-deadline-floor-s",
               f"{args.draft_deadline_floor_s:g}", "--draft-deadline-s", f"{args.draft_deadline_s:g}",
@@ -184,7 +187,8 @@ def sweep(args: argparse.Namespace) -> int:
                             parse_acceptance(args.acceptance), parse_arrivals(args.arrivals), args.max_k, args.seed)
     cfg = SweepConfig(cost, workload, rates, policies, args.requests,
                       EngineConfig(args.max_batch, args.max_k, args.max_prefill_tokens), knobs, args.refit,
-                      trace, not args.no_oracle, effects=effects, deadline=deadline, cold_start=args.cold_start)
+                      trace, not args.no_oracle, effects=effects, deadline=deadline, cold_start=args.cold_start,
+                      calibration=not args.no_calibration)
     tag = args.tag or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.cost_model).stem)
     out = Path(args.out) if args.out else Path("bench/results") / f"{dt.date.today().isoformat()}-sim-{tag}"
 

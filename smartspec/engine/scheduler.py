@@ -168,7 +168,7 @@ class Scheduler(Generic[E]):
             self._misses_in_a_row += 1
         elif any(stats.ks):
             self._misses_in_a_row = 0
-        if stats.batch_size:
+        if stats.batch_size or stats.prefill_tokens:  # a lone prefill teaches the prefill terms
             self._keep(sample_of(stats))
         due = self._last_fit_step is None or self.steps - self._last_fit_step >= self.refit.every_steps
         if self.refit.enabled and self._in_force.refit and due and len(self._samples) >= self.refit.min_samples:
@@ -223,7 +223,7 @@ class Scheduler(Generic[E]):
         """Steps run outside the loop (start-up calibration): into the refit window, then a refit now.
         Returns whether the fit was adopted."""
         for stats in steps:
-            if stats.batch_size:
+            if stats.batch_size or stats.prefill_tokens:
                 self._keep(sample_of(stats))
         return self.refit.enabled and self._in_force.refit and bool(self._samples) and self._refit()
 

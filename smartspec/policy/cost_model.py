@@ -22,7 +22,7 @@ when speculating (how the published n-gram presets model draft and overhead).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +41,7 @@ FEATURES = (
 # 13 ms for 5 one-token rows), as the published 70B fit also found.
 VERIFY_FEATURES = ("const", "spec", "batch", "batched_tokens", "context_tokens", "prefill_tokens",
                    "prefill_padded_tokens", "spec_width_context")
+PREFILL_FEATURES = ("prefill_tokens", "prefill_padded_tokens")  # fitted apart: see _fit_verify
 DRAFT_FEATURES = ("spec", "spec_batch", "max_k", "draft_tokens", "spec_context_tokens", "draft_catchup_tokens")
 OVERHEAD_FEATURES = ("const", "batch", "draft_tokens")
 
@@ -419,8 +420,7 @@ def fit_cost_model(
 
     everything = list(range(len(samples)))
     spec_rows = [i for i in everything if draft_feats[i]["spec"] > 0]
-    verify = _fit_part(matrix(VERIFY_FEATURES, everything), np.array([s.verify_s for s in samples]),
-                       VERIFY_FEATURES, prior.verify, ridge)
+    verify = _fit_verify(matrix, everything, np.array([s.verify_s for s in samples]), feats, prior.verify, ridge)
     overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
                          OVERHEAD_FEATURES, prior.overhead, ridge)
     draft = dict(prior.draft)
@@ -431,6 +431,26 @@ def fit_cost_model(
     predicted = np.array([s.predicted_s(model) for s in samples])
     actual = np.array([s.total_s for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+
+
+def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: list[dict[str, float]],
+                prior: Mapping[str, float], ridge: float) -> dict[str, float]:
+    """Decode terms on the steps without prefill, then the prefill terms on what those leave of the rest.
+
+    Fitted together, a prefill (seconds, once per request) is an outlier among hundreds of decode steps
+    (tenths of a second) to the Huber weights, and its coefficients stayed near the prior: admission
+    steps were predicted 20× too short on the real pair."""
+    decode_names = [n for n in VERIFY_FEATURES if n not in PREFILL_FEATURES]
+    decode = [i for i in rows if feats[i]["prefill_tokens"] == 0]
+    admit = [i for i in rows if feats[i]["prefill_tokens"] > 0]
+    out = {n: prior.get(n, 0.0) for n in VERIFY_FEATURES}
+    if decode:
+        out.update(_fit_part(matrix(decode_names, decode), y[decode], decode_names, prior, ridge))
+    if admit:
+        coef = np.array([out[n] for n in decode_names])
+        rest = y[admit] - matrix(decode_names, admit) @ coef
+        out.update(_fit_part(matrix(PREFILL_FEATURES, admit), rest, PREFILL_FEATURES, prior, ridge))
+    return out
 
 
 def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:

@@ -158,10 +158,13 @@ class SpeculationPolicy:
             caps = self._catchup_caps(caps, pending)
             remaining = np.array([r.remaining for r in batch])
             per_token_s = self.cost_model.catchup_s_per_token() if pending.any() else 0.0
-            catchup = self._catchup(survival, caps, curve, per_token_s * pending, remaining)
             weight = 1.0 + waiting / (len(batch) + waiting) if cfg.queue_weight and batch else 1.0
-            sel = self._select(survival, caps, curve, catchup, cfg.hysteresis, weight)
-            ks = sel.ks.copy()
+            # Without catch-up first: if nothing speculates then, nothing does with it (it only adds cost to
+            # k > 0), and that is the common case where speculation does not pay (one selection, not two).
+            ks = self._select(survival, caps, curve, CatchUp.none(len(batch)), cfg.hysteresis, weight).ks.copy()
+            catchup = self._catchup(ks > 0, per_token_s * pending, remaining)
+            if ks.any() and pending.any():
+                ks = self._select(survival, caps, curve, catchup, cfg.hysteresis, weight).ks.copy()
             # A probe or an exploration step starts what may become a steady state, so it is judged
             # with every request's catch-up spread over the tokens it has left; priced in full, a
             # request whose estimate or cost had gone wrong could never be tried again.
@@ -213,15 +216,14 @@ class SpeculationPolicy:
         allowed[order] = (before == 0) | (before + pending[order] <= limit)
         return np.where(allowed, caps, 0)
 
-    def _catchup(self, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, cost: np.ndarray,
-                 remaining: np.ndarray) -> CatchUp:
-        """Price each request's pending catch-up. A request the batch would speculate for anyway (the
-        decision with catch-up ignored) pays it once for every token it has left to emit, spread over
+    @staticmethod
+    def _catchup(steady: np.ndarray, cost: np.ndarray, remaining: np.ndarray) -> CatchUp:
+        """Price each request's pending catch-up. A request the batch would speculate for anyway (`steady`:
+        the decision with catch-up ignored) pays it once for every token it has left to emit, spread over
         them; any other pays it in full in this step — a probe or a lone speculating step never gets
         its catch-up for free."""
         if not cost.any():
-            return CatchUp.none(len(caps))
-        steady = self._select(survival, caps, curve, CatchUp.none(len(caps)), self.config.hysteresis).ks > 0
+            return CatchUp.none(len(cost))
         spread = _spread(cost, remaining)
         return CatchUp(np.where(steady, 0.0, cost), np.where(steady, spread.per_token, 0.0))
 

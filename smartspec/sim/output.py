@@ -34,8 +34,9 @@ def _setup(result: SweepResult) -> str:
             else f"rates {', '.join(f'{r:g}' for r in cfg.rates)} req/s, {cfg.requests} requests per rate")
     kn = cfg.knobs
     budget = f"{cfg.engine.max_prefill_tokens} tokens/step" if cfg.engine.max_prefill_tokens else "unlimited"
-    start = ("cold (every policy on the default cost model, online refit on)" if cfg.cold_start
-             else "warm (every policy on the true cost model)")
+    start = ("warm (every policy on the true cost model)" if not cfg.cold_start
+             else "cold (the start-up calibration, then online refit)" if cfg.calibration
+             else "cold (every policy on the default cost model, online refit on; no start-up calibration)")
     return "\n".join([
         f"- cost model `{cost.name}`: {coef}; draft = {cost.draft_fraction:g}×verify, overhead = "
         f"{cost.overhead_fraction:g}×verify when speculating; pads to max k: {cost.pads_to_max_k}",

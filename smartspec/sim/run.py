@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from smartspec.engine.calibration import FIRST_ID, CalibrationConfig, calibrate
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.scheduler import DeadlineConfig, RefitConfig, RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence as Seq
@@ -68,9 +69,12 @@ class SimResult:
 def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: CostModel, *, label: str,
              engine: EngineConfig | None = None, refit: RefitConfig | None = None,
              sinks: Sequence[StepSink] = (), workload: str = "synthetic", seed: int = 0,
-             effects: SimEffects | None = None, deadline: DeadlineConfig | None = None) -> SimResult:
+             effects: SimEffects | None = None, deadline: DeadlineConfig | None = None,
+             calibration: CalibrationConfig | None = None) -> SimResult:
     """Run `requests` through a real Scheduler driving a SimEngine whose steps cost what `cost` says (the truth;
-    the policy decides on its own cost model), with `effects` on top and the target's draft `deadline`."""
+    the policy decides on its own cost model), with `effects` on top and the target's draft `deadline`.
+    With `calibration` the target first runs its start-up profile (engine/calibration.py) as the real one
+    does; the trace starts when it ends."""
     t0 = time.perf_counter()
     engine = engine or EngineConfig()
     clock = VirtualClock()
@@ -80,29 +84,44 @@ def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: Co
     tally = StepTally()
     sched = Scheduler(sim, policy, sinks=[tally, *sinks], refit=refit or RefitConfig(enabled=False), clock=clock,
                       deadline=deadline or DeadlineConfig())
+    offset, busy0, misses0 = 0.0, 0.0, 0  # the profile's virtual time, busy time and misses: not the trace's
+    if calibration is not None and policy.config.adaptive:
+        _profile(sched, by_id, engine, calibration, clock)
+        offset, busy0, misses0 = clock.now, sim.busy_s, sim.timer.misses
     pending = sorted(requests, key=lambda r: (r.arrival_s, r.seq_id))
     done: dict[int, Seq] = {}
     i = 0
     while i < len(pending) or sched.has_unfinished:
-        while i < len(pending) and pending[i].arrival_s <= clock.now:
+        while i < len(pending) and pending[i].arrival_s + offset <= clock.now:
             req = pending[i]
             seq = sched.submit(req.seq_id, [0] * req.prompt_len,
                                SamplingParams(max_tokens=req.output_len, ignore_eos=True), RequestSpec())
-            seq.stats.arrival_s = req.arrival_s  # latency counts from the arrival, not the end of the step under way
+            # latency counts from the arrival, not the end of the step under way
+            seq.stats.arrival_s = req.arrival_s + offset
             i += 1
         if not sched.has_unfinished:
-            clock.advance_to(pending[i].arrival_s)
+            clock.advance_to(pending[i].arrival_s + offset)
             continue
         out = sched.step()
         for sid in out.finished:
             done[sid] = sched.pop_finished(sid)
-    records = [_record(done[r.seq_id], r, label, workload) for r in requests]
-    start = min((r.arrival_s for r in requests), default=0.0)
-    return SimResult(label, records, tally, clock.now - start, sim.busy_s, time.perf_counter() - t0, len(sched.fits),
-                     sim.timer.misses)
+    records = [_record(done[r.seq_id], r, label, workload, offset) for r in requests]
+    start = min((r.arrival_s for r in requests), default=0.0) + offset
+    return SimResult(label, records, tally, clock.now - start, sim.busy_s - busy0, time.perf_counter() - t0,
+                     len(sched.fits), sim.timer.misses - misses0)
 
 
-def _record(seq: Seq, req: SimRequest, policy: str, workload: str) -> RequestRecord:
+def _profile(sched: Scheduler[SimEngine], by_id: dict[int, SimRequest], engine: EngineConfig, cfg: CalibrationConfig,
+             clock: VirtualClock) -> None:
+    """The target's start-up calibration, in virtual time, on requests whose drafts are all rejected
+    (the real profile's prompts are random tokens)."""
+    count = sum({min(b, engine.max_batch) for b in cfg.batches if b > 0})
+    for sid in range(FIRST_ID, FIRST_ID + count):
+        by_id[sid] = SimRequest(sid, 0.0, cfg.prompt_tokens, 1, (0.0,) * max(engine.max_k, 1), 0.0, "calibration")
+    calibrate(sched, vocab_size=1, max_batch=engine.max_batch, config=cfg, clock=clock)
+
+
+def _record(seq: Seq, req: SimRequest, policy: str, workload: str, offset: float = 0.0) -> RequestRecord:
     st = seq.stats
     first = st.first_token_s
     finish = st.finish_s
@@ -110,8 +129,8 @@ def _record(seq: Seq, req: SimRequest, policy: str, workload: str) -> RequestRec
     itl = (finish - first) / (chunks - 1) if first is not None and finish is not None and chunks > 1 else None
     return RequestRecord(
         policy=policy, rate=req.rate, workload=workload, arrival_s=req.arrival_s,
-        ttft_s=None if first is None else first - req.arrival_s,
-        e2e_s=None if finish is None else finish - req.arrival_s,
+        ttft_s=None if first is None else first - req.arrival_s - offset,
+        e2e_s=None if finish is None else finish - req.arrival_s - offset,
         prompt_tokens=seq.prompt_len, completion_tokens=seq.num_output, itl_mean_s=itl,
         drafted_tokens=st.num_draft_tokens, accepted_tokens=st.num_accepted_tokens,
         error=None if seq.finish_reason == "length" else f"finished: {seq.finish_reason}",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from smartspec.engine.calibration import CalibrationConfig
 from smartspec.engine.scheduler import DeadlineConfig, RefitConfig
 from smartspec.policy.cost_model import CostModel, default_cost_model
 from smartspec.sim.effects import SimEffects
@@ -39,6 +40,8 @@ class SweepConfig:
     # Start every policy as the real target does: the built-in default cost model with online refit on (the
     # steps still cost what `cost` says); the acceptance prior is the tracker's configured one either way.
     cold_start: bool = False
+    # ... and, as the real target does since 2026-12-01, first run the start-up calibration (only with cold_start).
+    calibration: bool = True
 
     @property
     def all_policies(self) -> tuple[str, ...]:
@@ -78,7 +81,8 @@ def _task(cfg: SweepConfig, rate: float, policy: str) -> tuple[SimResult, RunInf
     pol = build_policy(policy, default_cost_model() if cfg.cold_start else cfg.cost, cfg.engine.max_k, cfg.knobs)
     refit = RefitConfig() if cfg.cold_start else RefitConfig(enabled=cfg.refit and policy == "goodput")
     res = simulate(reqs, pol, cfg.cost, label=policy, engine=cfg.engine, refit=refit,
-                   workload=cfg.workload_name, seed=cfg.workload.seed, effects=cfg.effects, deadline=cfg.deadline)
+                   workload=cfg.workload_name, seed=cfg.workload.seed, effects=cfg.effects, deadline=cfg.deadline,
+                   calibration=CalibrationConfig() if cfg.cold_start and cfg.calibration else None)
     t = res.tally
     info = RunInfo(policy, rate, len(reqs), t.steps, t.mean_batch, t.mean_k, dict(sorted(t.k_counts.items())),
                    res.sim_s, res.busy_s, res.wall_s, res.refits, res.misses)

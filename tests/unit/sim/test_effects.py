@@ -158,6 +158,27 @@ def test_a_cold_start_refits_and_finishes_every_request() -> None:
     assert [r.completion_tokens for r in result.records] == [q.output_len for q in reqs]
 
 
+# A machine where a wider verify costs nearly a decode per position (bf16 without native bf16): no k > 0 pays.
+WIDE_VERIFY = replace(CPU, verify={**CPU.verify, "batched_tokens": 0.11})
+
+
+def test_the_start_up_calibration_keeps_a_cold_start_from_speculating_where_nothing_pays() -> None:
+    # The default cost model prices a width-9 verify at ~1.3x a decode, so without calibration the first
+    # requests speculate on the optimistic prior (k = 4-8 on the real pair); calibrated, they do not.
+    work = workload(acceptance="fixed:0.8")
+    cfg = SweepConfig(WIDE_VERIFY, work, rates=(0.05,), policies=("goodput", "off"), requests=6,
+                      engine=EngineConfig(max_batch=8, max_k=8), oracle=False, cold_start=True)
+    calibrated = {r.policy: r for r in run_sweep(cfg).runs}
+    uncalibrated = {r.policy: r for r in run_sweep(replace(cfg, calibration=False)).runs}
+    assert uncalibrated["goodput"].mean_k > 0.2
+    assert calibrated["goodput"].mean_k < 0.05
+    # The profile happens before the trace: it adds no request latency, only the start-up time.
+    result = run_sweep(cfg)
+    e2e = {p: np.mean([r.e2e_s for r in result.records if r.policy == p]) for p in ("goodput", "off")}
+    assert e2e["goodput"] <= e2e["off"] * 1.02
+    assert all(r.error is None for r in result.records) and calibrated["goodput"].requests == 6
+
+
 def test_the_fit_learns_the_prefill_padding_price() -> None:
     truth = replace(CPU, verify={**{k: v for k, v in CPU.verify.items() if k != "prefill_tokens"},
                                  "prefill_padded_tokens": 0.005})
