@@ -107,7 +107,7 @@ def write_all(sweep: Sweep, out: Path) -> list[str]:
     if adaptive:
         fig, axes = plt.subplots(len(adaptive), 1, figsize=(12, 3.6 * len(adaptive)), squeeze=False)
         for ax, policy in zip(axes[:, 0], adaptive, strict=True):
-            steps = [s for s in sweep.steps if s["policy"] == policy and s["window"] != "warmup"]
+            steps = [s for s in sweep.steps if s["policy"] == policy and s["window"] not in ("warmup", "calibration")]
             _k_panel(ax, steps, [p for p in sweep.points if p.policy == policy], sweep.steps, policy)
         fig.suptitle(f"k chosen over time — {title}", fontsize=10)
         fig.tight_layout()

@@ -157,6 +157,8 @@ def step_rows(raw: Iterable[dict[str, str]], policy: str, t0: float, points: Seq
                     break
             if all(ts < p.start_unix for p in points):
                 window = "warmup"
+            if r.get("calibration") == "1":  # the target's start-up profile, before the warm-up
+                window = "calibration"
             rows.append({
                 "policy": policy, "t_s": round(ts - t0, 4), "ts": ts, "window": window, "rate": rate,
                 "step": int(r["step"]), "batch_size": batch, "num_prefills": int(r["num_prefills"]),

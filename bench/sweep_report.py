@@ -173,7 +173,8 @@ def _files_section(sw: Sweep) -> list[str]:
         "- `ratios.csv`: the adaptive-vs-static ratios with 95 % intervals; `summary.csv`, `means.csv`: the latency "
         "tables",
         "- `steps.csv`: every target step read from Redis (`t_s` from the policy's stack start; `window` = the point "
-        "it fell in; `mean_k` = Σk / running requests); `steps-<policy>.jsonl`: the raw records (`smartspec sim fit`)",
+        "it fell in, or `warmup`, `idle`, `calibration` = the target's start-up profile; `mean_k` = Σk / running "
+        "requests); `steps-<policy>.jsonl`: the raw records (`smartspec sim fit`)",
         *(["- `trace_records.csv`, `trace_summary.csv`: the dynamic trace"] if sw.trace_records else []),
         "",
     ]

@@ -253,6 +253,12 @@ class Controller:
                     log.info("controller: refit not published: %s", fit.reason)
         return self.online_model
 
+    def _fitted(self) -> bool:
+        """Whether the model it publishes is more than its starting guess: an operator's static model, a model
+        it was configured with, or a fit it adopted."""
+        return (decide.spec_cost_model(self.spec) is not None or self.settings.cost_model != "default"
+                or self.online_model.samples > 0)
+
     async def decide_once(self) -> PolicyDocument | None:
         """One pass of the slow loop; returns the document published now, if any."""
         await self._read_spec()
@@ -287,7 +293,7 @@ class Controller:
         if (d.mode, d.max_k, d.fixed_k, d.hysteresis, d.per_request_override) != (
                 spec.mode, spec.max_k, spec.fixed_k, spec.hysteresis, spec.per_request_override.allowed):
             return True
-        if d.cost_model != cost:
+        if d.cost_model != cost or d.cost_model_fitted != self._fitted():
             return True
         for klass, rates in pri.items():
             old = d.acceptance_prior.get(klass)
@@ -305,7 +311,7 @@ class Controller:
         doc = PolicyDocument(
             service=self.service, version=self.version + 1, mode=spec.mode, max_k=spec.max_k, fixed_k=spec.fixed_k,
             hysteresis=spec.hysteresis, per_request_override=spec.per_request_override.allowed, cost_model=cost,
-            acceptance_prior=pri,
+            cost_model_fitted=self._fitted(), acceptance_prior=pri,
             goodput=GoodputReport(measured=measured_gp, predicted=predicted_gp),
             issued_at=now, expires_at=now + spec.expiry_s, decided_by=self.settings.name)
         body = doc.model_dump_json()

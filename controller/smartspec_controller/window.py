@@ -44,16 +44,20 @@ class TelemetryWindow:
         self.last_seen: dict[str, float] = {}  # replica -> newest record ts
         self.records = 0
         self.new_samples = 0  # since the last fit
+        self.calibration_samples = 0  # targets' start-up profile steps seen
 
     def add(self, rec: StepRecord) -> None:
         self.records += 1
-        self.recent.append(rec)
-        self.last_ts = rec.ts if self.last_ts is None else max(self.last_ts, rec.ts)
         self.last_seen[rec.replica] = max(self.last_seen.get(rec.replica, 0.0), rec.ts)
-        if rec.batch_size > 0:  # prefill-only steps verify nothing; the engine leaves them out of fits too
+        self.last_ts = rec.ts if self.last_ts is None else max(self.last_ts, rec.ts)
+        if rec.batch_size > 0 or rec.sample.shape.prefill_tokens > 0:  # a lone prefill prices prefill
             self.samples.append(rec.sample)
             self.sample_keys.append(zlib.crc32(f"{rec.replica}/{rec.step}".encode()))
             self.new_samples += 1
+        if rec.calibration:  # a cost sample only: random prompts, before any load
+            self.calibration_samples += 1
+            return
+        self.recent.append(rec)
         for klass, (tested, accepted) in rec.acceptance.items():
             self._count(klass, tested, accepted)
 

@@ -158,12 +158,7 @@ class Scheduler(Generic[E]):
         stats.acceptance_by_class = self.policy.observe(out.verdicts)
         for sid in out.finished:
             self._forget(sid)
-        for sink in self.sinks:
-            try:
-                sink.record(stats)
-            except Exception:  # a sink must never fail a step
-                self.sink_errors += 1
-                log.exception("step sink %s failed; record dropped", type(sink).__name__)
+        self._record(stats)
         if stats.missed_ks:
             self._misses_in_a_row += 1
         elif any(stats.ks):
@@ -220,12 +215,22 @@ class Scheduler(Generic[E]):
         return StepPlan(decision.ks, deadline)
 
     def seed_samples(self, steps: Seq[StepStats]) -> bool:
-        """Steps run outside the loop (start-up calibration): into the refit window, then a refit now.
-        Returns whether the fit was adopted."""
+        """Steps run outside the loop (start-up calibration): to the sinks, into the refit window, then a
+        refit now. Returns whether the fit was adopted."""
         for stats in steps:
+            stats.policy_version = self._in_force.version
+            self._record(stats)
             if stats.batch_size or stats.prefill_tokens:
                 self._keep(sample_of(stats))
         return self.refit.enabled and self._in_force.refit and bool(self._samples) and self._refit()
+
+    def _record(self, stats: StepStats) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(stats)
+            except Exception:  # a sink must never fail a step
+                self.sink_errors += 1
+                log.exception("step sink %s failed; record dropped", type(sink).__name__)
 
     def _keep(self, sample: StepSample) -> None:
         self._samples.append(sample)

@@ -93,6 +93,9 @@ class PolicyDocument(_Strict):
     hysteresis: float = Field(..., ge=1.0)
     per_request_override: bool = True
     cost_model: dict[str, Any]
+    # False while the spec asks for the online fit and the controller has fitted nothing yet: `cost_model` is
+    # then only its starting guess, and a target keeps its own (start-up calibrated, locally refitted) one.
+    cost_model_fitted: bool = True
     acceptance_prior: dict[str, list[float]] = Field(default_factory=dict)
     goodput: GoodputReport = Field(default_factory=lambda: GoodputReport())
     issued_at: float

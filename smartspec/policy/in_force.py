@@ -40,6 +40,10 @@ def from_document(doc: PolicyDocument, local: PolicyInForce, *, can_speculate: b
     max_k = cap_k(doc.max_k, local.config.max_k)
     config = replace(local.config, mode=doc.mode if can_speculate else "off", max_k=max_k,
                      fixed_k=cap_k(doc.fixed_k, max_k), hysteresis=doc.hysteresis)
-    # The controller fits on the whole fleet's steps; a local refit would undo its model.
+    # The controller fits on the whole fleet's steps; a local refit would undo its model. Until it has fitted
+    # anything, the target's own model (calibrated at start-up, refitted locally) knows more than its guess.
+    if not doc.cost_model_fitted:
+        return PolicyInForce(config, local.cost_model, doc.version, doc.acceptance_prior,
+                             allow_request_override=doc.per_request_override, refit=True)
     return PolicyInForce(config, doc.model_cost(), doc.version, doc.acceptance_prior,
                          allow_request_override=doc.per_request_override, refit=False)

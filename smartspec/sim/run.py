@@ -40,6 +40,8 @@ class StepTally:
     k_counts: Counter[int] = field(default_factory=Counter)
 
     def record(self, stats: StepStats) -> None:
+        if stats.calibration:  # the start-up profile is not part of the run
+            return
         self.steps += 1
         self.batch_sum += stats.batch_size
         self.k_counts.update(stats.ks)

@@ -32,7 +32,7 @@ FIELDS = (
 # Written by this version, read when present (records of older targets lack them).
 OPTIONAL_FIELDS = (
     "prefill_padded_tokens", "pending_catchup_tokens", "missed_max_k", "missed_sum_k", "draft_deadline_s",
-    "predicted_step_s",
+    "predicted_step_s", "calibration",
 )
 
 
@@ -54,6 +54,7 @@ def encode(stats: StepStats, replica: str, ts: float) -> dict[str, str]:
         "missed_max_k": str(max(stats.missed_ks, default=0)), "missed_sum_k": str(sum(stats.missed_ks)),
         **({} if stats.draft_deadline_s is None else {"draft_deadline_s": f"{stats.draft_deadline_s:.6g}"}),
         **({} if stats.predicted_step_s is None else {"predicted_step_s": f"{stats.predicted_step_s:.6g}"}),
+        **({"calibration": "1"} if stats.calibration else {}),
     }
 
 
@@ -74,6 +75,7 @@ class StepRecord:
     sample: StepSample  # shape + measured draft/verify/overhead seconds
     predicted_step_s: float | None = None
     pending_catchup_tokens: int = 0
+    calibration: bool = False  # a target's start-up profile: a cost sample, not load or acceptance
 
     @property
     def deadline_missed(self) -> bool:
@@ -106,6 +108,7 @@ def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
             sample=StepSample.from_record(raw),
             predicted_step_s=_finite_or_none(raw.get("predicted_step_s")),
             pending_catchup_tokens=int(raw.get("pending_catchup_tokens", 0)),
+            calibration=raw.get("calibration") == "1",
         )
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise BadRecord(f"malformed step record: {exc}") from None

@@ -85,6 +85,7 @@ def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_s
         time.sleep(3 * ctl.settings.interval_s)
         fitted, fit = ctl.online_model, ctl.last_fit
         assert fitted.name == "online" and fit is not None
+        assert published(client).cost_model_fitted  # targets now take the controller's model
         status = json.loads(client.get(status_key("smartspec")))["cost_model"]["last_fit"]
         print(f"controller's own held-out check: error {fit.error_in_force:.1%} ({fit.reason}), "
               f"R² {fit.holdout_r2}")
@@ -112,6 +113,7 @@ def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_s
 def test_published_policy_is_in_force_within_a_second(plane: dict[str, Any]) -> None:
     url, client = plane["stack"].url, plane["redis"]
     first = wait_for(lambda: published(client), 3, "a first policy")
+    assert not first.cost_model_fitted  # nothing fitted yet: only the controller's starting guess
     wait_for(lambda: metric(url, "smartspec_policy_version") == first.version, 2, "the first version in force")
     set_spec(client, "smartspec", {"mode": "fixed", "maxSpeculationLength": 3, "fixedSpeculationLength": 2})
     doc = wait_for(lambda: (d := published(client)) and d.mode == "fixed" and d.max_k == 3 and d, 3, "new policy")
@@ -158,3 +160,24 @@ def test_a_new_recommended_k_alone_goes_to_the_status_not_into_a_new_policy(
         assert published(client) == first and status["policy_version"] == first.version
     finally:
         stop_all(lambda: loop_thread.run(ctl.redis.aclose()), ctl.metrics.shutdown, client.close)
+
+
+def test_a_goodput_target_calibrates_reports_the_profile_and_keeps_its_model_until_the_controller_fits(
+        loop_thread: LoopThread, tiny_svc_models: dict[str, Any], redis_db: Any) -> None:
+    client = redis_db.client()
+    ctl = start_controller(loop_thread, redis_db.url)
+    stack = start_stack(loop_thread, tiny_svc_models, redis_url=redis_db.url, replica="target-0", policy="goodput")
+    try:
+        scheduler = stack.target.ctx.engine.scheduler
+        profile = wait_for(lambda: [r for _, f in client.xrange(steps_key("smartspec"))
+                                    if (r := records.decode(f)).calibration], 5, "the start-up profile's records")
+        assert {r.max_k for r in profile} >= {0, 1, 8} and all(not r.acceptance for r in profile)
+        doc = wait_for(lambda: published(client), 3, "a first policy")
+        wait_for(lambda: scheduler.in_force.version >= doc.version, 3, "the policy in force")
+        assert not doc.cost_model_fitted
+        # The controller's starting guess did not replace the target's calibrated model, and it keeps refitting.
+        assert scheduler.policy.cost_model.name == "online" and scheduler.in_force.refit
+        wait_for(lambda: ctl.window.calibration_samples >= len(profile), 5, "the controller to read the profile")
+        assert ctl.window.recent.maxlen and not [r for r in ctl.window.recent if r.calibration]
+    finally:
+        stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()), client.close)

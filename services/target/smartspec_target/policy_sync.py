@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -52,7 +52,10 @@ class PolicySwitch:
             return
         if self.doc is None:  # the local model may have been refitted; keep the refitted one for later
             self._local = self.scheduler.in_force
-        in_force = from_document(doc, self._local, can_speculate=self.can_speculate)
+        local = self._local
+        if self.doc is not None and not self.doc.cost_model_fitted:  # the target was refitting under it
+            local = replace(local, cost_model=self.scheduler.in_force.cost_model)
+        in_force = from_document(doc, local, can_speculate=self.can_speculate)
         self.scheduler.apply_policy(in_force)
         self.doc = doc
         self.metrics.policy_version.set(doc.version)

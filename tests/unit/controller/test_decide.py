@@ -94,6 +94,24 @@ def test_pooled_acceptance_counts_only_tested_positions() -> None:
     assert (cond[~seen] == 0.5).all()
 
 
+def test_calibration_steps_are_cost_samples_only_and_lone_prefills_price_prefill() -> None:
+    from dataclasses import replace
+
+    w = TelemetryWindow(max_k=4)
+    rng = np.random.default_rng(0)
+    profile = [replace(record(TRUTH, 4, 3, 10.0 + i, rng, alpha=0.0), calibration=True) for i in range(5)]
+    for rec in profile:
+        w.add(rec)
+    # In the fit; not in the load, the measured goodput or the pooled acceptance (random prompts, no traffic).
+    assert len(w.samples) == 5 and w.calibration_samples == 5 and not w.recent and not w.classes()
+    assert measured(w.since(60, now=20.0))["batch_size"] is None and w.age_s(now=20.0) == pytest.approx(6.0)
+    lone = StepRecord(ts=30.0, replica="r0", step=next(STEP_IDS), batch_size=0, num_prefills=1, emitted=1, sum_k=0,
+                      max_k=0, policy_version=1, acceptance={},
+                      sample=StepSample(StepShape(0, 0, 0, 0, 180, 0, 180), 0.0, 1.3, 1e-3))
+    w.add(lone)
+    assert len(w.samples) == 6 and w.samples[-1].shape.prefill_tokens == 180
+
+
 def test_acceptance_window_slides() -> None:
     w = TelemetryWindow(max_k=4, acceptance_window=10)
     rng = np.random.default_rng(0)

@@ -39,9 +39,11 @@ def test_calibration_times_every_shape_fits_them_and_leaves_nothing_behind(tiny_
     samples = [sample_of(st) for st in report.steps if st.batch_size]
     assert report.adopted and sch.policy.cost_model.name == "online"
     assert relative_error(sch.policy.cost_model, samples) < relative_error(default_cost_model(), samples)
-    # Nothing behind: no request, no KV slot, no draft state, no step record, no acceptance statistics.
+    # Step records marked as the profile (a controller fits on them, and counts them as no load).
+    assert list(sink.records) == report.steps and all(st.calibration for st in sink.records)
+    # Nothing behind: no request, no KV slot, no draft state, no acceptance statistics.
     engine = sch.engine
-    assert not engine.seqs and not engine.has_unfinished and not sink.records
+    assert not engine.seqs and not engine.has_unfinished
     assert not any(engine.runner.has(sid) for sid in range(2**62, 2**62 + 5))
     assert not engine.proposer.runner.has(2**62)
     assert sch.policy.acceptance.prior()[0] == sch.policy.acceptance.config.prior[0]

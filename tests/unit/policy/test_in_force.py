@@ -45,3 +45,11 @@ def test_the_value_cannot_be_changed_in_place() -> None:
         got.version = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
         got.priors["default"] = (0.1,)  # type: ignore[index]
+
+
+def test_a_document_whose_model_the_controller_has_not_fitted_keeps_the_targets_own_and_its_refit() -> None:
+    calibrated = dataclasses.replace(default_cost_model(), name="online", samples=21)
+    local = dataclasses.replace(LOCAL, cost_model=calibrated)
+    got = from_document(doc(cost_model_fitted=False, hysteresis=1.2), local, can_speculate=True)
+    assert got.cost_model is calibrated and got.refit is True
+    assert got.config.hysteresis == 1.2 and got.version == doc().version  # the rest of the document applies

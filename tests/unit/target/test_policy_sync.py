@@ -68,3 +68,18 @@ def test_a_target_without_a_draft_keeps_speculation_off(metrics: TargetMetrics) 
     switch, sch = switch_on(metrics, can_speculate=False)
     switch.apply(doc(version=2, mode="goodput"))
     assert sch.policy.config.mode == "off" and sch.in_force.version == 2
+
+
+def test_unfitted_documents_leave_the_targets_model_and_its_refits_until_a_fitted_one_arrives(
+        metrics: TargetMetrics) -> None:
+    switch, sch = switch_on(metrics)
+    calibrated = replace(default_cost_model(), name="online", samples=21)
+    sch.apply_policy(replace(sch.in_force, cost_model=calibrated))  # as the start-up calibration leaves it
+    switch.apply(doc(version=2, cost_model_fitted=False))
+    assert sch.policy.cost_model is calibrated and sch.in_force.refit and sch.in_force.version == 2
+    refitted = replace(calibrated, samples=80)
+    sch.apply_policy(replace(sch.in_force, cost_model=refitted))  # a local refit under that policy
+    switch.apply(doc(version=3, cost_model_fitted=False))
+    assert sch.policy.cost_model is refitted  # not the model from before the refit
+    switch.apply(doc(version=4))  # the controller's own fit: it takes over and the local refit pauses
+    assert sch.policy.cost_model == PRESETS["h100-llama8b"] and not sch.in_force.refit

@@ -39,10 +39,11 @@ def test_decode_round_trip() -> None:
 def test_new_fields_round_trip_and_a_missed_deadline_prices_the_drafts_asked_for() -> None:
     st = stats()
     st.ks, st.missed_ks, st.predicted_step_s, st.pending_catchup_tokens = [0, 0, 0], [4, 0, 2], 0.25, 37
-    st.prefill_padded_tokens, st.draft_deadline_s = 20, 0.5
+    st.prefill_padded_tokens, st.draft_deadline_s, st.calibration = 20, 0.5, True
     entry = records.encode(st, "pod-a", ts=1.0)
     assert set(entry) == set(records.FIELDS) | set(records.OPTIONAL_FIELDS)
     rec = records.decode(entry)
+    assert rec.calibration and not records.decode(records.encode(stats(), "pod-a", 1.0)).calibration
     assert rec.predicted_step_s == pytest.approx(0.25) and rec.pending_catchup_tokens == 37 and rec.deadline_missed
     assert rec.sample.shape.max_k == 0 and rec.sample.shape.prefill_padded_tokens == 20
     assert rec.sample.draft_shape is not None and rec.sample.draft_shape.max_k == 4
