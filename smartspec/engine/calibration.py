@@ -7,9 +7,10 @@ ran slower than no speculation until enough real steps had been refitted (measur
 the first two requests of a closed-loop run cost goodput 1.6 % of its mean latency against `off`).
 A serving engine profiles itself before taking traffic (as engines profile memory at start); here a
 few seconds of steps at k = 0 … K, at batch 1 and a small batch, through the real draft connection,
-give the fit every direction the policy will ask about. The steps go into the scheduler's refit window and, marked
-`calibration`, to its step sinks (a controller fits the fleet's cost model on them too); they never
-feed acceptance statistics (the prompts are random tokens) or the load a controller measures.
+give the fit every direction the policy will ask about. The steps go into the scheduler's refit
+window and, marked `calibration`, to its step sinks (a controller fits the fleet's cost model on
+them too); they never feed acceptance statistics (the prompts are random tokens) or the load a
+controller measures.
 """
 
 from __future__ import annotations

@@ -198,6 +198,7 @@ class SpeculationPolicy:
     # -- pieces ---------------------------------------------------------------------------------
     def _select(self, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp,
                 hysteresis: float, weight: float = 1.0) -> Selection:
+        # The curve carries this step's batch and context (context_tokens is read only without one).
         if self.config.mode == "goodput-uniform":
             return select_uniform(survival, caps, self.cost_model, context_tokens=0, catchup=catchup,
                                   hysteresis=hysteresis * weight, curve=curve)
