@@ -120,7 +120,10 @@ class CostModel:
                 raise ValueError(f"unknown cost-model features {sorted(unknown)}; known: {', '.join(FEATURES)}")
 
     def components(self, shape: StepShape) -> tuple[float, float, float]:
-        feats = shape.features(self.pads_to_max_k)
+        return self._parts(shape.features(self.pads_to_max_k))
+
+    def _parts(self, feats: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        """(draft, verify, overhead) of scalar features, or of arrays of them (`decode_curve`)."""
         verify = _dot(self.verify, feats)
         spec = feats["spec"]
         draft = _dot(self.draft, feats) + spec * self.draft_fraction * verify
@@ -137,10 +140,8 @@ class CostModel:
         spec = (m > 0).astype(float)
 
         def total(s: np.ndarray) -> np.ndarray:
-            feats = feature_values(batch, context_tokens, m, s, self.pads_to_max_k)
-            verify = _dot(self.verify, feats)
-            extra = spec * (self.draft_fraction + self.overhead_fraction) * verify
-            return np.asarray(verify + _dot(self.draft, feats) + _dot(self.overhead, feats) + extra, dtype=float)
+            return np.asarray(sum(self._parts(feature_values(batch, context_tokens, m, s, self.pads_to_max_k))),
+                              dtype=float)
 
         alpha = total(np.zeros_like(m))
         return alpha, (total(spec) - alpha) * spec
