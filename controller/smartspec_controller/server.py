@@ -34,7 +34,7 @@ from smartspec.policy.document import (
     parse_document,
     parse_spec,
 )
-from smartspec.policy.limits import MAX_K_LIMIT
+from smartspec.policy.limits import MAX_K_LIMIT, MAX_POLICY_VERSION
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.telemetry.keys import SCHEMA_VERSION, check_service, policy_key, policy_spec_key, status_key, steps_key
 from smartspec.telemetry.records import BadRecord, decode
@@ -47,13 +47,16 @@ from smartspec_controller.window import TelemetryWindow, measured
 log = logging.getLogger(__name__)
 PRIOR_CHANGE = 0.05  # republish when a pooled acceptance rate moved by more than this
 # Publish atomically, and only over an older version: two controllers (a rolling update) never
-# publish the same version with different content. Returns 0, or the newer version found.
+# publish the same version with different content. Returns 0, or the newer version found. Lua numbers
+# are doubles: a stored version that is not an integer in [1, ARGV[3]] (exact in a double) is not a
+# valid document's, and is overwritten rather than obeyed (2^60 would otherwise lock publishing for good).
 _PUBLISH_IF_NEWER = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc['version']) and tonumber(doc['version']) >= tonumber(ARGV[1]) then
-    return tonumber(doc['version'])
+  local v = ok and type(doc) == 'table' and tonumber(doc['version'])
+  if v and v >= 1 and v <= tonumber(ARGV[3]) and v == math.floor(v) and v >= tonumber(ARGV[1]) then
+    return v
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -77,6 +80,7 @@ class Controller:
         self.view = LoadView()
         self.spec = default_spec()
         self.spec_error: str | None = None
+        self.publish_error: str | None = None  # why the last publish could not happen (None: it did)
         self.window = TelemetryWindow(max_k=MAX_K_LIMIT, fit_window=settings.fit_window,
                                       acceptance_window=self.spec.acceptance.window)
         self.online_model: CostModel = load_cost_model(settings.cost_model)
@@ -302,12 +306,20 @@ class Controller:
         return False
 
     async def _publish(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]],
-                       measured_gp: float | None, predicted_gp: float | None, now: float) -> PolicyDocument:
+                       measured_gp: float | None, predicted_gp: float | None, now: float) -> PolicyDocument | None:
         key = policy_key(self.service)
         raw = await self.redis.get(key)
         if raw is not None:  # versions continue across controller restarts (and across controllers)
             with contextlib.suppress(ValueError):
                 self.version = max(self.version, parse_document(raw).version)
+        if self.version >= MAX_POLICY_VERSION:  # only a document written by hand gets here
+            if raw is None:  # the key was deleted, as the message below asks: number from 1 again
+                self.version = 0
+            else:
+                self._cannot_publish(f"the policy at {key} has version {self.version}, the largest there is; "
+                                     "delete the key and the next policy starts again at version 1 (targets take "
+                                     "it once the one they hold expires)")
+                return None
         doc = PolicyDocument(
             service=self.service, version=self.version + 1, mode=spec.mode, max_k=spec.max_k, fixed_k=spec.fixed_k,
             hysteresis=spec.hysteresis, per_request_override=spec.per_request_override.allowed, cost_model=cost,
@@ -315,15 +327,22 @@ class Controller:
             goodput=GoodputReport(measured=measured_gp, predicted=predicted_gp),
             issued_at=now, expires_at=now + spec.expiry_s, decided_by=self.settings.name)
         body = doc.model_dump_json()
-        newer = int(await self._cas(keys=[key], args=[doc.version, body]))
+        newer = int(await self._cas(keys=[key], args=[doc.version, body, MAX_POLICY_VERSION]))
         if newer:  # another controller got there first: continue after its version next time
             self.version = max(self.version, newer)
             log.warning("controller: policy v%d already published by another controller; not overwriting", newer)
             return doc
-        self.version, self.doc = doc.version, doc
+        if self.publish_error is not None:
+            log.info("controller: publishing again")
+        self.version, self.doc, self.publish_error = doc.version, doc, None
         log.info("controller: published policy v%d (%s, K=%d, cost model %s)", doc.version, doc.mode, doc.max_k,
                  cost.get("name"))
         return doc
+
+    def _cannot_publish(self, why: str) -> None:
+        if why != self.publish_error:
+            log.error("controller: cannot publish: %s", why)
+        self.publish_error = why
 
     async def _write_status(self, seen: dict[str, float | None], predicted: float | None, model: CostModel,
                             table: dict[str, int], current: decide.CurrentLoad | None, now: float) -> None:
@@ -331,7 +350,7 @@ class Controller:
         self.status = {
             "schema_version": SCHEMA_VERSION, "service": self.service, "decided_by": self.settings.name,
             "decided_at": now, "policy_version": self.version, "mode": self.spec.mode,
-            "max_k": self.spec.max_k, "spec_error": self.spec_error,
+            "max_k": self.spec.max_k, "spec_error": self.spec_error, "publish_error": self.publish_error,
             "measured_goodput": seen["goodput"], "predicted_goodput": predicted,
             "mean_k": seen["mean_k"], "mean_batch_size": seen["batch_size"],
             "current": None if current is None else asdict(current), "recommended_k": table,
@@ -375,8 +394,9 @@ class Controller:
 
         @app.get("/health")
         async def health() -> JSONResponse:
-            ok = self.redis_ok
-            return JSONResponse({"status": "ok" if ok else "degraded", "redis": ok, "policy_version": self.version},
+            ok = self.redis_ok and self.publish_error is None
+            return JSONResponse({"status": "ok" if ok else "degraded", "redis": self.redis_ok,
+                                 "policy_version": self.version, "publish_error": self.publish_error},
                                 status_code=200 if ok else 503)
 
         @app.get("/metrics")

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.steps import StepEngine, StepPlan, StepStats
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from smartspec.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+_E = TypeVar("_E", bound=StepEngine)  # the real engine, or the simulator's
 
 # Request ids far above any the engine loop hands out (it counts from 1): the draft protocol's ids are uint64.
 FIRST_ID = 2**62
@@ -61,7 +62,7 @@ class CalibrationReport:
     skipped: str | None = None  # why nothing ran
 
 
-def calibrate(scheduler: Scheduler, vocab_size: int, max_batch: int, config: CalibrationConfig | None = None,
+def calibrate(scheduler: Scheduler[_E], vocab_size: int, max_batch: int, config: CalibrationConfig | None = None,
               *, clock: Callable[[], float] = time.perf_counter) -> CalibrationReport:
     """Run the profile through `scheduler`'s engine, then hand the steps to its refit (see module docstring).
     Must run before the scheduler takes requests; any request it added is gone when it returns."""

@@ -76,7 +76,7 @@ class SpecEngine(RequestBook):
         return self._enqueue(Sequence.create(seq_id, prompt_ids, params))
 
     # -- the step ------------------------------------------------------------------------
-    def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput:
+    def step(self, ks: Mapping[int, int] | StepPlan | KChooser | None = None) -> StepOutput:
         """Run one step; `ks` maps running request ids to the k wanted (missing means 0), or is
         a function that returns that map once this step's batch is known."""
         t0 = time.perf_counter()

@@ -179,8 +179,8 @@ class CostModel:
                 verify=_coefficients("verify", data["verify"]),
                 draft=_coefficients("draft", data.get("draft", {})),
                 overhead=_coefficients("overhead", data.get("overhead", {})),
-                draft_fraction=float(data.get("draft_fraction", 0.0)),
-                overhead_fraction=float(data.get("overhead_fraction", 0.0)),
+                draft_fraction=_fraction("draft_fraction", data.get("draft_fraction", 0.0)),
+                overhead_fraction=_fraction("overhead_fraction", data.get("overhead_fraction", 0.0)),
                 pads_to_max_k=bool(data.get("pads_to_max_k", True)),
                 r2=None if data.get("r2") is None else float(data["r2"]),
                 samples=int(data.get("samples", 0)),
@@ -188,6 +188,13 @@ class CostModel:
         except (TypeError, AttributeError) as exc:  # e.g. `"verify": [1]` or `"const": null`: bad input, not a bug
             raise ValueError(f"malformed cost model: {exc}") from None
         return model
+
+
+def _fraction(name: str, value: Any) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 10.0:  # also false for NaN
+        raise ValueError(f"cost-model {name} must be in [0, 10], got {value!r}")
+    return v
 
 
 def _coefficients(part_name: str, part: Any) -> dict[str, float]:
@@ -200,6 +207,9 @@ def _coefficients(part_name: str, part: Any) -> dict[str, float]:
     bad = [k for k, v in values.items() if not np.isfinite(v)]
     if bad:
         raise ValueError(f"cost-model coefficients must be finite numbers: {bad}")
+    negative = [f"{part_name}.{k}" for k, v in values.items() if v < 0 and k not in SIGNED_FEATURES]
+    if negative:  # fits never produce them (see SIGNED_FEATURES); a document that has them was not fitted
+        raise ValueError(f"cost-model coefficients must not be negative: {negative}")
     return values
 
 

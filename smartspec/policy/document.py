@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smartspec.policy.cost_model import PRESETS, CostModel
-from smartspec.policy.limits import MAX_K_LIMIT
+from smartspec.policy.limits import MAX_DOCUMENT_BYTES, MAX_K_LIMIT, MAX_POLICY_EXPIRY_S, MAX_POLICY_VERSION
 from smartspec.policy.modes import Mode
 from smartspec.telemetry.keys import SCHEMA_VERSION
+
+MAX_ACCEPTANCE_CLASSES = 64  # prompt classes with their own pooled acceptance; a real service has a handful
 
 # Fields older controllers published in the document; the status key carries them now (a change of
 # the recommended k per batch size is not a new policy). Dropped on parsing, so those documents stay valid.
@@ -63,7 +65,7 @@ class PolicySpec(_Strict):
     acceptance: AcceptanceSpec = Field(default_factory=lambda: AcceptanceSpec.model_validate({}))
     cost_model: CostModelSpec = Field(default_factory=lambda: CostModelSpec(), alias="costModel")
     per_request_override: OverrideSpec = Field(default_factory=lambda: OverrideSpec(), alias="perRequestOverride")
-    expiry_s: int = Field(30, ge=2, le=86_400, alias="policyExpirySeconds")
+    expiry_s: int = Field(30, ge=2, le=MAX_POLICY_EXPIRY_S, alias="policyExpirySeconds")
 
     @model_validator(mode="after")
     def _bounds(self) -> PolicySpec:
@@ -85,12 +87,12 @@ class PolicyDocument(_Strict):
     """What the controller publishes; targets apply it between two steps."""
 
     schema_version: int = SCHEMA_VERSION
-    service: str
-    version: int = Field(..., ge=1)
+    service: str = Field(..., min_length=1, max_length=253)
+    version: int = Field(..., ge=1, le=MAX_POLICY_VERSION)
     mode: Mode
     max_k: int = Field(..., ge=0, le=MAX_K_LIMIT)
     fixed_k: int = Field(..., ge=0, le=MAX_K_LIMIT)
-    hysteresis: float = Field(..., ge=1.0)
+    hysteresis: float = Field(..., ge=1.0, le=10.0)
     per_request_override: bool = True
     cost_model: dict[str, Any]
     # False while the spec asks for the online fit and the controller has fitted nothing yet: `cost_model` is
@@ -98,9 +100,9 @@ class PolicyDocument(_Strict):
     cost_model_fitted: bool = True
     acceptance_prior: dict[str, list[float]] = Field(default_factory=dict)
     goodput: GoodputReport = Field(default_factory=lambda: GoodputReport())
-    issued_at: float
+    issued_at: float = Field(..., ge=0)
     expires_at: float
-    decided_by: str
+    decided_by: str = Field(..., max_length=253)
 
     @model_validator(mode="before")
     @classmethod
@@ -119,7 +121,12 @@ class PolicyDocument(_Strict):
     @field_validator("acceptance_prior")
     @classmethod
     def _rates(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        if len(v) > MAX_ACCEPTANCE_CLASSES:
+            raise ValueError(f"at most {MAX_ACCEPTANCE_CLASSES} acceptance classes, got {len(v)}")
         for klass, rates in v.items():
+            if len(rates) > MAX_K_LIMIT or len(klass) > 64:
+                raise ValueError(f"acceptance_prior[{klass[:64]!r}]: class names of at most 64 characters, "
+                                 f"at most {MAX_K_LIMIT} positions")
             if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
                 raise ValueError(f"acceptance_prior[{klass!r}] must be a non-empty list of rates in [0, 1]")
         return v
@@ -130,6 +137,8 @@ class PolicyDocument(_Strict):
             raise ValueError(f"fixed_k ({self.fixed_k}) must be <= max_k ({self.max_k})")
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
+        if self.expires_at - self.issued_at > MAX_POLICY_EXPIRY_S:
+            raise ValueError(f"a policy lives at most {MAX_POLICY_EXPIRY_S} s (expires_at - issued_at)")
         self.model_cost()  # a document whose cost model does not load is invalid
         return self
 
@@ -152,6 +161,7 @@ def default_spec() -> PolicySpec:
 
 def parse_document(raw: str | bytes) -> PolicyDocument:
     """Validate a published policy; raises ValueError with pydantic's field-by-field reason."""
+    _bounded(raw, "policy document")
     try:
         return PolicyDocument.model_validate_json(raw)
     except ValidationError as exc:
@@ -159,6 +169,8 @@ def parse_document(raw: str | bytes) -> PolicyDocument:
 
 
 def parse_spec(raw: str | bytes | dict[str, Any]) -> PolicySpec:
+    if not isinstance(raw, dict):
+        _bounded(raw, "policy spec")
     try:
         if isinstance(raw, dict):
             return PolicySpec.model_validate(raw)
@@ -169,3 +181,10 @@ def parse_spec(raw: str | bytes | dict[str, Any]) -> PolicySpec:
 
 def _reasons(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}" for e in exc.errors())
+
+
+def _bounded(raw: str | bytes, what: str) -> None:
+    # Checked before parsing: a document planted in Redis must not cost a parse of megabytes every poll.
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+    if size > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"invalid {what}: {size} bytes, more than the {MAX_DOCUMENT_BYTES} a {what} may have")

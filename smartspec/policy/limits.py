@@ -9,6 +9,13 @@ from smartspec.errors import InvalidRequest
 # The largest K anywhere: the CRD's bound on maxSpeculationLength, which the operator also gives its
 # pods as their K capacity; the policy, the controller, the services' settings and the CLIs import it.
 MAX_K_LIMIT = 16
+# Policy versions stay integers a double holds exactly: Redis's Lua (the publish compare-and-set) and
+# JSON readers compare them as doubles, and past 2^53 `v + 1 == v`, which would lock publishing for good.
+MAX_POLICY_VERSION = 2**53 - 1
+# What a part reads from Redis or a peer is bounded before it is parsed: a policy document or spec is a
+# few kB; anything near this is not one.
+MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_POLICY_EXPIRY_S = 86_400  # the CRD's bound on policyExpirySeconds; a document never lives longer
 
 
 def cap_k(k: int, *bounds: int | None) -> int:

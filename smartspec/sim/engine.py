@@ -15,6 +15,7 @@ from smartspec.engine.steps import (
     KChooser,
     RequestBook,
     StepOutput,
+    StepPlan,
     StepStats,
     plan_of,
 )
@@ -105,7 +106,7 @@ class SimEngine(RequestBook):
         self._truth.pop(seq_id, None)
 
     # -- the step ------------------------------------------------------------------------
-    def step(self, ks: Mapping[int, int] | KChooser | None = None) -> StepOutput:
+    def step(self, ks: Mapping[int, int] | StepPlan | KChooser | None = None) -> StepOutput:
         self._step_id += 1
         prefill = self._admit()
         fresh = {s.seq_id for s in prefill}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smartspec.policy.cost_model import StepSample
+from smartspec.policy.limits import MAX_K_LIMIT, MAX_POLICY_VERSION
 from smartspec.telemetry.keys import SCHEMA_VERSION
 
 if TYPE_CHECKING:  # the controller parses records without torch installed
@@ -90,6 +91,15 @@ class BadRecord(ValueError):
     """A stream entry that is not a step record of a schema this code reads."""
 
 
+# What a real step can be: anything outside is a bug or a forgery, and one NaN or 1e300 in the fit
+# window would steer the fleet's cost model. Generous: a step of an hour, a million-token batch.
+MAX_STEP_SECONDS = 3600.0
+MAX_BATCH = 65_536
+MAX_TOKENS = 1_000_000_000
+MAX_CLASSES = 64  # acceptance classes per record (as in a policy document)
+MAX_NAME = 253  # a replica name (a DNS name: pod names are at most this)
+
+
 def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
     raw: dict[str, Any] = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                            for k, v in fields.items()}
@@ -98,9 +108,11 @@ def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
     missing = [f for f in FIELDS if f not in raw]
     if missing:
         raise BadRecord(f"step record lacks {missing}")
+    if len(raw["replica"]) > MAX_NAME or len(raw["acceptance"]) > MAX_CLASSES * (MAX_K_LIMIT * 32 + 80):
+        raise BadRecord("step record with an oversized replica name or acceptance map")
     try:
         acceptance = json.loads(raw["acceptance"])
-        return StepRecord(
+        rec = StepRecord(
             ts=float(raw["ts"]), replica=raw["replica"], step=int(raw["step"]), batch_size=int(raw["batch_size"]),
             num_prefills=int(raw["num_prefills"]), emitted=int(raw["emitted"]), sum_k=int(raw["sum_k"]),
             max_k=int(raw["max_k"]), policy_version=int(raw["policy_version"]),
@@ -110,8 +122,39 @@ def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
             pending_catchup_tokens=int(raw.get("pending_catchup_tokens", 0)),
             calibration=raw.get("calibration") == "1",
         )
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise BadRecord(f"malformed step record: {exc}") from None
+    _check_ranges(rec)
+    return rec
+
+
+def _check_ranges(rec: StepRecord) -> None:
+    s, shape = rec.sample, rec.sample.shape
+    times = {"draft_s": s.draft_s, "verify_s": s.verify_s, "overhead_s": s.overhead_s}
+    bad = [n for n, v in times.items() if not 0.0 <= v <= MAX_STEP_SECONDS]  # also catches NaN
+    if not math.isfinite(rec.ts) or rec.ts < 0:
+        bad.append("ts")
+    counts = {"batch_size": (rec.batch_size, MAX_BATCH), "num_prefills": (rec.num_prefills, MAX_BATCH),
+              "max_k": (rec.max_k, MAX_K_LIMIT), "sum_k": (rec.sum_k, MAX_BATCH * MAX_K_LIMIT),
+              "emitted": (rec.emitted, MAX_BATCH * (MAX_K_LIMIT + 1)), "step": (rec.step, 2**63 - 1),
+              "policy_version": (rec.policy_version, MAX_POLICY_VERSION),
+              "context_tokens": (shape.context_tokens, MAX_TOKENS),
+              "prefill_tokens": (shape.prefill_tokens, MAX_TOKENS),
+              "draft_catchup_tokens": (shape.draft_catchup_tokens, MAX_TOKENS),
+              "prefill_padded_tokens": (shape.prefill_padded_tokens, MAX_TOKENS),
+              "pending_catchup_tokens": (rec.pending_catchup_tokens, MAX_TOKENS)}
+    if s.draft_shape is not None:
+        counts["missed_max_k"] = (s.draft_shape.max_k, MAX_K_LIMIT)
+    bad += [n for n, (v, top) in counts.items() if not 0 <= v <= top]
+    if len(rec.acceptance) > MAX_CLASSES:
+        bad.append("acceptance (classes)")
+    for klass, (tested, accepted) in rec.acceptance.items():
+        if (len(klass) > 64 or len(tested) > MAX_K_LIMIT or len(accepted) > len(tested)
+                or any(not 0 <= a <= t for a, t in zip(accepted, tested, strict=False))):
+            bad.append(f"acceptance[{klass[:64]!r}]")
+            break
+    if bad:
+        raise BadRecord(f"step record out of range: {', '.join(bad)}")
 
 
 def _finite_or_none(text: str | None) -> float | None:

@@ -78,6 +78,7 @@ class PolicySync:
         self.current: PolicyDocument | None = None
         self._said_absent = False
         self._expired_version = 0
+        self._last_raw: str | bytes | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="smartspec-policy-sync")
@@ -129,6 +130,9 @@ class PolicySync:
 
     def consider(self, raw: str | bytes) -> bool:
         """Apply `raw` if it is valid and newer; returns whether it was taken."""
+        if raw == self._last_raw:  # the poll re-reads the same document every second: judged once is enough
+            return False
+        self._last_raw = raw
         try:
             doc = parse_document(raw)
         except ValueError as exc:
@@ -160,4 +164,5 @@ class PolicySync:
                         time.localtime(self.current.expires_at)))
             self._expired_version = self.current.version
             self.current = None
+            self._last_raw = None  # a document refused as older than this one may be taken now
             self._submit(None, "expired")

@@ -63,6 +63,15 @@ def test_document_round_trip_and_expiry() -> None:
     ({"expires_at": float("inf")}, "expires_at"),
     ({"cost_model": {"verify": {"const": None}}}, "verify.const must be a number"),
     ({"cost_model": {"verify": [1]}}, "malformed cost model"),
+    # Hardening: what a hand-written document in Redis could carry to lock or mislead the fleet.
+    ({"version": 2**53}, "version"),
+    ({"expires_at": time.time() + 10 * 86_400}, "a policy lives at most"),
+    ({"cost_model": {"verify": {"const": -0.01}}}, "must not be negative"),
+    ({"cost_model": {"verify": {"const": 0.01}, "draft_fraction": float("nan")}}, "draft_fraction"),
+    ({"hysteresis": 1e9}, "hysteresis"),
+    ({"acceptance_prior": {f"c{i}": [0.5] for i in range(65)}}, "at most 64 acceptance classes"),
+    ({"acceptance_prior": {"default": [0.5] * 17}}, "at most 16 positions"),
+    ({"service": ""}, "service"),
 ])
 def test_invalid_documents_are_rejected(kw: dict[str, object], why: str) -> None:
     raw = doc().model_dump()
@@ -83,3 +92,17 @@ def test_the_load_and_recommended_k_are_not_in_the_document_but_older_documents_
     assert parse_document(json.dumps(older)) == d
     with pytest.raises(ValueError, match="surprise"):  # anything else unknown is still refused
         parse_document(json.dumps({**d.model_dump(), "surprise": 1}))
+
+
+def test_documents_and_specs_are_bounded_in_size_before_they_are_parsed() -> None:
+    from smartspec.policy.limits import MAX_DOCUMENT_BYTES
+
+    big = doc().model_dump_json()[:-1] + ', "pad": "' + "x" * MAX_DOCUMENT_BYTES + '"}'
+    with pytest.raises(ValueError, match=f"more than the {MAX_DOCUMENT_BYTES}"):
+        parse_document(big)
+    with pytest.raises(ValueError, match=r"policy spec: .* bytes"):
+        parse_spec(b'{"mode": "off", "x": "' + b"y" * MAX_DOCUMENT_BYTES + b'"}')
+
+
+def test_the_per_request_verify_term_may_be_negative_as_fits_make_it() -> None:
+    assert doc(cost_model={"verify": {"const": 0.02, "batch": -0.001}}).model_cost().verify["batch"] == -0.001
