@@ -32,7 +32,8 @@ from smartspec.telemetry.keys import policy_key, status_key
 
 def start_stack(models: str, port: int, stack_file: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SMARTSPEC_STACK_FILE": str(stack_file)}
-    proc = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "up", "--models", models, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "up", "--models", models, "--port", str(port),
+                             "--no-auth"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -113,7 +113,7 @@ def end_to_end(k: int, tokens: int, n_prompts: int) -> list[str]:
     prompts = PROMPTS[:n_prompts]
     port = 18000 + os.getpid() % 1000
     up = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "up", "--port", str(port), "--policy", "fixed",
-                           "--fixed-k", str(k), "--max-batch-size", "4"], stdout=subprocess.PIPE,
+                           "--fixed-k", str(k), "--max-batch-size", "4", "--no-auth"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     try:
         assert up.stdout is not None

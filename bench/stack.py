@@ -47,7 +47,8 @@ class LocalStack:
         return [sys.executable, "-m", "smartspec.cli.main", "up", "--models", c.models, "--port", str(port),
                 "--dtype", c.dtype, "--max-batch-size", str(c.max_batch_size), "--service", c.service,
                 "--draft-method", c.draft_method, "--ready-timeout-s", str(c.ready_timeout_s),
-                *self.policy.up_args()]
+                # Loopback, one client: the bench measures serving, not key handling (one hmac per request).
+                "--no-auth", *self.policy.up_args()]
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "SMARTSPEC_STACK_FILE": str(self.stack_file)}

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 import openai
+
+from smartspec.cli import stackfile
+
+
+def api_key() -> str:
+    """$OPENAI_API_KEY, else the key `smartspec up` generated (its file is named in the stack file)."""
+    if os.environ.get("OPENAI_API_KEY"):
+        return os.environ["OPENAI_API_KEY"]
+    info = stackfile.read() or {}
+    path = info.get("api_key_file")
+    return Path(path).read_text().strip() if path else "none (the stack runs without keys)"
 
 
 def main() -> int:
@@ -15,7 +28,7 @@ def main() -> int:
     ap.add_argument("--prompt", default="Write a Python function that returns the n-th Fibonacci number.")
     ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args()
-    client = openai.OpenAI(base_url=args.base_url, api_key="not-needed")
+    client = openai.OpenAI(base_url=args.base_url, api_key=api_key())
     model = client.models.list().data[0].id
     print(f"> {args.prompt}\n", flush=True)
     t0 = time.perf_counter()

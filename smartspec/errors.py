@@ -13,6 +13,7 @@ class SmartspecError(Exception):
     http_status: int = 500
     grpc_code: str = "INTERNAL"
     error_type: str = "internal_error"
+    retry_after_s: int | None = None  # set where retrying later can succeed (HTTP `Retry-After`)
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -66,6 +67,7 @@ class CapacityExceeded(SmartspecError):
     http_status = 429
     grpc_code = "RESOURCE_EXHAUSTED"
     error_type = "capacity_exceeded"
+    retry_after_s = 1
 
 
 class ResourceShortage(SmartspecError):

@@ -15,7 +15,11 @@ from grpc_reflection.v1alpha import reflection
 from smartspec.v1 import common_pb2
 
 if TYPE_CHECKING:  # the controller uses this module without torch installed
+    from smartspec.auth import ApiKeys
     from smartspec.engine.sampling import SamplingParams
+
+# Open without a key: kubelet's gRPC probes carry none, and reflection describes only the public protos.
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 # Draft proposals for a batch of 32 at k = 8 with top-64 q are ~100 KB; leave ample room.
 MAX_MESSAGE_BYTES = 64 << 20
@@ -36,12 +40,43 @@ class RunningServer:
         await self.server.stop(grace_s)
 
 
+class KeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """UNAUTHENTICATED for a call to any method but health and reflection without `authorization: Bearer <key>`."""
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        if self.keys.accepts(dict(details.invocation_metadata or ()).get("authorization")):
+            return handler
+        return _denied(handler)
+
+
+def _denied(handler: Any) -> Any:
+    """A handler of the same streaming kind as `handler` that refuses the call before reading anything."""
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "a valid key is required: send call metadata 'authorization: Bearer <key>'")
+
+    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    return make[(handler.request_streaming, handler.response_streaming)](
+        deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
 async def start_server(
-    services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]], host: str, port: int
+    services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]], host: str, port: int,
+    keys: ApiKeys | None = None,
 ) -> RunningServer:
-    """Start an aio server with `services` ((add_fn, servicer, full name)), grpc.health.v1 and reflection."""
+    """Start an aio server with `services` ((add_fn, servicer, full name)), grpc.health.v1 and reflection;
+    with `keys`, every method but health and reflection needs one of them."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                             interceptors=[KeyInterceptor(keys)] if keys is not None else None)
     for add, servicer, _ in services:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-sequences", type=int)
     d.add_argument("--max-len", type=int)
     d.add_argument("--max-k", type=int)
+    d.add_argument("--auth-token-file", help="tokens a caller must present, one per line; none: loopback only")
+    d.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                   help="serve a non-loopback host without tokens")
     d.set_defaults(func=_serve_draft)
     t = sub.add_parser("serve-target", help="run the target service: gRPC + OpenAI HTTP (env SMARTSPEC_TARGET_*)")
     t.add_argument("--model", help="target model folder")
@@ -48,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--redis-url", help="redis://host:port for step records and the controller's policy")
     t.add_argument("--otlp-endpoint", help="host:port of an OTLP gRPC receiver (e.g. the controller)")
     t.add_argument("--otlp-interval-s", type=float)
+    t.add_argument("--draft-token-file", help="file whose first line is the token presented to the draft")
+    t.add_argument("--api-key-file", help="file of accepted API keys, one per line; /v1/* then needs a Bearer key")
+    t.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                   help="serve /v1/* without keys on a non-loopback host (behind your own gateway)")
+    t.add_argument("--max-body-bytes", type=int, help="largest request body (413 beyond)")
+    t.add_argument("--max-queue", type=int, help="requests waiting for a slot at most (429 + Retry-After beyond)")
     t.set_defaults(func=_serve_target)
     c = sub.add_parser("controller", help="run the goodput controller (env SMARTSPEC_CONTROLLER_*)")
     c.add_argument("--service")

@@ -7,7 +7,9 @@ the target first so running requests drain.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--service", default="smartspec", help="service name in the Redis keys")
     u.add_argument("--no-controller", action="store_true", help="targets keep their local default policy")
     u.add_argument("--ready-timeout-s", type=float, default=300.0)
+    auth = u.add_mutually_exclusive_group()
+    auth.add_argument("--api-key-file", help="accept the API keys in this file (default: generate one and print it)")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="serve /v1/* without an API key (the stack listens on loopback only)")
     u.set_defaults(func=run)
 
 
@@ -60,10 +67,29 @@ def redis_binary() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """In the child, before exec: ask the kernel for SIGTERM when `up` dies, even by SIGKILL (which runs
+    none of its clean-up), so no redis-server or model server outlives it. Linux only; elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # `up` died between fork and prctl: nobody would signal us
+            os._exit(1)
+
+    return arm
+
+
 @dataclass
 class Stack:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    private: tempfile.TemporaryDirectory[str] | None = None  # 0700: the generated API key
     optional: set[str] = field(default_factory=set)  # parts whose death costs telemetry, not serving
     _reported: set[str] = field(default_factory=set)
 
@@ -74,7 +100,7 @@ class Stack:
         # the in-process engine on 2 cores), so idle threads sleep unless the user said otherwise.
         env = {**os.environ}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env, preexec_fn=_dies_with(os.getpid()))
         self.procs.append((name, proc))
         if not essential:
             self.optional.add(name)
@@ -89,8 +115,9 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        if self.tmp is not None:
-            self.tmp.cleanup()
+        for tmp in (self.tmp, self.private):
+            if tmp is not None:
+                tmp.cleanup()
 
     def dead(self) -> str | None:
         """The first essential part (draft, target) that exited; optional parts are only reported,
@@ -120,6 +147,29 @@ def _models(args: argparse.Namespace, stack: Stack) -> tuple[str, str]:
     stack.tmp = tempfile.TemporaryDirectory(prefix="smartspec-tiny-")
     target, draft = tiny_pair("qwen2", seed=0).save(Path(stack.tmp.name))
     return str(target), str(draft)
+
+
+def _secret_file(stack: Stack, name: str, value: str) -> str:
+    if stack.private is None:
+        stack.private = tempfile.TemporaryDirectory(prefix="smartspec-key-")  # mkdtemp: mode 0700
+    path = Path(stack.private.name) / name
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return str(path)
+
+
+def _auth(args: argparse.Namespace, stack: Stack) -> tuple[list[str], list[str], str | None]:
+    """(the draft's auth flags, the target's, the generated API key to print: None for the user's file or none)."""
+    if args.no_auth:
+        print("smartspec up: NO API KEY (--no-auth): any process on this machine may call the API on loopback",
+              file=sys.stderr, flush=True)
+        return [], [], None
+    peer = _secret_file(stack, "peer-token", secrets.token_urlsafe(32))  # target -> draft
+    draft, target = ["--auth-token-file", peer], ["--draft-token-file", peer]
+    if args.api_key_file:
+        return draft, [*target, "--api-key-file", args.api_key_file], None
+    key = "sk-smartspec-" + secrets.token_urlsafe(24)
+    return draft, [*target, "--api-key-file", _secret_file(stack, "api-key", key)], key
 
 
 def _wait_http(url: str, stack: Stack, timeout_s: float) -> None:
@@ -211,14 +261,21 @@ def run(args: argparse.Namespace) -> int:
             draft_cmd += ["--method", "ngram", "--tokenizer", target]
         else:
             draft_cmd += ["--model", draft]
-        stack.start("draft", draft_cmd)
-        stack.start("target", [*py, "serve-target", "--model", target, "--draft-address", f"127.0.0.1:{dport}",
+        draft_auth, target_auth, key = _auth(args, stack)
+        stack.start("draft", [*draft_cmd, *draft_auth])
+        if "--api-key-file" in target_auth:
+            info["api_key_file"] = target_auth[target_auth.index("--api-key-file") + 1]
+        stack.start("target", [*py, "serve-target", *target_auth, "--model", target,
+                               "--draft-address", f"127.0.0.1:{dport}",
                                "--http-port", str(args.port), "--grpc-port", str(free_port()), "--dtype", args.dtype,
                                "--policy", args.policy, "--fixed-k", str(args.fixed_k),
                                "--max-batch-size", str(args.max_batch_size), *control])
         base = f"http://127.0.0.1:{args.port}"
         _wait_http(f"{base}/health", stack, args.ready_timeout_s)
         stackfile.write({**info, "target_url": base})
+        if key is not None:  # shown once, here, for the user to copy; in no log and no file but its own (0600)
+            print(f"API key: {key}  (send 'Authorization: Bearer <key>'; e.g. export OPENAI_API_KEY={key})",
+                  flush=True)
         print(f"smartspec is up: OpenAI base URL {base}/v1 (model {Path(target).name}); Ctrl-C stops it", flush=True)
         while not stopping:
             problem = stack.dead()

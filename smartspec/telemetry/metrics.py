@@ -84,6 +84,9 @@ class TargetMetrics:
                                             explicit_bucket_boundaries_advisory=list(STEP_BUCKETS))
         self.draft_fallback = m.create_counter("smartspec_draft_fallback", unit="1",
                                                description="Steps a request ran at k = 0 because the draft failed")
+        self.requests_shed = m.create_counter("smartspec_requests_shed", unit="1",
+                                              description="Requests refused with 429 because running + waiting "
+                                              "were at the limit")
         # Control plane: the policy in force and telemetry delivery.
         self.policy_version = m.create_gauge("smartspec_policy_version", unit="1",
                                              description="Version of the controller policy in force (0: local default)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from smartspec.auth import keys_for
 from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
@@ -83,12 +84,16 @@ def build_core(settings: DraftSettings) -> tuple[DraftCore, common_pb2.ModelInfo
 
 async def start(settings: DraftSettings, core: DraftCore | None = None,
                 info: common_pb2.ModelInfo | None = None) -> tuple[RunningServer, DraftServicer]:
+    # Before loading anything: a deployment without keys fails fast. Without a key anyone who can reach
+    # the port can open sessions and take every draft slot from the real targets.
+    keys = keys_for("draft gRPC", settings.auth_token_file, settings.host, settings.allow_unauthenticated,
+                    setting="auth_token_file")
     if core is None or info is None:
         core, info = build_core(settings)
     servicer = DraftServicer(core, info)
     running = await start_server(
-        [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, SERVICE_NAME)], settings.host, settings.port
-    )
+        [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, SERVICE_NAME)], settings.host, settings.port,
+        keys=keys)
     log.info("draft service (%s, %s) listening on %s:%d", info.method, info.model_id, settings.host, running.port)
     return running, servicer
 

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import torch
 
+from smartspec.auth import bearer
 from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, ProposeRequest
 from smartspec.rpc import channel_options, sampling_to_wire
 from smartspec.telemetry.metrics import TargetMetrics
@@ -53,8 +54,10 @@ class RemoteProposer:
     name = "remote-draft"
 
     def __init__(self, address: str, loop: asyncio.AbstractEventLoop, *, target_vocab: int, fingerprint: str,
-                 deadline_s: float, metrics: TargetMetrics, backoff_s: tuple[float, float] = (0.1, 5.0)) -> None:
+                 deadline_s: float, metrics: TargetMetrics, backoff_s: tuple[float, float] = (0.1, 5.0),
+                 token: str | None = None) -> None:
         self.address = address
+        self._metadata = bearer(token) if token else None
         self.loop = loop
         self.target_vocab = target_vocab
         self.fingerprint = fingerprint
@@ -133,14 +136,15 @@ class RemoteProposer:
             try:
                 async with grpc.aio.insecure_channel(self.address, options=channel_options()) as channel:
                     stub = draft_pb2_grpc.DraftServiceStub(channel)
-                    info = (await stub.GetInfo(draft_pb2.DraftInfoRequest(), timeout=5.0)).model
+                    info = (await stub.GetInfo(draft_pb2.DraftInfoRequest(), timeout=5.0,
+                                               metadata=self._metadata)).model
                     self.draft_info = info
                     self.incompatible = self._check(info)
                     if self.incompatible:
                         log.error("refusing to speculate with draft at %s: %s", self.address, self.incompatible)
                         await asyncio.sleep(self.backoff_s[1])
                         continue
-                    self._call = stub.Session()
+                    self._call = stub.Session(metadata=self._metadata)
                     self.connected = True
                     self.connects += 1
                     delay = self.backoff_s[0]

@@ -23,7 +23,7 @@ from opentelemetry.trace import Tracer
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence
-from smartspec.errors import SmartspecError
+from smartspec.errors import CapacityExceeded, SmartspecError
 from smartspec.policy.document import PolicyDocument
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.telemetry.otel import record_request_span
@@ -38,6 +38,11 @@ class Draining(SmartspecError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     error_type = "service_unavailable"
+    retry_after_s = 1  # another replica, or this one once restarted
+
+
+class Overloaded(CapacityExceeded):
+    """Every KV slot is busy and the queue in front of them is full: shed load instead of queueing without end."""
 
 
 class EngineFailed(SmartspecError):
@@ -76,7 +81,8 @@ class RequestHandle:
 
 class EngineLoop:
     def __init__(self, scheduler: Scheduler, metrics: TargetMetrics, loop: asyncio.AbstractEventLoop,
-                 switch: PolicySwitch | None = None, tracer: Tracer | None = None, model_name: str = "") -> None:
+                 switch: PolicySwitch | None = None, tracer: Tracer | None = None, model_name: str = "",
+                 max_in_flight: int | None = None) -> None:
         self.scheduler = scheduler
         self.metrics = metrics
         self.loop = loop
@@ -84,6 +90,8 @@ class EngineLoop:
         self.tracer = tracer
         self.model_name = model_name
         self.draining = False
+        self.max_in_flight = max_in_flight  # running + waiting; None: unbounded
+        self._submitting = 0  # event-loop side only
         self.failed: str | None = None
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._handles: dict[int, RequestHandle] = {}
@@ -114,10 +122,18 @@ class EngineLoop:
             raise Draining("the server is draining (shutting down) and takes no new requests")
         if self.failed:
             raise EngineFailed(f"the engine failed and serves no requests: {self.failed}")
+        held = len(self._handles) + self._submitting  # submits the engine thread has not taken yet count too
+        if self.max_in_flight is not None and held >= self.max_in_flight:
+            self.metrics.requests_shed.add(1)
+            raise Overloaded(f"the server holds {held} requests (running and waiting), its limit; retry later")
         handle = RequestHandle(next(self._ids), len(prompt_ids))
         done: Future[None] = Future()
-        self._commands.put(("submit", (handle, prompt_ids, params, spec, done)))
-        await asyncio.wrap_future(done)  # raises the engine's validation error, if any
+        self._submitting += 1
+        try:
+            self._commands.put(("submit", (handle, prompt_ids, params, spec, done)))
+            await asyncio.wrap_future(done)  # raises the engine's validation error, if any
+        finally:
+            self._submitting -= 1
         return handle
 
     def cancel(self, seq_id: int) -> None:

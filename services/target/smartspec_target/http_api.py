@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RequestSpec
@@ -25,6 +27,9 @@ from smartspec_target.openai_schema import ChatCompletionRequest, CommonParams, 
 # Chat requests without max_tokens get at most this many tokens (bounded by the context).
 DEFAULT_CHAT_MAX_TOKENS = 1024
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# No tokenizer makes a token of more characters than this (Qwen2's longest merges are ~16 bytes), so a
+# text longer than max_len × this is too long before it is tokenized: refused without the work.
+MAX_CHARS_PER_TOKEN = 64
 
 
 @dataclass
@@ -42,7 +47,9 @@ def error_body(message: str, error_type: str, param: str | None = None, code: st
 
 
 def _err(exc: SmartspecError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, exc.error_type, exc.param), status_code=exc.http_status)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse(error_body(exc.message, exc.error_type, exc.param), status_code=exc.http_status,
+                        headers=headers)
 
 
 def build_app(ctx: ApiContext) -> FastAPI:
@@ -63,6 +70,14 @@ def build_app(ctx: ApiContext) -> FastAPI:
     async def _smartspec(request: Request, exc: SmartspecError) -> JSONResponse:
         return _err(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The framework's own refusals (unknown path, wrong method) in OpenAI's error shape too.
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return JSONResponse(error_body(message.get(exc.status_code, str(exc.detail)), kind),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.get("/health")
     async def health() -> JSONResponse:
         if not ctx.engine.healthy:
@@ -82,20 +97,32 @@ def build_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        prompt_ids = _completion_prompt(ctx, body.prompt)
+        prompt_ids = await _completion_prompt(ctx, body.prompt)
         return await _respond(ctx, request, body, prompt_ids, chat=False)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        ids = ctx.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        _check_chars(ctx, sum(len(m.content) for m in body.messages), "messages")
+        # Off the event loop: a long conversation takes a while to template and tokenize, and /health waits.
+        ids = await asyncio.to_thread(ctx.tokenizer.apply_chat_template, messages, add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
         return await _respond(ctx, request, body, [int(t) for t in ids], chat=True)
 
     return app
 
 
-def _completion_prompt(ctx: ApiContext, prompt: str | list[str] | list[int]) -> list[int]:
+def _check_chars(ctx: ApiContext, chars: int, param: str) -> None:
+    if chars > ctx.max_len * MAX_CHARS_PER_TOKEN:
+        raise InvalidRequest(f"{param} has {chars} characters: more than any {ctx.max_len}-token context holds",
+                             param=param)
+
+
+async def _completion_prompt(ctx: ApiContext, prompt: str | list[str] | list[int]) -> list[int]:
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        if len(prompt) > ctx.max_len:
+            raise InvalidRequest(f"prompt has {len(prompt)} tokens; this server holds {ctx.max_len} per request",
+                                 param="prompt")
         return [int(t) for t in prompt]  # token ids; the engine checks their range
     text: object = prompt
     if isinstance(prompt, list):
@@ -104,7 +131,9 @@ def _completion_prompt(ctx: ApiContext, prompt: str | list[str] | list[int]) -> 
         text = prompt[0]
     if not isinstance(text, str) or not text:
         raise InvalidRequest("prompt is empty", param="prompt")
-    return [int(t) for t in ctx.tokenizer(text, add_special_tokens=True).input_ids]
+    _check_chars(ctx, len(text), "prompt")
+    ids = await asyncio.to_thread(lambda: ctx.tokenizer(text, add_special_tokens=True).input_ids)
+    return [int(t) for t in ids]
 
 
 def _to_request(ctx: ApiContext, body: CommonParams, prompt_ids: list[int], chat: bool) -> GenerationRequest:

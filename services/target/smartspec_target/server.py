@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from smartspec.auth import ApiKeys, keys_for, read_token
 from smartspec.engine.builder import eos_ids
 from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.engine import AdmissionLimits, SpecEngine
@@ -25,6 +26,7 @@ from smartspec.v1 import common_pb2, target_pb2_grpc
 from smartspec_target.draft_client import RemoteProposer
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.grpc_api import SERVICE_NAME, TargetServicer
+from smartspec_target.guards import EdgeGuard
 from smartspec_target.http_api import ApiContext, build_app
 from smartspec_target.policy_sync import PolicySwitch
 from smartspec_target.settings import TargetSettings
@@ -75,6 +77,7 @@ class TargetService:
 async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = None) -> TargetService:
     """Start everything on the running loop; returns once both front ends accept connections."""
     loop = asyncio.get_running_loop()
+    keys = _api_keys(settings)  # before loading anything: a deployment without keys fails fast
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
     model = model if model is not None else load_model(settings.model, settings.dtype)
     name = settings.served_model_name or Path(settings.model).name
@@ -86,7 +89,9 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     if settings.draft_address:
         draft = RemoteProposer(settings.draft_address, loop, target_vocab=runner.vocab_size, fingerprint=fingerprint,
                                deadline_s=settings.draft_deadline_s, metrics=metrics,
-                               backoff_s=(min(0.1, settings.draft_backoff_max_s), settings.draft_backoff_max_s))
+                               backoff_s=(min(0.1, settings.draft_backoff_max_s), settings.draft_backoff_max_s),
+                               token=read_token(settings.draft_token_file, "draft_token_file")
+                               if settings.draft_token_file else None)
         await draft.start()
         if not await draft.wait_connected(settings.draft_connect_timeout_s):
             log.warning("no draft at %s yet; serving at k = 0 until it connects", settings.draft_address)
@@ -105,7 +110,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks, deadline=deadline)
     await _calibrate(settings, scheduler, draft, runner.vocab_size)
     switch = PolicySwitch(scheduler, metrics, can_speculate=draft is not None)
-    engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name)
+    engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name,
+                             max_in_flight=settings.max_batch_size + settings.max_queue)
     engine_loop.start()
     telemetry.follow_policy(engine_loop.set_policy)
     ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics)
@@ -114,8 +120,9 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
                                 max_num_speculative_tokens=settings.max_k, method="target")
     grpc_server = await start_server(
         [(target_pb2_grpc.add_TargetServiceServicer_to_server, TargetServicer(ctx, info), SERVICE_NAME)],
-        settings.host, settings.grpc_port)
-    http = _HttpServer(uvicorn.Config(build_app(ctx), host=settings.host, port=settings.http_port,
+        settings.host, settings.grpc_port, keys=keys)
+    app = EdgeGuard(build_app(ctx), keys, settings.max_body_bytes)
+    http = _HttpServer(uvicorn.Config(app, host=settings.host, port=settings.http_port,
                                       log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
     http_task = asyncio.create_task(http.serve())
     while not http.started:
@@ -125,6 +132,10 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     port = int(http.servers[0].sockets[0].getsockname()[1])
     log.info("target %s: HTTP on %s:%d, gRPC on %s:%d", name, settings.host, port, settings.host, grpc_server.port)
     return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port, telemetry)
+
+
+def _api_keys(settings: TargetSettings) -> ApiKeys | None:
+    return keys_for("target API", settings.api_key_file, settings.host, settings.allow_unauthenticated)
 
 
 async def _calibrate(settings: TargetSettings, scheduler: Scheduler, draft: RemoteProposer | None,

@@ -25,6 +25,8 @@ class TargetSettings(BaseSettings):
     draft_deadline_factor: float = Field(
         2.0, ge=1.0, description="a step waits for drafts this many times the time the cost model predicts for them")
     draft_deadline_floor_s: float = Field(0.25, gt=0, description="... but never less than this")
+    draft_token_file: str | None = Field(
+        None, description="file whose first line is the token presented to the draft service (a mounted Secret)")
     draft_connect_timeout_s: float = Field(30.0, ge=0, description="wait this long for the draft at startup")
     draft_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between draft reconnect attempts")
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
@@ -42,6 +44,14 @@ class TargetSettings(BaseSettings):
         None, ge=0.0, le=1.0, description="EXPERIMENTS ONLY: accept each draft token with this probability instead "
         "of comparing with the target (outputs are then not the target's; responses say so)")
     drain_timeout_s: float = Field(600.0, ge=0, description="on SIGTERM, wait this long for running requests")
+    # -- the edge: who may call, and how much
+    api_key_file: str | None = Field(
+        None, description="file of accepted API keys, one per line (a mounted Secret); /v1/* then needs "
+        "'Authorization: Bearer <key>'. Without one the target serves only on a loopback host")
+    allow_unauthenticated: bool = Field(
+        False, description="serve /v1/* without API keys on a non-loopback host (behind your own gateway)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; larger ones get 413")
+    max_queue: int = Field(256, ge=0, description="requests waiting for a KV slot at most; more get 429 + Retry-After")
     # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
     replica: str | None = Field(None, description="this replica's name in step records (default hostname-pid)")
