@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 from smartspec.policy.document import parse_spec
 from smartspec_operator import status as st
 from smartspec_operator.kube import Kube, KubeError
-from smartspec_operator.manifests import Owner, build, child_name, redis_service, redis_url
+from smartspec_operator.manifests import Owner, auth_secret, build, child_name, redis_service, redis_url
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, ServiceSpec, parse_service_spec
 from smartspec_operator.store import Store
@@ -108,11 +109,14 @@ async def _converge(memo: Any, name: str, namespace: str, uid: str, svc: Service
     never waits on Redis and the daemon's next tick writes the spec once Redis is back."""
     settings, kube, store = _parts(memo)
     owner = Owner(name, namespace, uid)
-    done: dict[str, str] = {}
+    # The auth Secret first: the pods mount it. Generated once, with an API key even when the spec names its
+    # own key Secret (which the target then mounts instead), so dropping that name later still finds a key.
+    secret = auth_secret(owner, secrets.token_urlsafe(32), "sk-smartspec-" + secrets.token_urlsafe(24))
+    done: dict[str, str] = {f"Secret/{secret['metadata']['name']}": await kube.create_once(secret, owner_uid=uid)}
     for obj in build(owner, svc, settings):
         done[f"{obj['kind']}/{obj['metadata']['name']}"] = await kube.apply(obj, owner_uid=uid)
-    if svc.draft is None:  # speculation switched off: the draft's Deployment and Service go
-        for kind in ("Deployment", "Service"):
+    if svc.draft is None:  # speculation switched off: the draft's Deployment, Service and NetworkPolicy go
+        for kind in ("Deployment", "Service", "NetworkPolicy"):
             if await _delete_owned(kube, kind, namespace, child_name(name, "draft"), uid):
                 done[f"{kind}/{child_name(name, 'draft')}"] = "deleted"
     try:

@@ -17,9 +17,11 @@ import aiohttp
 LAST_APPLIED = "smartspec.io/last-applied"
 Outcome = Literal["created", "patched", "unchanged"]
 
-_PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps",
+_PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps", "Secret": "secrets",
+            "NetworkPolicy": "networkpolicies",
             "SpeculativeService": "speculativeservices", "SpeculationPolicy": "speculationpolicies"}
-_API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1",
+_API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1",
+                 "NetworkPolicy": "networking.k8s.io/v1",
                  "SpeculativeService": "smartspec.io/v1alpha1", "SpeculationPolicy": "smartspec.io/v1alpha1"}
 
 
@@ -149,6 +151,28 @@ class Kube:
         patch = _with_removals(json.loads(previous) if previous else {}, body)
         await self.patch(kind, meta["namespace"], meta["name"], patch)
         return "patched"
+
+
+    async def create_once(self, desired: dict[str, Any], owner_uid: str) -> Outcome:
+        """Create `desired` if absent, else leave the live object as it is (a generated Secret keeps its keys
+        across reconciles). No last-applied annotation: for a Secret it would hold the secret in plain text."""
+        kind, meta = desired["kind"], desired["metadata"]
+        live = await self.get(kind, meta["namespace"], meta["name"])
+        if live is None:
+            try:
+                await self.request("POST", path(kind, meta["namespace"]), desired, "application/json")
+                return "created"
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                live = await self.get(kind, meta["namespace"], meta["name"])
+                if live is None:
+                    raise
+        refs = live.get("metadata", {}).get("ownerReferences") or []
+        if not any(r.get("uid") == owner_uid for r in refs):
+            raise NotOwned(f"{kind} {meta['namespace']}/{meta['name']} already exists and is not owned by this "
+                           "SpeculativeService; rename one of them")
+        return "unchanged"
 
 
 def _with_removals(previous: Any, desired: Any) -> Any:

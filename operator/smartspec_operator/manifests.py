@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,10 @@ UID = 10001  # the images' non-root user
 MODELS_ROOT = "/models"
 TARGET_HTTP, TARGET_GRPC, DRAFT_GRPC, CONTROLLER_HTTP, CONTROLLER_OTLP = 8000, 50051, 50061, 8090, 4317
 TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (minus a margin)
+# Secrets reach the pods as files (never env values): the generated peer token (target -> draft) and the
+# API keys. The ConfigMap holds only these paths.
+AUTH_DIR, API_KEYS_DIR = "/etc/smartspec/auth", "/etc/smartspec/api"
+PEER_TOKEN, API_KEYS = "peer-token", "api-keys"  # keys in the Secrets, and file names
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,25 @@ def child_name(owner_name: str, role: str) -> str:
 
 def config_name(owner_name: str) -> str:
     return f"{owner_name}-config"
+
+
+def auth_secret_name(owner_name: str) -> str:
+    return f"{owner_name}-auth"
+
+
+def auth_secret(owner: Owner, peer_token: str, api_key: str) -> dict[str, Any]:
+    """The service's own Secret: the peer token and a generated API key. Created once (`Kube.create_once`),
+    never rewritten: rotating means deleting it (and restarting the pods, which read it at start)."""
+    values = {PEER_TOKEN: peer_token, API_KEYS: api_key}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(owner, auth_secret_name(owner.name), None),
+            "data": {k: base64.b64encode((v + "\n").encode()).decode() for k, v in values.items()}}
+
+
+def _secret_volume(name: str, secret: str, key: str) -> dict[str, Any]:
+    # 0440 with the pod's fsGroup: readable by the non-root user, by no one else.
+    return {"name": name, "secret": {"secretName": secret, "items": [{"key": key, "path": key}],
+                                     "defaultMode": 0o440}}
 
 
 def labels(owner_name: str, role: str | None = None) -> dict[str, str]:
@@ -98,6 +123,7 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
         or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
         "SMARTSPEC_TARGET_DRAIN_TIMEOUT_S": str(TARGET_GRACE_S - 10),
+        "SMARTSPEC_TARGET_API_KEY_FILE": f"{API_KEYS_DIR}/{API_KEYS}",
         "SMARTSPEC_CONTROLLER_SERVICE": service_id,
         "SMARTSPEC_CONTROLLER_REDIS_URL": redis_url(spec, settings),
         "SMARTSPEC_CONTROLLER_HTTP_PORT": str(CONTROLLER_HTTP),
@@ -107,6 +133,8 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
     if d is not None:
         data |= {
             "SMARTSPEC_TARGET_DRAFT_ADDRESS": f"{child_name(name, 'draft')}:{DRAFT_GRPC}",
+            "SMARTSPEC_TARGET_DRAFT_TOKEN_FILE": f"{AUTH_DIR}/{PEER_TOKEN}",
+            "SMARTSPEC_DRAFT_AUTH_TOKEN_FILE": f"{AUTH_DIR}/{PEER_TOKEN}",
             "SMARTSPEC_DRAFT_METHOD": d.method,
             "SMARTSPEC_DRAFT_DTYPE": d.dtype,
             "SMARTSPEC_DRAFT_PORT": str(DRAFT_GRPC),
@@ -165,10 +193,13 @@ def _grpc_probe(port: int, period: int, failures: int) -> dict[str, Any]:
 
 def _deployment(owner: Owner, role: str, *, replicas: int, container: dict[str, Any], claims: list[str],
                 cfg_hash: str, pod_extra: dict[str, Any], strategy: dict[str, Any],
-                pull_secrets: list[str]) -> dict[str, Any]:
+                pull_secrets: list[str], secrets: Sequence[tuple[str, str, str]] = ()) -> dict[str, Any]:
     name = child_name(owner.name, role)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    for vol, secret, key in secrets:  # (volume, Secret, key): mounted read-only in its own directory
+        volumes.append(_secret_volume(vol, secret, key))
+        mounts.append({"name": vol, "mountPath": AUTH_DIR if key == PEER_TOKEN else API_KEYS_DIR, "readOnly": True})
     for i, claim in enumerate(claims):
         volumes.append({"name": f"model-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"model-{i}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
@@ -229,12 +260,16 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         "readinessProbe": _http_probe("/health", "http", 5, 2),
         "livenessProbe": _http_probe("/health", "http", 10, 6),
     }
+    own = auth_secret_name(owner.name)
+    target_secrets = [("api-keys", spec.auth.api_key_secret or own, API_KEYS)]
+    if d is not None:
+        target_secrets.append(("peer-token", own, PEER_TOKEN))
     objs.append(_deployment(
         owner, "target", replicas=t.replicas, container=target,
         claims=_claims(t.model), cfg_hash=config_hash(data, "target"),
         pod_extra=_placement(t) | {"terminationGracePeriodSeconds": TARGET_GRACE_S},
         strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        pull_secrets=settings.pull_secrets()))
+        pull_secrets=settings.pull_secrets(), secrets=target_secrets))
     objs.append(_service(owner, "target", [("http", TARGET_HTTP), ("grpc", TARGET_GRPC)]))
     if d is not None:
         draft = {
@@ -248,7 +283,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         objs.append(_deployment(
             owner, "draft", replicas=d.replicas, container=draft,
             claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=config_hash(data, "draft"),
-            pod_extra=_placement(d), strategy={"type": "RollingUpdate"}, pull_secrets=settings.pull_secrets()))
+            pod_extra=_placement(d), strategy={"type": "RollingUpdate"}, pull_secrets=settings.pull_secrets(),
+            secrets=[("peer-token", own, PEER_TOKEN)]))
         objs.append(_service(owner, "draft", [("grpc", DRAFT_GRPC)]))
     c = spec.controller
     controller = {
@@ -265,7 +301,29 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
                             pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
                             pull_secrets=settings.pull_secrets()))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
+    if settings.network_policies:
+        if d is not None:
+            objs.append(_only_own_targets(owner, "draft", DRAFT_GRPC))
+        objs.append(_only_own_targets(owner, "controller", CONTROLLER_OTLP))
     return objs
+
+
+def _only_own_targets(owner: Owner, role: str, port: int) -> dict[str, Any]:
+    """A NetworkPolicy: `role`'s pods accept `port` only from this service's target pods (ingress on other
+    ports of these pods is not restricted: the controller's HTTP port serves probes and scrapers)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(owner, child_name(owner.name, role), role),
+        "spec": {"podSelector": {"matchLabels": selector(owner.name, role)}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": selector(owner.name, "target")}}],
+                              "ports": [{"protocol": "TCP", "port": port}]},
+                             *_other_ports(role)]},
+    }
+
+
+def _other_ports(role: str) -> list[dict[str, Any]]:
+    # The controller's HTTP (health, metrics, read-only policy and status) stays reachable; the draft has no other.
+    return [{"ports": [{"protocol": "TCP", "port": CONTROLLER_HTTP}]}] if role == "controller" else []
 
 
 def _placement(pod: Any) -> dict[str, Any]:
@@ -277,10 +335,12 @@ def _placement(pod: Any) -> dict[str, Any]:
     return out
 
 
-def owned_keys(owner_name: str, with_draft: bool) -> list[tuple[str, str]]:
+def owned_keys(owner_name: str, with_draft: bool, network_policies: bool = True) -> list[tuple[str, str]]:
     """(kind, name) of every object `build` returns for this shape of spec."""
     out = [("ConfigMap", config_name(owner_name))]
     for role in ROLES:
         if role != "draft" or with_draft:
             out += [("Deployment", child_name(owner_name, role)), ("Service", child_name(owner_name, role))]
+            if network_policies and role != "target":
+                out.append(("NetworkPolicy", child_name(owner_name, role)))
     return out

@@ -25,6 +25,8 @@ class OperatorSettings(BaseSettings):
     converge_interval_s: float = Field(60.0, gt=0, description="how often each service's objects and policy spec "
                                        "are re-checked against its spec even when nothing changed (level trigger)")
     telemetry_stale_s: float = Field(30.0, gt=0, description="controller status older than this: Degraded")
+    network_policies: bool = Field(True, description="give each service NetworkPolicies: its draft and its "
+                                   "controller's OTLP port accept only its own targets")
     health_host: str = "0.0.0.0"
     health_port: int = Field(8080, ge=0, le=65535, description="liveness endpoint /healthz (0: off)")
     request_timeout_s: float = Field(10.0, gt=0, description="one Kubernetes API request at most")

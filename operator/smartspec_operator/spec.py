@@ -84,6 +84,13 @@ class ControllerSpec(_Spec):
     resources: Resources = Field(default_factory=lambda: Resources.model_validate({}))
 
 
+class AuthSpec(_Spec):
+    # A Secret in the service's namespace whose key `api-keys` lists the accepted keys, one per line; without
+    # one the operator generates a key into the service's own `<name>-auth` Secret.
+    api_key_secret: str | None = Field(None, alias="apiKeySecret", min_length=1, max_length=253,
+                                       pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 class ServiceSpec(_Spec):
     target: TargetSpec
     draft: DraftSpec | None = None
@@ -91,6 +98,7 @@ class ServiceSpec(_Spec):
     redis: RedisSpec = Field(default_factory=lambda: RedisSpec.model_validate({}))
     telemetry: TelemetrySpec = Field(default_factory=lambda: TelemetrySpec.model_validate({}))
     controller: ControllerSpec = Field(default_factory=lambda: ControllerSpec.model_validate({}))
+    auth: AuthSpec = Field(default_factory=lambda: AuthSpec.model_validate({}))
 
 
 def parse_service_spec(spec: dict[str, Any]) -> ServiceSpec:

@@ -47,6 +47,8 @@ NAMESPACED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "secrets"): {"get", "create"},  # each service's generated `<name>-auth`; never listed or watched
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
 }
 CLUSTER_RULES = {
@@ -319,6 +321,25 @@ def test_redis_runs_in_memory_as_uid_999() -> None:
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/data"]]
+
+
+def test_only_smartspec_pods_reach_redis_and_the_operator_makes_network_policies() -> None:
+    docs = render()
+    redis = one(docs, "Deployment", f"{RELEASE}-redis")
+    np = one(docs, "NetworkPolicy", f"{RELEASE}-redis")
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    [rule] = np["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    [peer] = rule["from"]
+    assert peer["namespaceSelector"] == {}  # targets and controllers live in the services' namespaces
+    [expr] = peer["podSelector"]["matchExpressions"]
+    assert (expr["key"], expr["operator"], set(expr["values"])) == ("app.kubernetes.io/name", "In", {"smartspec"})
+    op = one(docs, "Deployment", f"{RELEASE}-operator")
+    assert env_of(op["spec"]["template"]["spec"]["containers"][0])["SMARTSPEC_OPERATOR_NETWORK_POLICIES"] == "true"
+    off = render(sets=("networkPolicy.enabled=false",))
+    assert not of_kind(off, "NetworkPolicy")
+    op = one(off, "Deployment", f"{RELEASE}-operator")
+    assert env_of(op["spec"]["template"]["spec"]["containers"][0])["SMARTSPEC_OPERATOR_NETWORK_POLICIES"] == "false"
 
 
 # ------------------------------------------------------------------------------------ security and RBAC

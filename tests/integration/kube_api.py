@@ -35,6 +35,8 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", True),
     "v1/services": ("Service", True),
     "v1/configmaps": ("ConfigMap", True),
+    "v1/secrets": ("Secret", True),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
 }
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 

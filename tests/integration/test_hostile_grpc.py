@@ -84,5 +84,5 @@ def test_a_draft_on_a_reachable_host_without_tokens_refuses_to_start(tmp_path: P
         (tmp_path / "short").write_text("abc\n")
         keys_for("draft gRPC", str(tmp_path / "short"), "0.0.0.0", False, setting="auth_token_file")
     # The service checks before it loads anything (the model folder here does not even exist).
-    with pytest.raises(InvalidRequest, match="draft gRPC would serve 0.0.0.0 without keys"):
+    with pytest.raises(InvalidRequest, match=r"draft gRPC would serve 0\.0\.0\.0 without keys"):
         asyncio.run(draft_server.start(DraftSettings(model=str(tmp_path / "none"), host="0.0.0.0", port=0)))

@@ -134,3 +134,53 @@ def test_config_changes_roll_only_the_pods_that_read_them() -> None:
     assert digest(longer, "target") != digest(base, "target")
     assert digest(draft_fp32, "target") == digest(base, "target")  # a draft-only change leaves targets alone
     assert digest(draft_fp32, "draft") != digest(base, "draft")
+
+
+def test_keys_reach_the_pods_as_files_from_secrets_never_as_values() -> None:
+    import base64
+
+    from smartspec_operator.manifests import auth_secret
+
+    out = objs(draft={"model": {"name": "d", "uri": "pvc://drafts/d"}})
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_TARGET_API_KEY_FILE"] == "/etc/smartspec/api/api-keys"
+    assert data["SMARTSPEC_TARGET_DRAFT_TOKEN_FILE"] == data["SMARTSPEC_DRAFT_AUTH_TOKEN_FILE"] \
+        == "/etc/smartspec/auth/peer-token"
+
+    def secret_mounts(role: str) -> dict[str, tuple[str, str]]:
+        p = pod(out["Deployment", f"svc-{role}"])
+        vols = {v["name"]: v["secret"] for v in p["volumes"] if "secret" in v}
+        return {m["mountPath"]: (vols[m["name"]]["secretName"], vols[m["name"]]["items"][0]["key"])
+                for m in p["containers"][0]["volumeMounts"] if m["name"] in vols and m["readOnly"]}
+
+    assert secret_mounts("target") == {"/etc/smartspec/api": ("svc-auth", "api-keys"),
+                                       "/etc/smartspec/auth": ("svc-auth", "peer-token")}
+    assert secret_mounts("draft") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")}
+    assert secret_mounts("controller") == {}
+    # A user's own key Secret replaces the generated API key; the peer token stays the service's own.
+    mine = objs(auth={"apiKeySecret": "team-keys"})
+    p = pod(mine["Deployment", "svc-target"])
+    assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys"]
+    # The Secret itself: base64 data, owned by the service; nothing secret anywhere else.
+    secret = auth_secret(OWNER, "peer-token-value-0123456789", "sk-key-value-0123456789")
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == "sk-key-value-0123456789\n"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert "peer-token-value" not in str(out) and "sk-key-value" not in str(out)
+
+
+def test_the_draft_and_the_controllers_otlp_accept_only_the_services_own_targets() -> None:
+    out = objs(draft={"model": {"name": "d", "uri": "pvc://drafts/d"}})
+    targets = {"app.kubernetes.io/component": "target", "smartspec.io/service": "svc"}
+    draft = out["NetworkPolicy", "svc-draft"]["spec"]
+    assert draft["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "draft",
+                                                   "smartspec.io/service": "svc"}
+    assert draft["ingress"] == [{"from": [{"podSelector": {"matchLabels": targets}}],
+                                 "ports": [{"protocol": "TCP", "port": 50061}]}]
+    ctl = out["NetworkPolicy", "svc-controller"]["spec"]
+    assert ctl["ingress"][0] == {"from": [{"podSelector": {"matchLabels": targets}}],
+                                 "ports": [{"protocol": "TCP", "port": 4317}]}
+    assert ctl["ingress"][1] == {"ports": [{"protocol": "TCP", "port": 8090}]}  # probes, scrapes, read-only views
+    assert ("NetworkPolicy", "svc-target") not in out  # the API is open to clients; keys protect it
+    off = SETTINGS.model_copy(update={"network_policies": False})
+    body = {"target": {"model": {"name": "m", "uri": "pvc://models/m"}}}
+    assert all(o["kind"] != "NetworkPolicy" for o in build(OWNER, parse_service_spec(body), off))
