@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from smartspec.errors import InvalidRequest
 
@@ -96,3 +97,17 @@ def keys_for(what: str, key_file: str | None, host: str, allow_unauthenticated: 
         return None
     raise InvalidRequest(f"{what} would serve {host} without keys: give {flag}, bind a loopback host, or pass "
                          "--allow-unauthenticated", param=setting)
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password, for logs and status (redis://:secret@host -> redis://:***@host)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

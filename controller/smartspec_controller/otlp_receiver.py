@@ -6,6 +6,7 @@ the controller reads live load — running and waiting requests, token counters 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,23 +27,40 @@ def _attrs(kvs: Any) -> dict[str, str]:
     return out
 
 
+# Bounds on what senders can make the controller hold: a real service has a few dozen target replicas,
+# each with ~40 metrics. An instance silent for STALE_S is forgotten (a scaled-down pod, a restarted one).
+MAX_INSTANCES = 1024
+MAX_METRICS_PER_INSTANCE = 256
+STALE_S = 300.0
+
+
 @dataclass
 class LoadView:
     """Latest metric values per instance: {instance: {metric: (value, received_at)}}."""
 
     values: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     points: int = 0
+    refused: int = 0  # data points dropped by the bounds above
     spans: Counter[str] = field(default_factory=Counter)
+    _seen: dict[str, float] = field(default_factory=dict)  # instance -> last report
 
     def ingest(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> int:
         now = time.time()
+        self._prune(now)
         n = 0
         for rm in request.resource_metrics:
             res = _attrs(rm.resource.attributes)
-            instance = res.get("service.instance.id") or res.get("service.name", "unknown")
+            instance = (res.get("service.instance.id") or res.get("service.name", "unknown"))[:253]
+            if instance not in self.values and len(self.values) >= MAX_INSTANCES:
+                self.refused += sum(1 for sm in rm.scope_metrics for _ in sm.metrics)
+                continue
             mine = self.values.setdefault(instance, {})
+            self._seen[instance] = now
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
+                    if metric.name not in mine and len(mine) >= MAX_METRICS_PER_INSTANCE:
+                        self.refused += 1
+                        continue
                     kind = metric.WhichOneof("data")
                     if kind in ("gauge", "sum"):
                         pts = getattr(metric, kind).data_points
@@ -53,9 +71,15 @@ class LoadView:
                     else:
                         continue
                     n += len(pts)
-                    mine[metric.name] = (float(total), now)
+                    if math.isfinite(total):
+                        mine[metric.name[:255]] = (float(total), now)
         self.points += n
         return n
+
+    def _prune(self, now: float) -> None:
+        for inst in [i for i, t in self._seen.items() if now - t > STALE_S]:
+            self.values.pop(inst, None)
+            self._seen.pop(inst, None)
 
     def latest(self, metric: str, max_age_s: float) -> dict[str, float]:
         """{instance: value} of a metric, for instances that reported it within max_age_s."""

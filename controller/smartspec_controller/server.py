@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError, ResponseError
 
+from smartspec.auth import keys_for, redact_url
 from smartspec.policy.cost_model import CostModel, load_cost_model
 from smartspec.policy.document import (
     GoodputReport,
@@ -99,7 +100,10 @@ class Controller:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port)
+        # Forged OTLP metrics would set the "current load" the controller reports: only the targets may send.
+        keys = keys_for("controller OTLP", self.settings.otlp_token_file, self.settings.host,
+                        self.settings.allow_unauthenticated, setting="otlp_token_file")
+        self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port, keys=keys)
         self.http = _HttpServer(uvicorn.Config(self._app(), host=self.settings.host, port=self.settings.http_port,
                                                log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
         self._tasks.append(asyncio.create_task(self.http.serve(), name="http"))
@@ -111,7 +115,7 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._consume_loop(), name="consume"))
         self._tasks.append(asyncio.create_task(self._decide_loop(), name="decide"))
         log.info("controller for %s: HTTP %s:%d, OTLP gRPC %s:%d, Redis %s", self.service, self.settings.host,
-                 self.http_port, self.settings.host, self.grpc.port, self.settings.redis_url)
+                 self.http_port, self.settings.host, self.grpc.port, redact_url(self.settings.redis_url))
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop every loop and server; each part gets `timeout_s`, then it is cancelled (never hangs)."""

@@ -21,6 +21,10 @@ class ControllerSettings(BaseSettings):
     host: str = "127.0.0.1"
     http_port: int = Field(8090, ge=0, le=65535, description="/metrics, /health, /policy, /status (0: any free port)")
     otlp_port: int = Field(4317, ge=0, le=65535, description="OTLP gRPC receiver for the targets' metrics (0: any)")
+    otlp_token_file: str | None = Field(
+        None, description="tokens an OTLP sender (a target) must present, one per line (a mounted Secret); without "
+        "one the receiver serves only on a loopback host")
+    allow_unauthenticated: bool = Field(False, description="receive OTLP on a non-loopback host without tokens")
     name: str = Field(default_factory=_default_name, description="decided_by in published policies")
     consumer_group: str = Field("smartspec-controller", description="Redis consumer group on the step stream")
     consumer: str = Field(default_factory=socket.gethostname,

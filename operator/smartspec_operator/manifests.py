@@ -122,6 +122,7 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_TARGET_REDIS_URL": redis_url(spec, settings),
         "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
         or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
+        "SMARTSPEC_CONTROLLER_OTLP_TOKEN_FILE": f"{AUTH_DIR}/{PEER_TOKEN}",
         "SMARTSPEC_TARGET_DRAIN_TIMEOUT_S": str(TARGET_GRACE_S - 10),
         "SMARTSPEC_TARGET_API_KEY_FILE": f"{API_KEYS_DIR}/{API_KEYS}",
         "SMARTSPEC_CONTROLLER_SERVICE": service_id,
@@ -130,6 +131,8 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_CONTROLLER_OTLP_PORT": str(CONTROLLER_OTLP),
         "HF_HOME": "/tmp/hf",  # the root filesystem is read-only
     }
+    if not spec.telemetry.otlp_endpoint:  # the peer token goes to this service's own controller, to no one else
+        data["SMARTSPEC_TARGET_OTLP_TOKEN_FILE"] = f"{AUTH_DIR}/{PEER_TOKEN}"
     if d is not None:
         data |= {
             "SMARTSPEC_TARGET_DRAFT_ADDRESS": f"{child_name(name, 'draft')}:{DRAFT_GRPC}",
@@ -261,9 +264,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
         "livenessProbe": _http_probe("/health", "http", 10, 6),
     }
     own = auth_secret_name(owner.name)
-    target_secrets = [("api-keys", spec.auth.api_key_secret or own, API_KEYS)]
-    if d is not None:
-        target_secrets.append(("peer-token", own, PEER_TOKEN))
+    target_secrets = [("api-keys", spec.auth.api_key_secret or own, API_KEYS), ("peer-token", own, PEER_TOKEN)]
     objs.append(_deployment(
         owner, "target", replicas=t.replicas, container=target,
         claims=_claims(t.model), cfg_hash=config_hash(data, "target"),
@@ -299,7 +300,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
     objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[],
                             cfg_hash=config_hash(data, "controller"),
                             pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
-                            pull_secrets=settings.pull_secrets()))
+                            pull_secrets=settings.pull_secrets(), secrets=[("peer-token", own, PEER_TOKEN)]))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
     if settings.network_policies:
         if d is not None:

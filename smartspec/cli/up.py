@@ -158,18 +158,18 @@ def _secret_file(stack: Stack, name: str, value: str) -> str:
     return str(path)
 
 
-def _auth(args: argparse.Namespace, stack: Stack) -> tuple[list[str], list[str], str | None]:
-    """(the draft's auth flags, the target's, the generated API key to print: None for the user's file or none)."""
+def _auth(args: argparse.Namespace, stack: Stack) -> tuple[str | None, str | None, str | None]:
+    """(the peer token file the draft and the controller's OTLP require of the target, the API key file, the
+    generated API key to print); all None with --no-auth, the key None when the user gave their own file."""
     if args.no_auth:
         print("smartspec up: NO API KEY (--no-auth): any process on this machine may call the API on loopback",
               file=sys.stderr, flush=True)
-        return [], [], None
-    peer = _secret_file(stack, "peer-token", secrets.token_urlsafe(32))  # target -> draft
-    draft, target = ["--auth-token-file", peer], ["--draft-token-file", peer]
+        return None, None, None
+    peer = _secret_file(stack, "peer-token", secrets.token_urlsafe(32))
     if args.api_key_file:
-        return draft, [*target, "--api-key-file", args.api_key_file], None
+        return peer, args.api_key_file, None
     key = "sk-smartspec-" + secrets.token_urlsafe(24)
-    return draft, [*target, "--api-key-file", _secret_file(stack, "api-key", key)], key
+    return peer, _secret_file(stack, "api-key", key), key
 
 
 def _wait_http(url: str, stack: Stack, timeout_s: float) -> None:
@@ -231,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         target, draft = _models(args, stack)
+        peer, key_file, key = _auth(args, stack)
+
+        def peer_for(flag: str) -> list[str]:  # each part takes the peer token by its own flag
+            return [flag, peer] if peer else []
+
         redis = redis_binary()
         redis_url = None
         control: list[str] = []
@@ -250,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
             _write_spec(redis_url, args.service, args.policy, args.fixed_k)  # the controller obeys --policy
             cport, oport = free_port(), free_port()
             stack.start("controller", [*py, "controller", *control, "--http-port", str(cport),
-                                       "--otlp-port", str(oport)], essential=False)
-            control += ["--otlp-endpoint", f"127.0.0.1:{oport}"]
+                                       "--otlp-port", str(oport), *peer_for("--otlp-token-file")], essential=False)
+            control += ["--otlp-endpoint", f"127.0.0.1:{oport}", *peer_for("--otlp-token-file")]
             info["controller_url"] = f"http://127.0.0.1:{cport}"
             print(f"controller: {info['controller_url']} (OTLP 127.0.0.1:{oport})", flush=True)
         dport = free_port()
@@ -261,10 +266,10 @@ def run(args: argparse.Namespace) -> int:
             draft_cmd += ["--method", "ngram", "--tokenizer", target]
         else:
             draft_cmd += ["--model", draft]
-        draft_auth, target_auth, key = _auth(args, stack)
-        stack.start("draft", [*draft_cmd, *draft_auth])
-        if "--api-key-file" in target_auth:
-            info["api_key_file"] = target_auth[target_auth.index("--api-key-file") + 1]
+        stack.start("draft", [*draft_cmd, *peer_for("--auth-token-file")])
+        target_auth = [*peer_for("--draft-token-file"), *(["--api-key-file", key_file] if key_file else [])]
+        if key_file:
+            info["api_key_file"] = key_file
         stack.start("target", [*py, "serve-target", *target_auth, "--model", target,
                                "--draft-address", f"127.0.0.1:{dport}",
                                "--http-port", str(args.port), "--grpc-port", str(free_port()), "--dtype", args.dtype,

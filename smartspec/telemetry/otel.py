@@ -17,17 +17,23 @@ if TYPE_CHECKING:
     from smartspec.engine.sequence import Sequence
 
 
-def otlp_metric_reader(endpoint: str, interval_s: float) -> PeriodicExportingMetricReader:
-    """Pushes every instrument to an OTLP gRPC receiver (the controller, or a collector)."""
-    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=5)
+def otlp_metric_reader(endpoint: str, interval_s: float, token: str | None = None) -> PeriodicExportingMetricReader:
+    """Pushes every instrument to an OTLP gRPC receiver (the controller, or a collector), with `token` as a
+    Bearer `authorization` header when given."""
+    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=5, headers=_auth_headers(token))
     return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_s * 1000)
 
 
-def tracer_provider(service: str, endpoint: str | None = None, exporter: SpanExporter | None = None) -> TracerProvider:
+def _auth_headers(token: str | None) -> dict[str, str] | None:
+    return {"authorization": f"Bearer {token}"} if token else None
+
+
+def tracer_provider(service: str, endpoint: str | None = None, exporter: SpanExporter | None = None,
+                    token: str | None = None) -> TracerProvider:
     """A provider owned by one service instance (not the process-global one), batching spans off the engine."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter is None and endpoint:
-        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5)
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5, headers=_auth_headers(token))
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     return provider

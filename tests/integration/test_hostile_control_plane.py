@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
 
+from smartspec.auth import bearer
 from smartspec.engine.engine import StepStats
 from smartspec.policy.limits import MAX_POLICY_VERSION
 from smartspec.telemetry import records
 from smartspec.telemetry.keys import policy_key, status_key, steps_key
 from smartspec.telemetry.metrics import counter_value
+from smartspec_controller.otlp_receiver import MAX_INSTANCES
 from tests.integration.conftest import LoopThread
 from tests.integration.control_plane import published, start_controller, stop_all, wait_for
+from tests.integration.services import start_stack
 
 
 def _doc_json(version: int, **kw: Any) -> str:
@@ -83,3 +93,55 @@ def test_step_records_with_impossible_values_are_skipped_not_fitted(loop_thread:
         assert all(s.total_s < 1.0 for s in ctl.window.samples)
     finally:
         stop_all(lambda: loop_thread.run(ctl.stop()), client.close)
+
+
+
+def _export(instance: str, running: float) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    attr = common_pb2.KeyValue(key="service.instance.id", value=common_pb2.AnyValue(string_value=instance))
+    gauge = metrics_pb2.Metric(name="smartspec_num_requests_running",
+                               gauge=metrics_pb2.Gauge(data_points=[metrics_pb2.NumberDataPoint(as_double=running)]))
+    return metrics_service_pb2.ExportMetricsServiceRequest(resource_metrics=[metrics_pb2.ResourceMetrics(
+        resource=resource_pb2.Resource(attributes=[attr]), scope_metrics=[metrics_pb2.ScopeMetrics(metrics=[gauge])])])
+
+
+def test_otlp_needs_the_peer_token_and_what_it_holds_is_bounded(loop_thread: LoopThread, redis_db: Any,
+                                                                 tmp_path: Path) -> None:
+    # Before: anyone could push metrics: forged ones set the "current load" to 64 with nothing running, and
+    # 20,000 made-up instances stayed in memory for good.
+    token = "peer-token-" + "x" * 32
+    (tmp_path / "peer").write_text(token + "\n")
+    ctl = start_controller(loop_thread, redis_db.url, otlp_token_file=str(tmp_path / "peer"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ctl.otlp_port}") as channel:
+            stub = metrics_service_pb2_grpc.MetricsServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(_export("forger", 64.0), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and not ctl.view.values
+            stub.Export(_export("target-0", 3.0), timeout=5, metadata=bearer(token))
+            assert ctl.view.latest("smartspec_num_requests_running", max_age_s=5) == {"target-0": 3.0}
+            for i in range(0, MAX_INSTANCES + 200, 100):  # a sender with the token still cannot grow it without end
+                req = _export(f"made-up-{i}", 1.0)
+                for j in range(1, 100):
+                    req.resource_metrics.append(_export(f"made-up-{i + j}", 1.0).resource_metrics[0])
+                stub.Export(req, timeout=5, metadata=bearer(token))
+        assert len(ctl.view.values) == MAX_INSTANCES and ctl.view.refused > 0
+    finally:
+        loop_thread.run(ctl.stop())
+
+
+def test_a_target_with_the_peer_token_reaches_an_authenticated_receiver(loop_thread: LoopThread, redis_db: Any,
+                                                                       tiny_svc_models: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    (tmp_path / "peer").write_text("peer-token-" + "y" * 32 + "\n")
+    ctl = start_controller(loop_thread, redis_db.url, otlp_token_file=str(tmp_path / "peer"))
+    stack = start_stack(loop_thread, tiny_svc_models, draft=None, replica="target-0", otlp_interval_s=0.3,
+                        otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", otlp_token_file=str(tmp_path / "peer"))
+    try:
+        r = httpx.post(f"{stack.url}/v1/completions", timeout=60,
+                       json={"model": "target", "prompt": "x", "max_tokens": 4, "ignore_eos": True})
+        assert r.status_code == 200
+        wait_for(lambda: ctl.view.latest("smartspec_num_requests_running", max_age_s=5).get("target-0") == 0.0, 10,
+                 "the target's metrics over authenticated OTLP")
+        wait_for(lambda: ctl.view.spans["decode"] >= 1, 10, "its spans too")
+    finally:
+        stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()))

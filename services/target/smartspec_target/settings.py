@@ -61,3 +61,5 @@ class TargetSettings(BaseSettings):
     policy_poll_s: float = Field(1.0, gt=0, description="also re-read the policy key this often (pub/sub is primary)")
     otlp_endpoint: str | None = Field(None, description="host:port of an OTLP gRPC receiver for metrics and traces")
     otlp_interval_s: float = Field(5.0, gt=0, description="OTLP metric export period")
+    otlp_token_file: str | None = Field(
+        None, description="file whose first line is the token presented to the OTLP receiver (a mounted Secret)")

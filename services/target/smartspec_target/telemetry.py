@@ -11,6 +11,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from smartspec.auth import read_token
 from smartspec.engine.sinks import StepSink
 from smartspec.policy.document import PolicyDocument
 from smartspec.telemetry.keys import check_service
@@ -27,13 +28,15 @@ class Telemetry:
         service = check_service(settings.service)
         self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
         endpoint = settings.otlp_endpoint
-        readers: list[MetricReader] = [otlp_metric_reader(endpoint, settings.otlp_interval_s)] if endpoint else []
+        token = read_token(settings.otlp_token_file, "otlp_token_file") if settings.otlp_token_file else None
+        readers: list[MetricReader] = [otlp_metric_reader(endpoint, settings.otlp_interval_s, token)] \
+            if endpoint else []
         # service.name is the Kubernetes service; the replica tells pods apart (no request ids anywhere).
         self.metrics = TargetMetrics(service=service, extra_readers=readers, instance=self.replica, model=model_name)
         self.provider: TracerProvider | None = None
         self.tracer: Tracer | None = None
         if settings.otlp_endpoint:
-            self.provider = tracer_provider(service, settings.otlp_endpoint)
+            self.provider = tracer_provider(service, settings.otlp_endpoint, token=token)
             self.tracer = self.provider.get_tracer("smartspec.target")
         self.sink: RedisStepSink | None = None
         self.sinks: list[StepSink] = []

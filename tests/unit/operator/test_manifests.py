@@ -156,11 +156,15 @@ def test_keys_reach_the_pods_as_files_from_secrets_never_as_values() -> None:
     assert secret_mounts("target") == {"/etc/smartspec/api": ("svc-auth", "api-keys"),
                                        "/etc/smartspec/auth": ("svc-auth", "peer-token")}
     assert secret_mounts("draft") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")}
-    assert secret_mounts("controller") == {}
+    assert secret_mounts("controller") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")}
+    assert data["SMARTSPEC_TARGET_OTLP_TOKEN_FILE"] == data["SMARTSPEC_CONTROLLER_OTLP_TOKEN_FILE"]
+    # A user's own OTLP collector never receives the peer token.
+    assert "SMARTSPEC_TARGET_OTLP_TOKEN_FILE" not in objs(telemetry={"otlpEndpoint": "otel:4317"})[
+        "ConfigMap", "svc-config"]["data"]
     # A user's own key Secret replaces the generated API key; the peer token stays the service's own.
     mine = objs(auth={"apiKeySecret": "team-keys"})
     p = pod(mine["Deployment", "svc-target"])
-    assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys"]
+    assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys", "svc-auth"]
     # The Secret itself: base64 data, owned by the service; nothing secret anywhere else.
     secret = auth_secret(OWNER, "peer-token-value-0123456789", "sk-key-value-0123456789")
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == "sk-key-value-0123456789\n"
