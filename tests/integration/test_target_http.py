@@ -63,6 +63,23 @@ def test_chat_streaming_with_the_openai_client(stack: Stack, tiny_svc_models: di
     assert usage.model_extra is not None and usage.model_extra["speculation"]["draft_tokens"] > 0
 
 
+def test_chat_content_parts_and_the_full_response_shape(stack: Stack) -> None:
+    def chat(content: Any, **extra: Any) -> httpx.Response:
+        return httpx.post(f"{stack.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 6, "temperature": 0,
+            **extra})
+
+    as_text = chat("Write a haiku about caches.")
+    as_parts = chat([{"type": "text", "text": "Write a haiku "}, {"type": "text", "text": "about caches."}],
+                    response_format={"type": "text"}, presence_penalty=0, tool_choice="none")
+    assert as_text.status_code == as_parts.status_code == 200, as_parts.text
+    choice = as_parts.json()["choices"][0]
+    assert choice["message"]["content"] == as_text.json()["choices"][0]["message"]["content"]
+    assert choice["message"]["refusal"] is None and choice["logprobs"] is None  # fields OpenAI clients read
+    r = chat([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+
+
 def test_speculation_off_and_capped_per_request(stack: Stack) -> None:
     def usage(spec: dict[str, Any]) -> dict[str, Any]:
         r = httpx.post(f"{stack.url}/v1/completions", json={"model": MODEL, "prompt": "import os", "max_tokens": 16,
@@ -106,6 +123,11 @@ def test_stop_strings_cut_the_text(stack: Stack, tiny_svc_models: dict[str, Any]
         ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
         ({"max_tokens": 5}, "prompt"),
         ({"prompt": "x", "logprobs": 5}, "logprobs"),
+        # Parameters that would change the result are refused, not silently ignored.
+        ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
+        ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"prompt": "x", "logit_bias": {"5": 10}}, "logit_bias"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(stack: Stack, payload: dict[str, Any], param: str) -> None:

@@ -20,6 +20,7 @@ from smartspec.engine.scheduler import RequestSpec
 from smartspec.errors import InvalidRequest, SmartspecError
 from smartspec.policy.limits import request_max_k
 from smartspec.telemetry.metrics import TargetMetrics
+from smartspec_target.chat import chat_prompt_ids
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.generation import Chunk, GenerationRequest, Usage, generate
 from smartspec_target.openai_schema import ChatCompletionRequest, CommonParams, CompletionRequest
@@ -102,12 +103,11 @@ def build_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        _check_chars(ctx, sum(len(m.content) for m in body.messages), "messages")
+        messages = [{"role": m.role, "content": m.text} for m in body.messages]
+        _check_chars(ctx, sum(len(m["content"]) for m in messages), "messages")
         # Off the event loop: a long conversation takes a while to template and tokenize, and /health waits.
-        ids = await asyncio.to_thread(ctx.tokenizer.apply_chat_template, messages, add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-        return await _respond(ctx, request, body, [int(t) for t in ids], chat=True)
+        ids = await asyncio.to_thread(chat_prompt_ids, ctx.tokenizer, messages)
+        return await _respond(ctx, request, body, ids, chat=True)
 
     return app
 
@@ -197,11 +197,11 @@ async def _first(stream: AsyncGenerator[Chunk, None]) -> Chunk | None:
 def _final_object(ctx: ApiContext, rid: str, created: int, chat: bool, text: str, reason: str | None,
                   usage: Usage) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+    choice["logprobs"] = None
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": text, "refusal": None}
     else:
         choice["text"] = text
-        choice["logprobs"] = None
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
             "model": ctx.model_name, "choices": [choice], "usage": usage.openai()}
 
@@ -222,7 +222,7 @@ async def _sse(ctx: ApiContext, rid: str, created: int, chat: bool, first: Chunk
             delta: dict[str, Any] = {"content": chunk.text}
             if role:
                 delta["role"] = "assistant"
-            return {"index": 0, "delta": delta, "finish_reason": chunk.finish_reason}
+            return {"index": 0, "delta": delta, "finish_reason": chunk.finish_reason, "logprobs": None}
         return {"index": 0, "text": chunk.text, "finish_reason": chunk.finish_reason, "logprobs": None}
 
     last = first

@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+_UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "tool_choice", "functions", "function_call",
+                "logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty", "prediction", "audio",
+                "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
 
 class Speculation(BaseModel):
     """smartspec's per-request extension: `"speculation": {"mode": "auto"|"off", "max_k": N}`."""
@@ -52,9 +56,15 @@ class CommonParams(BaseModel):
         for name in ("best_of",):
             if extra.get(name) not in (None, 1):
                 return name, f"{name} is not supported"
-        for name in ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions", "logit_bias"):
-            if extra.get(name) not in (None, False, 0, "", [], {}):
+        # Set to anything but their "off" value these change what comes back; refusing beats ignoring them.
+        for name in _UNSUPPORTED:
+            if extra.get(name) not in (None, False, 0, 0.0, "", [], {}, "none"):
                 return name, f"{name} is not supported by this server"
+        fmt = extra.get("response_format")
+        if fmt not in (None, {"type": "text"}):
+            return "response_format", "response_format: only {\"type\": \"text\"} is supported by this server"
+        if extra.get("modalities") not in (None, ["text"]):
+            return "modalities", "modalities: only [\"text\"] is supported by this server"
         return None
 
 
@@ -62,10 +72,23 @@ class CompletionRequest(CommonParams):
     prompt: str | list[str] | list[int]
 
 
+class TextPart(BaseModel):
+    """A content part; only text is served (images, audio and files are refused with the part's type)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "user", "assistant", "developer"]
-    content: str
+    content: str | list[TextPart]
+
+    @property
+    def text(self) -> str:
+        # The parts of one message are one text, as OpenAI's own models see them.
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(CommonParams):
