@@ -125,6 +125,10 @@ class SpecEngine(RequestBook):
         )
         return out
 
+    def draft_usable(self) -> bool:
+        """Whether drafts can be had now (a remote draft may be disconnected or suspended)."""
+        return self.proposer is not None and bool(getattr(self.proposer, "usable", True))
+
     def draft_pending(self, seq: Sequence) -> int:
         unseen = getattr(self.proposer, "unseen", None)
         if unseen is None or not self.runner.has(seq.seq_id):

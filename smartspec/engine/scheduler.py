@@ -197,12 +197,14 @@ class Scheduler(Generic[E]):
 
     def _choose(self, running: list[Sequence], prefill: list[Sequence]) -> StepPlan:
         batch = []
+        drafts = self.engine.draft_usable()  # no draft to be had: every cap is 0, so nothing waits for one
         for seq in running:
             spec = self._specs.get(seq.seq_id, RequestSpec())
             if not self._in_force.allow_request_override:
                 spec = RequestSpec(klass=spec.klass)
             # Never draft past max_tokens: k drafts emit up to k + 1 tokens.
-            cap = 0 if spec.mode == "off" else cap_k(self.policy.config.max_k, seq.remaining - 1, spec.max_k)
+            cap = 0 if spec.mode == "off" or not drafts else cap_k(self.policy.config.max_k, seq.remaining - 1,
+                                                                    spec.max_k)
             pending = self.engine.draft_pending(seq) if cap > 0 else 0
             batch.append(BatchRequest(seq.seq_id, cap, len(seq.tokens) - 1, pending, seq.remaining))
         decision = self.policy.choose(

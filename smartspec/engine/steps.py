@@ -113,6 +113,10 @@ class StepEngine(Protocol):
 
     def step(self, ks: Mapping[int, int] | StepPlan | KChooser | None = None) -> StepOutput: ...
 
+    def draft_usable(self) -> bool:
+        """Whether a step may ask for drafts now; False: k = 0 for everyone, nothing priced or waited for."""
+        ...
+
     def draft_pending(self, seq: Sequence) -> int:
         """Catch-up tokens: context of `seq` its draft would have to ingest before drafting (beyond the
         1-2 tokens a step always feeds); 0 when there is no draft model."""

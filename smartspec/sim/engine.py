@@ -161,6 +161,9 @@ class SimEngine(RequestBook):
         )
         return out
 
+    def draft_usable(self) -> bool:
+        return True  # the simulated draft always answers (late answers are priced, not suspended)
+
     def draft_pending(self, seq: Sequence) -> int:
         truth = self._truth.get(seq.seq_id)
         return 0 if truth is None else max(0, len(seq.tokens) - truth.draft_seen - CATCHUP_FREE_TOKENS)

@@ -84,6 +84,9 @@ class TargetMetrics:
                                             explicit_bucket_boundaries_advisory=list(STEP_BUCKETS))
         self.draft_fallback = m.create_counter("smartspec_draft_fallback", unit="1",
                                                description="Steps a request ran at k = 0 because the draft failed")
+        self.draft_suspensions = m.create_counter("smartspec_draft_suspensions", unit="1",
+                                                  description="Times the draft was left alone after missing "
+                                                  "deadlines in a row (k = 0 until a probe answers in time)")
         self.requests_shed = m.create_counter("smartspec_requests_shed", unit="1",
                                               description="Requests refused with 429 because running + waiting "
                                               "were at the limit")

@@ -126,6 +126,37 @@ def test_a_stalled_draft_misses_the_deadline(loop_thread: LoopThread, tiny_svc_m
         stack.stop()
 
 
+def test_a_hung_draft_is_left_alone_not_waited_on_every_step(loop_thread: LoopThread, tiny_svc_models: dict[str, Any],
+                                                              draft_process: DraftProcess) -> None:
+    # Before: a stopped (not dead) draft cost every step the full deadline: an 8-token request took 30 s,
+    # /health said ok, and the policy kept asking. Now three misses in a row suspend it (k = 0, no waiting),
+    # probes back off, /health says why, and speculation resumes once a probe answers in time.
+    stack = stack_for(loop_thread, tiny_svc_models, draft_process, draft_deadline_s=0.5)
+    assert draft_process.proc is not None
+    try:
+        assert drafted(stack) > 0
+        os.kill(draft_process.proc.pid, signal.SIGSTOP)
+        try:
+            r = httpx.post(f"{stack.url}/v1/completions", timeout=120, json={
+                "model": "target", "prompt": "def fib(n):", "max_tokens": 40, "temperature": 0, "ignore_eos": True})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 40
+            misses = fallbacks(stack, "deadline")
+            assert misses <= 6, f"{misses} steps waited for a hung draft (one per step before the breaker)"
+            health = httpx.get(f"{stack.url}/health").json()
+            assert health["status"] == "degraded" and "suspended" in health["draft"]
+            text = httpx.get(f"{stack.url}/metrics").text
+            assert counter_value(text, "smartspec_draft_suspensions_total") >= 1
+        finally:
+            os.kill(draft_process.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while drafted(stack) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert drafted(stack) > 0, "speculation never resumed after the draft came back"
+        assert httpx.get(f"{stack.url}/health").json() == {"status": "ok"}
+    finally:
+        stack.stop()
+
+
 class GarbageDraft:
     """A draft service that answers with the wrong step id, too many tokens or ids outside the vocabulary."""
 

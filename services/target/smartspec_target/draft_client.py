@@ -50,12 +50,15 @@ class HopSample:
     compute_s: float
 
 
+SUSPEND_MIN_S, SUSPEND_MAX_S = 1.0, 30.0
+
+
 class RemoteProposer:
     name = "remote-draft"
 
     def __init__(self, address: str, loop: asyncio.AbstractEventLoop, *, target_vocab: int, fingerprint: str,
                  deadline_s: float, metrics: TargetMetrics, backoff_s: tuple[float, float] = (0.1, 5.0),
-                 token: str | None = None) -> None:
+                 token: str | None = None, suspend_after: int = 3) -> None:
         self.address = address
         self._metadata = bearer(token) if token else None
         self.loop = loop
@@ -66,6 +69,12 @@ class RemoteProposer:
         self.backoff_s = backoff_s
         self.connected = False
         self.incompatible: str | None = None
+        # Circuit breaker: a draft that keeps missing deadlines (hung, stopped, overloaded) is left alone for
+        # a backoff that doubles while probes keep missing, so steps stop waiting on it (k = 0 meanwhile).
+        self.suspend_after = suspend_after
+        self._misses = 0
+        self._suspended_until = 0.0
+        self._backoff_s = SUSPEND_MIN_S
         self.draft_info: Any = None
         self.hops: deque[HopSample] = deque(maxlen=4096)
         self._mirror: dict[int, _Mirror] = {}
@@ -89,17 +98,47 @@ class RemoteProposer:
         wait = self.deadline_s if deadline_s is None else min(deadline_s, self.deadline_s)
         fut = asyncio.run_coroutine_threadsafe(self._propose(wanted, wait), self.loop)
         try:
-            return fut.result(timeout=wait)
+            out = fut.result(timeout=wait)
         except (TimeoutError, concurrent.futures.TimeoutError):
             fut.cancel()
             self.metrics.fallback("deadline", len(wanted))
             log.warning("draft missed the %.3fs deadline for %d sequences; k = 0 this step", wait, len(wanted))
+            self._missed()
             raise DraftDeadlineMissed(f"no drafts within {wait:.3f}s") from None
         except Exception as exc:  # stream broke mid-step, or a malformed answer
             cause = "invalid" if isinstance(exc, ValueError) else "error"
             self.metrics.fallback(cause, len(wanted))
             log.warning("draft step failed (%s); k = 0 this step", exc)
-        return {}
+            return {}
+        if self._misses >= self.suspend_after:
+            log.info("draft at %s answers in time again; speculation resumes", self.address)
+        self._misses, self._backoff_s = 0, SUSPEND_MIN_S
+        return out
+
+    @property
+    def usable(self) -> bool:
+        """Whether a step should ask for drafts now: connected, compatible and not suspended."""
+        return self.connected and time.monotonic() >= self._suspended_until
+
+    def state(self) -> str:
+        """For /health: ok, or why the target serves at k = 0."""
+        if self.incompatible:
+            return f"incompatible: {self.incompatible}"
+        if not self.connected:
+            return "disconnected"
+        left = self._suspended_until - time.monotonic()
+        if left > 0:
+            return f"suspended after {self._misses} missed deadlines in a row; next probe in {left:.1f}s"
+        return "ok"
+
+    def _missed(self) -> None:
+        self._misses += 1
+        if self._misses >= self.suspend_after:
+            self._suspended_until = time.monotonic() + self._backoff_s
+            self.metrics.draft_suspensions.add(1)
+            log.warning("draft at %s missed %d deadlines in a row: not asking it for %.0fs (k = 0 meanwhile)",
+                        self.address, self._misses, self._backoff_s)
+            self._backoff_s = min(2 * self._backoff_s, SUSPEND_MAX_S)
 
     def release(self, seq_id: int) -> None:
         self.loop.call_soon_threadsafe(self._release_soon, seq_id)

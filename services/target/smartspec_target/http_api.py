@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ class ApiContext:
     max_len: int
     max_k: int
     metrics: TargetMetrics
+    draft_state: Callable[[], str] = lambda: "none"  # "ok", "none" (no draft configured) or why k = 0
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -85,6 +86,9 @@ def build_app(ctx: ApiContext) -> FastAPI:
             return JSONResponse({"status": "failed", "reason": ctx.engine.failed}, status_code=503)
         if ctx.engine.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        draft = ctx.draft_state()
+        if draft not in ("ok", "none"):  # still serving (at k = 0): ready, but say why speculation is off
+            return JSONResponse({"status": "degraded", "draft": draft})
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")

@@ -114,7 +114,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
                              max_in_flight=settings.max_batch_size + settings.max_queue)
     engine_loop.start()
     telemetry.follow_policy(engine_loop.set_policy)
-    ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics)
+    ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics,
+                     draft_state=draft.state if draft is not None else lambda: "none")
     info = common_pb2.ModelInfo(model_id=name, vocab_size=runner.vocab_size, tokenizer_fingerprint=fingerprint,
                                 dtype=settings.dtype, device_type=runner.device.type,
                                 max_num_speculative_tokens=settings.max_k, method="target")
