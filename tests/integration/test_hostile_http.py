@@ -4,6 +4,7 @@ paths and methods that do not exist. Each refusal is a 4xx in OpenAI's error sha
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -163,4 +164,26 @@ def test_health_answers_while_a_prompt_is_tokenized(loop_thread: LoopThread, tin
     finally:
         health_seen.set()
         ctx.tokenizer = real
+        s.stop()
+
+
+def test_slow_headers_lose_the_connection_and_slow_bodies_get_408(loop_thread: LoopThread,
+                                                                  tiny_svc_models: dict[str, Any]) -> None:
+    # Before: a client that connected and sent nothing, or trickled its request, was never timed out
+    # (~22,500 such sockets exhausted the target's file descriptors).
+    s = start_stack(loop_thread, tiny_svc_models, draft=None, header_timeout_s=0.5, body_timeout_s=0.5)
+    host, port = "127.0.0.1", s.target.http_port
+    try:
+        with socket.create_connection((host, port), timeout=10) as silent:
+            silent.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+            silent.settimeout(5)
+            assert silent.recv(1024) == b"", "the server kept a connection whose headers never arrived"
+        with socket.create_connection((host, port), timeout=10) as slow:
+            slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": ")  # the body stops here
+            slow.settimeout(5)
+            reply = slow.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+        assert httpx.get(f"{s.url}/health").status_code == 200
+    finally:
         s.stop()

@@ -26,7 +26,7 @@ from smartspec.v1 import common_pb2, target_pb2_grpc
 from smartspec_target.draft_client import RemoteProposer
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.grpc_api import SERVICE_NAME, TargetServicer
-from smartspec_target.guards import EdgeGuard
+from smartspec_target.guards import EdgeGuard, GuardedH11Protocol
 from smartspec_target.http_api import ApiContext, build_app
 from smartspec_target.policy_sync import PolicySwitch
 from smartspec_target.settings import TargetSettings
@@ -122,8 +122,10 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     grpc_server = await start_server(
         [(target_pb2_grpc.add_TargetServiceServicer_to_server, TargetServicer(ctx, info), SERVICE_NAME)],
         settings.host, settings.grpc_port, keys=keys)
-    app = EdgeGuard(build_app(ctx), keys, settings.max_body_bytes)
+    app = EdgeGuard(build_app(ctx), keys, settings.max_body_bytes, settings.body_timeout_s)
     http = _HttpServer(uvicorn.Config(app, host=settings.host, port=settings.http_port,
+                                      http=GuardedH11Protocol.configure(settings.header_timeout_s),
+                                      limit_concurrency=settings.max_connections,
                                       log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
     http_task = asyncio.create_task(http.serve())
     while not http.started:

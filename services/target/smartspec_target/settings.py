@@ -52,6 +52,9 @@ class TargetSettings(BaseSettings):
         False, description="serve /v1/* without API keys on a non-loopback host (behind your own gateway)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; larger ones get 413")
     max_queue: int = Field(256, ge=0, description="requests waiting for a KV slot at most; more get 429 + Retry-After")
+    max_connections: int = Field(2048, ge=16, description="open HTTP connections at most; more get 503 at once")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this (408)")
     # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
     replica: str | None = Field(None, description="this replica's name in step records (default hostname-pid)")
