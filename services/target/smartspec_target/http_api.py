@@ -54,6 +54,25 @@ def _err(exc: SmartspecError) -> JSONResponse:
                         headers=headers)
 
 
+# What the generation endpoints answer, for the served OpenAPI description (schemathesis checks it): a JSON
+# object or an SSE stream, and every refusal in OpenAI's error shape.
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+_ERROR = {"content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the completion, or its SSE stream",
+          "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}}},
+    400: {"description": "invalid request", **_ERROR}, 401: {"description": "no valid API key", **_ERROR},
+    404: {"description": "model or route not found", **_ERROR}, 408: {"description": "body too slow", **_ERROR},
+    413: {"description": "body too large", **_ERROR}, 422: {"description": "unusable request", **_ERROR},
+    429: {"description": "at capacity; see Retry-After", **_ERROR},
+    499: {"description": "client closed the request"},
+    503: {"description": "draining or failed", **_ERROR},
+}
+
+
 def build_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="smartspec target", docs_url=None, redoc_url=None)
 
@@ -80,7 +99,7 @@ def build_app(ctx: ApiContext) -> FastAPI:
         return JSONResponse(error_body(message.get(exc.status_code, str(exc.detail)), kind),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "failed or draining"}})
     async def health() -> JSONResponse:
         if not ctx.engine.healthy:
             return JSONResponse({"status": "failed", "reason": ctx.engine.failed}, status_code=503)
@@ -91,7 +110,8 @@ def build_app(ctx: ApiContext) -> FastAPI:
             return JSONResponse({"status": "degraded", "draft": draft})
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}})
     async def metrics() -> Response:
         return Response(ctx.metrics.prometheus_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -100,12 +120,12 @@ def build_app(ctx: ApiContext) -> FastAPI:
         return {"object": "list", "data": [{"id": ctx.model_name, "object": "model", "created": 0,
                                             "owned_by": "smartspec", "max_model_len": ctx.max_len}]}
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, responses=GENERATION_RESPONSES)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         prompt_ids = await _completion_prompt(ctx, body.prompt)
         return await _respond(ctx, request, body, prompt_ids, chat=False)
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=GENERATION_RESPONSES)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
         _check_chars(ctx, sum(len(m["content"]) for m in messages), "messages")
