@@ -65,6 +65,14 @@ def read_token(path: str | Path, setting: str) -> str:
     return keys[0]
 
 
+def read_secret(path: str | Path, setting: str) -> str:
+    """A password from a file (a mounted Secret): its first line that is not blank or a comment."""
+    keys = read_keys(path, setting)
+    if not keys:
+        raise InvalidRequest(f"{setting} {path} holds no password", param=setting)
+    return keys[0]
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     """gRPC call metadata carrying `token`."""
     return (("authorization", f"Bearer {token}"),)

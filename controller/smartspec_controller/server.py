@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError, ResponseError
 
-from smartspec.auth import keys_for, redact_url
+from smartspec.auth import keys_for, read_secret, redact_url
 from smartspec.policy.cost_model import CostModel, load_cost_model
 from smartspec.policy.document import (
     GoodputReport,
@@ -76,7 +76,10 @@ class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.service = check_service(settings.service)
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        password = read_secret(settings.redis_password_file, "redis_password_file") \
+            if settings.redis_password_file else None
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
+                                             password=password)
         self.metrics = ControllerMetrics(self.service)
         self.view = LoadView()
         self.spec = default_spec()

@@ -17,7 +17,8 @@ class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTSPEC_CONTROLLER_", extra="ignore")
 
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
-    redis_url: str = Field("redis://127.0.0.1:6379", description="redis://host:port")
+    redis_url: str = Field("redis://127.0.0.1:6379", description="redis://[user@]host:port (or rediss://)")
+    redis_password_file: str | None = Field(None, description="file holding the Redis password (a mounted Secret)")
     host: str = "127.0.0.1"
     http_port: int = Field(8090, ge=0, le=65535, description="/metrics, /health, /policy, /status (0: any free port)")
     otlp_port: int = Field(4317, ge=0, le=65535, description="OTLP gRPC receiver for the targets' metrics (0: any)")

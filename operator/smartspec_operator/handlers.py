@@ -8,6 +8,7 @@ every `status_interval_s`). Errors that heal by themselves (API conflicts, 5xx, 
 
 from __future__ import annotations
 
+import base64
 import copy
 import logging
 import secrets
@@ -20,13 +21,24 @@ from redis.exceptions import RedisError
 from smartspec.policy.document import parse_spec
 from smartspec_operator import status as st
 from smartspec_operator.kube import Kube, KubeError
-from smartspec_operator.manifests import Owner, auth_secret, build, child_name, redis_service, redis_url
+from smartspec_operator.manifests import (
+    REDIS_PASSWORD,
+    Owner,
+    auth_secret,
+    build,
+    child_name,
+    redis_acl,
+    redis_service,
+    redis_url,
+)
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, ServiceSpec, parse_service_spec
 from smartspec_operator.store import Store
 
 Log = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands handlers as `logger`
 CLEANUP_PATIENCE_S = 300  # a delete waits this long for pods to stop and Redis to answer, then goes ahead
+
+log = logging.getLogger(__name__)
 
 
 def _namespaced(namespace: str | None) -> str:
@@ -111,8 +123,17 @@ async def _converge(memo: Any, name: str, namespace: str, uid: str, svc: Service
     owner = Owner(name, namespace, uid)
     # The auth Secret first: the pods mount it. Generated once, with an API key even when the spec names its
     # own key Secret (which the target then mounts instead), so dropping that name later still finds a key.
-    secret = auth_secret(owner, secrets.token_urlsafe(32), "sk-smartspec-" + secrets.token_urlsafe(24))
+    secret = auth_secret(owner, secrets.token_urlsafe(32), "sk-smartspec-" + secrets.token_urlsafe(24),
+                         secrets.token_urlsafe(32))
     done: dict[str, str] = {f"Secret/{secret['metadata']['name']}": await kube.create_once(secret, owner_uid=uid)}
+    service_id = redis_service(namespace, name)
+    if redis_acl(svc, settings):  # again every converge: an in-memory Redis that restarted lost its users
+        live = await kube.get("Secret", namespace, secret["metadata"]["name"])
+        password = base64.b64decode(((live or secret).get("data") or {})[REDIS_PASSWORD]).decode().strip()
+        try:
+            await store.ensure_user(redis_url(svc, settings), service_id, password)
+        except RedisError as exc:  # like the policy spec: reported, retried by the next converge
+            log.warning("service %s/%s: Redis user not set: %s", namespace, name, exc)
     for obj in build(owner, svc, settings):
         done[f"{obj['kind']}/{obj['metadata']['name']}"] = await kube.apply(obj, owner_uid=uid)
     if svc.draft is None:  # speculation switched off: the draft's Deployment, Service and NetworkPolicy go
@@ -203,6 +224,8 @@ async def forget_service(*, spec: Any, name: str, namespace: str | None, meta: A
     url = (spec.get("redis") or {}).get("url") or settings.redis_url
     try:
         n = await store.forget(url, redis_service(namespace, name))
+        if not (spec.get("redis") or {}).get("url") and settings.redis_password_file:
+            await store.drop_user(url, redis_service(namespace, name))
     except RedisError as exc:
         if waited < CLEANUP_PATIENCE_S:
             raise kopf.TemporaryError(f"deleting Redis keys: {exc}", delay=5) from None

@@ -12,6 +12,7 @@ from typing import Any
 from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import API_VERSION, ModelRef, ServiceSpec
+from smartspec_operator.store import redis_user
 
 MANAGED_BY = "smartspec-operator"
 SERVICE_LABEL = "smartspec.io/service"
@@ -24,7 +25,8 @@ TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (min
 # Secrets reach the pods as files (never env values): the generated peer token (target -> draft) and the
 # API keys. The ConfigMap holds only these paths.
 AUTH_DIR, API_KEYS_DIR = "/etc/smartspec/auth", "/etc/smartspec/api"
-PEER_TOKEN, API_KEYS = "peer-token", "api-keys"  # keys in the Secrets, and file names
+PEER_TOKEN, API_KEYS, REDIS_PASSWORD = "peer-token", "api-keys", "redis-password"  # Secret keys = file names
+REDIS_DIR = "/etc/smartspec/redis"
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,16 @@ def auth_secret_name(owner_name: str) -> str:
     return f"{owner_name}-auth"
 
 
-def auth_secret(owner: Owner, peer_token: str, api_key: str) -> dict[str, Any]:
-    """The service's own Secret: the peer token and a generated API key. Created once (`Kube.create_once`),
-    never rewritten: rotating means deleting it (and restarting the pods, which read it at start)."""
-    values = {PEER_TOKEN: peer_token, API_KEYS: api_key}
+def auth_secret(owner: Owner, peer_token: str, api_key: str, redis_password: str) -> dict[str, Any]:
+    """The service's own Secret: the peer token, a generated API key and its Redis user's password. Created
+    once (`Kube.create_once`), never rewritten: rotating means deleting it (and restarting the pods)."""
+    values = {PEER_TOKEN: peer_token, API_KEYS: api_key, REDIS_PASSWORD: redis_password}
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": _meta(owner, auth_secret_name(owner.name), None),
             "data": {k: base64.b64encode((v + "\n").encode()).decode() for k, v in values.items()}}
+
+
+_SECRET_DIRS = {PEER_TOKEN: AUTH_DIR, API_KEYS: API_KEYS_DIR, REDIS_PASSWORD: REDIS_DIR}
 
 
 def _secret_volume(name: str, secret: str, key: str) -> dict[str, Any]:
@@ -104,6 +109,21 @@ def redis_url(spec: ServiceSpec, settings: OperatorSettings) -> str:
     return spec.redis.url or settings.redis_url
 
 
+def redis_acl(spec: ServiceSpec, settings: OperatorSettings) -> bool:
+    """Whether the service's pods log in as its own Redis user: on the operator's default Redis, when the
+    operator holds its admin password (a service naming its own Redis brings its own access)."""
+    return spec.redis.url is None and settings.redis_password_file is not None
+
+
+def pod_redis_url(spec: ServiceSpec, settings: OperatorSettings, service_id: str) -> str:
+    """The URL the pods get: with the service's Redis user as the user name, never a password."""
+    url = redis_url(spec, settings)
+    if not redis_acl(spec, settings):
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{redis_user(service_id)}@{rest.rpartition('@')[2]}"
+
+
 def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> dict[str, str]:
     """Environment for all three roles in one ConfigMap: each role's settings read only their own prefix."""
     t, d, name = spec.target, spec.draft, owner.name
@@ -119,18 +139,21 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_TARGET_SERVICE": service_id,
         # K's capacity: the SpeculationPolicy bounds k (up to the CRD's bound) without restarting pods.
         "SMARTSPEC_TARGET_MAX_K": str(MAX_K_LIMIT),
-        "SMARTSPEC_TARGET_REDIS_URL": redis_url(spec, settings),
+        "SMARTSPEC_TARGET_REDIS_URL": pod_redis_url(spec, settings, service_id),
         "SMARTSPEC_TARGET_OTLP_ENDPOINT": spec.telemetry.otlp_endpoint
         or f"{child_name(name, 'controller')}:{CONTROLLER_OTLP}",
         "SMARTSPEC_CONTROLLER_OTLP_TOKEN_FILE": f"{AUTH_DIR}/{PEER_TOKEN}",
         "SMARTSPEC_TARGET_DRAIN_TIMEOUT_S": str(TARGET_GRACE_S - 10),
         "SMARTSPEC_TARGET_API_KEY_FILE": f"{API_KEYS_DIR}/{API_KEYS}",
         "SMARTSPEC_CONTROLLER_SERVICE": service_id,
-        "SMARTSPEC_CONTROLLER_REDIS_URL": redis_url(spec, settings),
+        "SMARTSPEC_CONTROLLER_REDIS_URL": pod_redis_url(spec, settings, service_id),
         "SMARTSPEC_CONTROLLER_HTTP_PORT": str(CONTROLLER_HTTP),
         "SMARTSPEC_CONTROLLER_OTLP_PORT": str(CONTROLLER_OTLP),
         "HF_HOME": "/tmp/hf",  # the root filesystem is read-only
     }
+    if redis_acl(spec, settings):
+        data["SMARTSPEC_TARGET_REDIS_PASSWORD_FILE"] = data["SMARTSPEC_CONTROLLER_REDIS_PASSWORD_FILE"] = \
+            f"{REDIS_DIR}/{REDIS_PASSWORD}"
     if not spec.telemetry.otlp_endpoint:  # the peer token goes to this service's own controller, to no one else
         data["SMARTSPEC_TARGET_OTLP_TOKEN_FILE"] = f"{AUTH_DIR}/{PEER_TOKEN}"
     if d is not None:
@@ -202,7 +225,7 @@ def _deployment(owner: Owner, role: str, *, replicas: int, container: dict[str, 
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     for vol, secret, key in secrets:  # (volume, Secret, key): mounted read-only in its own directory
         volumes.append(_secret_volume(vol, secret, key))
-        mounts.append({"name": vol, "mountPath": AUTH_DIR if key == PEER_TOKEN else API_KEYS_DIR, "readOnly": True})
+        mounts.append({"name": vol, "mountPath": _SECRET_DIRS[key], "readOnly": True})
     for i, claim in enumerate(claims):
         volumes.append({"name": f"model-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"model-{i}", "mountPath": f"{MODELS_ROOT}/{claim}", "readOnly": True})
@@ -265,6 +288,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
     }
     own = auth_secret_name(owner.name)
     target_secrets = [("api-keys", spec.auth.api_key_secret or own, API_KEYS), ("peer-token", own, PEER_TOKEN)]
+    redis_secret = [("redis-password", own, REDIS_PASSWORD)] if redis_acl(spec, settings) else []
+    target_secrets += redis_secret
     objs.append(_deployment(
         owner, "target", replicas=t.replicas, container=target,
         claims=_claims(t.model), cfg_hash=config_hash(data, "target"),
@@ -300,7 +325,8 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
     objs.append(_deployment(owner, "controller", replicas=1, container=controller, claims=[],
                             cfg_hash=config_hash(data, "controller"),
                             pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
-                            pull_secrets=settings.pull_secrets(), secrets=[("peer-token", own, PEER_TOKEN)]))
+                            pull_secrets=settings.pull_secrets(),
+                            secrets=[("peer-token", own, PEER_TOKEN), *redis_secret]))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
     if settings.network_policies:
         if d is not None:

@@ -16,6 +16,9 @@ class OperatorSettings(BaseSettings):
     namespaces: str = Field("", description="comma-separated namespaces to watch; empty: all namespaces")
     redis_url: str = Field("redis://smartspec-redis:6379",
                            description="Redis for services whose spec has no redis.url (the chart's in-chart Redis)")
+    redis_password_file: str | None = Field(
+        None, description="the default Redis's admin password (a mounted Secret). With it, each service gets its own "
+        "Redis user that can touch only smartspec:{service}:* keys and channels")
     target_image: str = Field("smartspec/target:0.1.0", description="default target image")
     draft_image: str = Field("smartspec/draft:0.1.0", description="default draft image")
     controller_image: str = Field("smartspec/controller:0.1.0", description="default controller image")

@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--redis-url", help="redis://host:port for step records and the controller's policy")
     t.add_argument("--otlp-endpoint", help="host:port of an OTLP gRPC receiver (e.g. the controller)")
     t.add_argument("--otlp-interval-s", type=float)
+    t.add_argument("--redis-password-file", help="file holding the Redis password")
     t.add_argument("--otlp-token-file", help="file whose first line is the token presented to the OTLP receiver")
     t.add_argument("--draft-token-file", help="file whose first line is the token presented to the draft")
     t.add_argument("--api-key-file", help="file of accepted API keys, one per line; /v1/* then needs a Bearer key")
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--otlp-port", type=int)
     c.add_argument("--interval-s", type=float)
     c.add_argument("--cost-model")
+    c.add_argument("--redis-password-file", help="file holding the Redis password")
     c.add_argument("--otlp-token-file", help="tokens an OTLP sender must present; none: loopback only")
     c.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="receive OTLP on a non-loopback host without tokens")

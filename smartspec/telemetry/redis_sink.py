@@ -31,7 +31,7 @@ class RedisStepSink:
     def __init__(self, url: str, service: str, replica: str, *, stream_maxlen: int = 100_000,
                  buffer: int = 10_000, batch: int = 256, flush_interval_s: float = 0.05,
                  on_dropped: Callable[[int], None] | None = None,
-                 on_written: Callable[[int], None] | None = None) -> None:
+                 on_written: Callable[[int], None] | None = None, password: str | None = None) -> None:
         self.key = steps_key(service)
         self.replica = replica
         self.stream_maxlen = stream_maxlen
@@ -40,7 +40,7 @@ class RedisStepSink:
         self._on_dropped = on_dropped or (lambda n: None)
         self._on_written = on_written or (lambda n: None)
         # Short socket timeouts: a hung Redis stalls only this writer thread, and only briefly.
-        self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, password=password)
         self._buffer: deque[tuple[StepStats, float]] = deque()  # the engine never mutates a step's stats later
         self._capacity = buffer
         self._lock = threading.Lock()

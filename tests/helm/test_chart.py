@@ -317,10 +317,41 @@ def test_redis_runs_in_memory_as_uid_999() -> None:
     assert pod["securityContext"]["runAsUser"] == 999
     (c,) = pod["containers"]
     assert c["image"].startswith("redis:7.2")
-    assert c["args"] == ["--save", "", "--appendonly", "no"]
+    assert c["args"] == ["--save", "", "--appendonly", "no", "--include", "/etc/redis/auth/auth.conf"]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/data"]]
+
+
+def test_redis_has_a_password_that_only_files_carry() -> None:
+    import base64
+
+    docs = render()
+    secret = one(docs, "Secret", f"{RELEASE}-redis")
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert len(password) >= 32
+    assert base64.b64decode(secret["data"]["auth.conf"]).decode() == f"requirepass {password}\n"
+    redis = one(docs, "Deployment", f"{RELEASE}-redis")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in redis["volumes"]}["auth"]["secret"]["secretName"] == f"{RELEASE}-redis"
+    op = one(docs, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"]
+    env = env_of(op["containers"][0])
+    assert env["SMARTSPEC_OPERATOR_REDIS_PASSWORD_FILE"] == "/etc/smartspec/redis/password"
+    vol = {v["name"]: v for v in op["volumes"]}["redis-password"]["secret"]
+    assert vol["secretName"] == f"{RELEASE}-redis" and vol["items"] == [{"key": "password", "path": "password"}]
+    # The password is in no manifest but its Secret: not in an env value, an argument or a ConfigMap.
+    for d in docs:
+        if d["kind"] != "Secret":
+            assert password not in json.dumps(d), f"{d['kind']}/{d['metadata']['name']}"
+    # An external Redis: its password from the user's Secret; without one, no password file at all.
+    ext = render(sets=("redis.enabled=false", "externalRedis.url=redis://r.example:6379",
+                       "externalRedis.passwordSecret.name=redis-admin"))
+    op = one(ext, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in op["volumes"]}["redis-password"]["secret"]["secretName"] == "redis-admin"
+    plain = render(sets=("redis.enabled=false", "externalRedis.url=redis://r.example:6379"))
+    op = one(plain, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"]
+    assert "SMARTSPEC_OPERATOR_REDIS_PASSWORD_FILE" not in env_of(op["containers"][0])
+    assert helm("template", "x", str(CHART), "--set", "redis.enabled=false",
+                "--set", "externalRedis.url=redis://:pw@r:6379").returncode != 0  # no password in the URL
 
 
 def test_only_smartspec_pods_reach_redis_and_the_operator_makes_network_policies() -> None:

@@ -12,7 +12,8 @@ from smartspec.cli.up import free_port, redis_binary
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password  # the default user's (an admin's) password; none: no auth
         binary = redis_binary()
         if binary is None:
             raise RuntimeError("no redis-server: run scripts/setup.sh (installs Debian's redis-server)")
@@ -28,8 +29,9 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", self.dir.name, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
+             "--dir", self.dir.name, "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])], stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, password=self.password)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -46,4 +48,4 @@ class RedisServer:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True, password=self.password)

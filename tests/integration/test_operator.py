@@ -26,14 +26,14 @@ GV = "smartspec.io/v1alpha1"
 
 
 class Operator:
-    def __init__(self, api: KubeApi, redis_url: str) -> None:
+    def __init__(self, api: KubeApi, redis_url: str, **extra_env: str) -> None:
         self.health_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="smartspec-operator-", suffix=".log", delete=False)  # noqa: SIM115
         env = dict(os.environ, SMARTSPEC_OPERATOR_KUBE_URL=api.url, SMARTSPEC_OPERATOR_REDIS_URL=redis_url,
                    SMARTSPEC_OPERATOR_STATUS_INTERVAL_S="0.5", SMARTSPEC_OPERATOR_TELEMETRY_STALE_S="4",
                    SMARTSPEC_OPERATOR_CONVERGE_INTERVAL_S="2",
                    SMARTSPEC_OPERATOR_HEALTH_HOST="127.0.0.1",
-                   SMARTSPEC_OPERATOR_HEALTH_PORT=str(self.health_port))
+                   SMARTSPEC_OPERATOR_HEALTH_PORT=str(self.health_port), **extra_env)
         self.proc = subprocess.Popen([sys.executable, "-m", "smartspec.cli.main", "operator"], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -159,8 +159,8 @@ def test_spec_update_patches_in_place(kube: KubeApi, operator: Operator, redis_d
     created(kube, service("beta", target={"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"},
                                           "nodeSelector": {"pool": "gpu"}}))
     reconciled(kube, "beta")
-    secret = kube.get("Secret", "beta-auth")  # generated once: the peer token and an API key, owned by the service
-    assert secret is not None and set(secret["data"]) == {"peer-token", "api-keys"}
+    secret = kube.get("Secret", "beta-auth")  # generated once: peer token, API key, Redis password; owned
+    assert secret is not None and set(secret["data"]) == {"peer-token", "api-keys", "redis-password"}
     assert secret["metadata"]["ownerReferences"][0]["name"] == "beta"
     assert not secret["metadata"].get("annotations"), "a Secret must not carry its data in an annotation"
     before = kube.get("Deployment", "beta-target")

@@ -67,13 +67,13 @@ class PolicySync:
     """Event-loop side: reads, validates and forwards policy documents; watches expiry."""
 
     def __init__(self, url: str, service: str, submit: Callable[[PolicyDocument | None, str], None],
-                 metrics: TargetMetrics, poll_s: float = 1.0) -> None:
+                 metrics: TargetMetrics, poll_s: float = 1.0, password: str | None = None) -> None:
         self.key = policy_key(service)
         self.service = service
         self._submit = submit
         self.metrics = metrics
         self.poll_s = poll_s
-        self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, password=password)
         self._task: asyncio.Task[None] | None = None
         self.current: PolicyDocument | None = None
         self._said_absent = False

@@ -58,7 +58,9 @@ class TargetSettings(BaseSettings):
     # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
     replica: str | None = Field(None, description="this replica's name in step records (default hostname-pid)")
-    redis_url: str | None = Field(None, description="redis://host:port; step records out, policy in")
+    redis_url: str | None = Field(None, description="redis://[user@]host:port (or rediss://); step records out, "
+                                  "policy in. No password here: it would land in ConfigMaps and logs")
+    redis_password_file: str | None = Field(None, description="file holding the Redis password (a mounted Secret)")
     steps_stream_maxlen: int = Field(100_000, ge=100, description="cap (approximate) of the step-record stream")
     telemetry_buffer: int = Field(10_000, ge=10, description="records held while Redis is slow or down")
     policy_poll_s: float = Field(1.0, gt=0, description="also re-read the policy key this often (pub/sub is primary)")

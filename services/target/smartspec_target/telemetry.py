@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from smartspec.auth import read_token
+from smartspec.auth import read_secret, read_token
 from smartspec.engine.sinks import StepSink
 from smartspec.policy.document import PolicyDocument
 from smartspec.telemetry.keys import check_service
@@ -45,15 +45,19 @@ class Telemetry:
                 settings.redis_url, service, self.replica, stream_maxlen=settings.steps_stream_maxlen,
                 buffer=settings.telemetry_buffer,
                 on_dropped=lambda n: self.metrics.records_dropped.add(n),
-                on_written=lambda n: self.metrics.records_written.add(n))
+                on_written=lambda n: self.metrics.records_written.add(n), password=self._redis_password())
             self.sinks.append(self.sink)
         self.sync: PolicySync | None = None
+
+    def _redis_password(self) -> str | None:
+        f = self.settings.redis_password_file
+        return read_secret(f, "redis_password_file") if f else None
 
     def follow_policy(self, submit: Callable[[PolicyDocument | None, str], None]) -> None:
         """Start following the controller's policy (needs Redis; without it the local default stays)."""
         if self.settings.redis_url:
             self.sync = PolicySync(self.settings.redis_url, self.settings.service, submit, self.metrics,
-                                   poll_s=self.settings.policy_poll_s)
+                                   poll_s=self.settings.policy_poll_s, password=self._redis_password())
             self.sync.start()
 
     async def close(self) -> None:

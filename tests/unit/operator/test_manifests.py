@@ -166,7 +166,7 @@ def test_keys_reach_the_pods_as_files_from_secrets_never_as_values() -> None:
     p = pod(mine["Deployment", "svc-target"])
     assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys", "svc-auth"]
     # The Secret itself: base64 data, owned by the service; nothing secret anywhere else.
-    secret = auth_secret(OWNER, "peer-token-value-0123456789", "sk-key-value-0123456789")
+    secret = auth_secret(OWNER, "peer-token-value-0123456789", "sk-key-value-0123456789", "redis-pw-0123456789")
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == "sk-key-value-0123456789\n"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert "peer-token-value" not in str(out) and "sk-key-value" not in str(out)
@@ -188,3 +188,21 @@ def test_the_draft_and_the_controllers_otlp_accept_only_the_services_own_targets
     off = SETTINGS.model_copy(update={"network_policies": False})
     body = {"target": {"model": {"name": "m", "uri": "pvc://models/m"}}}
     assert all(o["kind"] != "NetworkPolicy" for o in build(OWNER, parse_service_spec(body), off))
+
+
+def test_with_the_redis_admin_password_pods_log_in_as_the_services_user() -> None:
+    acl = SETTINGS.model_copy(update={"redis_password_file": "/etc/smartspec/redis/password"})
+    body = {"target": {"model": {"name": "m", "uri": "pvc://models/m"}}}
+    out = {(o["kind"], o["metadata"]["name"]): o for o in build(OWNER, parse_service_spec(body), acl)}
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_TARGET_REDIS_URL"] == data["SMARTSPEC_CONTROLLER_REDIS_URL"] == "redis://smartspec-ns.svc@r:6379"
+    assert data["SMARTSPEC_TARGET_REDIS_PASSWORD_FILE"] == "/etc/smartspec/redis/redis-password"
+    for role in ("target", "controller"):
+        p = pod(out["Deployment", f"svc-{role}"])
+        assert any(v.get("secret", {}).get("items") == [{"key": "redis-password", "path": "redis-password"}]
+                   for v in p["volumes"]), role
+    # A service that names its own Redis brings its own access: the URL passes through, no user, no password.
+    own = {(o["kind"], o["metadata"]["name"]): o for o in
+           build(OWNER, parse_service_spec(body | {"redis": {"url": "redis://mine:6379"}}), acl)}
+    assert own["ConfigMap", "svc-config"]["data"]["SMARTSPEC_TARGET_REDIS_URL"] == "redis://mine:6379"
+    assert "SMARTSPEC_TARGET_REDIS_PASSWORD_FILE" not in own["ConfigMap", "svc-config"]["data"]
