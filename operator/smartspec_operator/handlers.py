@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from smartspec.policy.document import parse_spec
 from smartspec_operator import status as st
+from smartspec_operator.admission import violations
 from smartspec_operator.kube import Kube, KubeError
 from smartspec_operator.manifests import (
     REDIS_PASSWORD,
@@ -39,6 +40,15 @@ Log = logging.Logger | logging.LoggerAdapter[Any]  # what kopf hands handlers as
 CLEANUP_PATIENCE_S = 300  # a delete waits this long for pods to stop and Redis to answer, then goes ahead
 
 log = logging.getLogger(__name__)
+
+
+def _admitted(raw: dict[str, Any], settings: OperatorSettings) -> ServiceSpec:
+    """The spec, valid and within what the operator may run (admission.py); ValueError says why not."""
+    svc = parse_service_spec(copy.deepcopy(raw))
+    refused = violations(svc, settings)
+    if refused:
+        raise ValueError("not allowed: " + "; ".join(refused))
+    return svc
 
 
 def _namespaced(namespace: str | None) -> str:
@@ -157,7 +167,7 @@ async def reconcile_service(*, spec: Any, name: str, namespace: str | None, meta
     kube = memo.kube
     generation = int(meta.get("generation") or 0)
     try:
-        svc = parse_service_spec(copy.deepcopy(dict(spec)))
+        svc = _admitted(dict(spec), memo.settings)
     except ValueError as exc:
         await _status_quietly(kube, namespace, name, {"conditions": [st.condition(
             "Ready", False, "InvalidSpec", str(exc), generation, [], time.time())]}, logger)
@@ -259,7 +269,7 @@ async def _refresh_service(memo: Any, name: str, namespace: str, body: Any, poli
     """Write the status; returns whether it converged the objects on the way."""
     settings, kube, store = _parts(memo)
     try:
-        svc = parse_service_spec(copy.deepcopy(dict(body["spec"])))
+        svc = _admitted(dict(body["spec"]), settings)
     except ValueError:
         return False  # the reconcile handler reports an invalid spec
     if body.get("metadata", {}).get("deletionTimestamp"):

@@ -28,6 +28,11 @@ class OperatorSettings(BaseSettings):
     converge_interval_s: float = Field(60.0, gt=0, description="how often each service's objects and policy spec "
                                        "are re-checked against its spec even when nothing changed (level trigger)")
     telemetry_stale_s: float = Field(30.0, gt=0, description="controller status older than this: Degraded")
+    allowed_images: str = Field(
+        "", description="comma-separated images a SpeculativeService may name (an entry ending in / allows every "
+        "image under it); the default images are always allowed")
+    allow_env_from_secrets: bool = Field(
+        False, description="let a SpeculativeService's env read Secrets (valueFrom.secretKeyRef)")
     network_policies: bool = Field(True, description="give each service NetworkPolicies: its draft and its "
                                    "controller's OTLP port accept only its own targets")
     health_host: str = "0.0.0.0"
@@ -39,6 +44,9 @@ class OperatorSettings(BaseSettings):
 
     def pull_secrets(self) -> list[str]:
         return _names(self.image_pull_secrets)
+
+    def allowed_image_prefixes(self) -> list[str]:
+        return [self.target_image, self.draft_image, self.controller_image, *_names(self.allowed_images)]
 
 
 def _names(csv: str) -> list[str]:

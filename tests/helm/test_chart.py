@@ -257,7 +257,9 @@ def test_operator_deployment_contract() -> None:
     assert env["SMARTSPEC_OPERATOR_DRAFT_IMAGE"] == "smartspec/draft:0.1.0"
     assert env["SMARTSPEC_OPERATOR_CONTROLLER_IMAGE"] == "smartspec/controller:0.1.0"
     assert env["SMARTSPEC_OPERATOR_IMAGE_PULL_POLICY"] == "IfNotPresent"
-    assert env["SMARTSPEC_OPERATOR_NAMESPACES"] == ""
+    assert env["SMARTSPEC_OPERATOR_NAMESPACES"] == NAMESPACE  # its own namespace unless told otherwise
+    assert env["SMARTSPEC_OPERATOR_ALLOWED_IMAGES"] == ""
+    assert env["SMARTSPEC_OPERATOR_ALLOW_ENV_FROM_SECRETS"] == "false"
     assert float(env["SMARTSPEC_OPERATOR_STATUS_INTERVAL_S"]) == 10
     assert int(env["SMARTSPEC_OPERATOR_HEALTH_PORT"]) == 8080
     assert pod["serviceAccountName"] == f"{RELEASE}-operator"
@@ -438,8 +440,21 @@ def binding_points_at(binding: dict[str, Any], kind: str, name: str) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-operator", "namespace": NAMESPACE}]
 
 
-def test_rbac_cluster_wide() -> None:
+def test_rbac_is_namespaced_by_default() -> None:
+    # Before: an install could manage Deployments in every namespace; now only in its own unless told.
     docs = render()
+    no_wildcards(docs)
+    name = f"{RELEASE}-operator"
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    assert rules_of(cluster_role) == CLUSTER_RULES
+    (role,) = of_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE and rules_of(role) == NAMESPACED_RULES
+    op = one(docs, "Deployment", name)
+    assert env_of(op["spec"]["template"]["spec"]["containers"][0])["SMARTSPEC_OPERATOR_NAMESPACES"] == NAMESPACE
+
+
+def test_rbac_cluster_wide() -> None:
+    docs = render(None, ("operator.clusterWide=true",))
     no_wildcards(docs)
     name = f"{RELEASE}-operator"
     assert rules_of(one(docs, "ClusterRole", name)) == NAMESPACED_RULES | CLUSTER_RULES

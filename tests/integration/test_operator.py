@@ -155,6 +155,22 @@ def test_create_makes_owned_deployments_services_and_config(kube: KubeApi, opera
                                                                     "0/2 target replicas ready")
 
 
+def test_a_foreign_image_or_secret_env_is_refused_and_nothing_runs(kube: KubeApi, operator: Operator) -> None:
+    # Before: whoever could create a SpeculativeService could run any image, and read the namespace's
+    # Secrets into it through env.valueFrom, with the operator's service account doing the work.
+    created(kube, service("evil", target={"model": {"name": "m", "uri": "pvc://models/m"}, "image": "attacker/miner:1",
+                                          "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "db",
+                                                                                             "key": "pw"}}}]}))
+
+    def refused() -> dict[str, Any] | None:
+        conds = status(kube, "SpeculativeService", "evil").get("conditions", [])
+        return next((c for c in conds if c["type"] == "Ready" and c["reason"] == "InvalidSpec"), None)
+
+    cond = wait_for(refused, 30, "the refusal in the status")
+    assert "attacker/miner:1" in cond["message"] and "secretKeyRef" in cond["message"]
+    assert kube.get("Deployment", "evil-target") is None and kube.get("Secret", "evil-auth") is None
+
+
 def test_spec_update_patches_in_place(kube: KubeApi, operator: Operator, redis_db: Any) -> None:
     created(kube, service("beta", target={"model": {"name": "qwen-1.5b", "uri": "pvc://models/qwen-1.5b"},
                                           "nodeSelector": {"pool": "gpu"}}))
@@ -363,10 +379,12 @@ def test_invalid_objects_are_refused_with_422(kube: KubeApi, obj: dict[str, Any]
 
 
 def test_every_api_call_the_operator_made_is_allowed_by_the_charts_rbac(kube: KubeApi, operator: Operator) -> None:
-    """Runs last in this module: the operator's real traffic (kopf's and its own) against the rendered ClusterRole."""
+    """Runs last in this module: the operator's real traffic (kopf's and its own) against the rendered ClusterRole
+    (cluster-wide, as this operator runs; the namespaced default puts the same rules in a Role)."""
     from tests.helm.test_chart import render  # the chart, rendered by the real helm binary
 
-    role = next(d for d in render() if d.get("kind") == "ClusterRole" and d["metadata"]["name"].endswith("operator"))
+    docs = render(None, ("operator.clusterWide=true",))
+    role = next(d for d in docs if d.get("kind") == "ClusterRole" and d["metadata"]["name"].endswith("operator"))
     allowed = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     missing = set()

@@ -85,8 +85,17 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
+{{/* Namespaces the operator watches (JSON list): watchNamespaces; else [] (all) with clusterWide; else the release's. */}}
+{{- define "smartspec.watchedNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}{{ toJson .Values.operator.watchNamespaces }}
+{{- else if .Values.operator.clusterWide }}[]
+{{- else }}{{ toJson (list .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
 {{/* Namespaces the default SpeculationPolicy goes to: defaultPolicy.namespaces, else the watched ones, else the release's. */}}
 {{- define "smartspec.defaultPolicyNamespaces" -}}
-{{- $ns := .Values.defaultPolicy.namespaces | default .Values.operator.watchNamespaces | default (list .Release.Namespace) }}
+{{- $watched := include "smartspec.watchedNamespaces" . | fromJsonArray }}
+{{- $ns := .Values.defaultPolicy.namespaces | default $watched | default (list .Release.Namespace) }}
 {{- toJson $ns }}
 {{- end }}
