@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -140,10 +141,8 @@ class Run:
             row: dict[str, Any] = {"t_s": round(time.perf_counter() - self.t0, 1)}
             row |= {name: rss_mb(pid) for name, pid in self.stack.parts.items()}
             self.rss.append(row)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.args.rss_every_s)
-            except TimeoutError:
-                pass
 
     async def capacity(self) -> float:
         end = time.perf_counter() + 60 * self.args.capacity_minutes
