@@ -70,10 +70,11 @@ def _denied(handler: Any) -> Any:
 
 async def start_server(
     services: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]], host: str, port: int,
-    keys: ApiKeys | None = None,
+    keys: ApiKeys | None = None, tls_dir: str | None = None,
 ) -> RunningServer:
     """Start an aio server with `services` ((add_fn, servicer, full name)), grpc.health.v1 and reflection;
-    with `keys`, every method but health and reflection needs one of them."""
+    with `keys`, every method but health and reflection needs one of them; with `tls_dir`, only mutual TLS
+    with a client certificate from its CA (smartspec.tls)."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
                              interceptors=[KeyInterceptor(keys)] if keys is not None else None)
@@ -83,7 +84,11 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls_dir:
+        from smartspec.tls import server_credentials
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(tls_dir))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
@@ -95,6 +100,14 @@ async def start_server(
 def channel_options() -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
+
+def open_channel(address: str, tls_dir: str | None = None) -> grpc.aio.Channel:
+    """An aio channel to `address`: mutual TLS with `tls_dir`'s certificate (read now) or plaintext."""
+    if tls_dir:
+        from smartspec.tls import channel_credentials
+        return grpc.aio.secure_channel(address, channel_credentials(tls_dir), options=channel_options())
+    return grpc.aio.insecure_channel(address, options=channel_options())
 
 
 def sampling_to_wire(p: SamplingParams) -> common_pb2.SamplingParams:

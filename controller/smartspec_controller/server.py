@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError, ResponseError
 
+from smartspec import tls
 from smartspec.auth import keys_for, read_secret, redact_url
 from smartspec.policy.cost_model import CostModel, load_cost_model
 from smartspec.policy.document import (
@@ -79,7 +80,7 @@ class Controller:
         password = read_secret(settings.redis_password_file, "redis_password_file") \
             if settings.redis_password_file else None
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0,
-                                             password=password)
+                                             **tls.redis_kwargs(settings.redis_url, settings.redis_tls_dir, password))
         self.metrics = ControllerMetrics(self.service)
         self.view = LoadView()
         self.spec = default_spec()
@@ -106,7 +107,9 @@ class Controller:
         # Forged OTLP metrics would set the "current load" the controller reports: only the targets may send.
         keys = keys_for("controller OTLP", self.settings.otlp_token_file, self.settings.host,
                         self.settings.allow_unauthenticated, setting="otlp_token_file")
-        self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port, keys=keys)
+        tls.note_plaintext("controller OTLP", self.settings.host, self.settings.tls_dir)
+        self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port, keys=keys,
+                                       tls_dir=self.settings.tls_dir)
         self.http = _HttpServer(uvicorn.Config(self._app(), host=self.settings.host, port=self.settings.http_port,
                                                log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
         self._tasks.append(asyncio.create_task(self.http.serve(), name="http"))

@@ -19,6 +19,9 @@ class ControllerSettings(BaseSettings):
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
     redis_url: str = Field("redis://127.0.0.1:6379", description="redis://[user@]host:port (or rediss://)")
     redis_password_file: str | None = Field(None, description="file holding the Redis password (a mounted Secret)")
+    redis_tls_dir: str | None = Field(
+        None, description="for a rediss:// URL: directory with ca.crt (and tls.crt/tls.key where Redis wants a "
+        "client certificate); none: the system's CAs")
     host: str = "127.0.0.1"
     http_port: int = Field(8090, ge=0, le=65535, description="/metrics, /health, /policy, /status (0: any free port)")
     otlp_port: int = Field(4317, ge=0, le=65535, description="OTLP gRPC receiver for the targets' metrics (0: any)")
@@ -26,6 +29,9 @@ class ControllerSettings(BaseSettings):
         None, description="tokens an OTLP sender (a target) must present, one per line (a mounted Secret); without "
         "one the receiver serves only on a loopback host")
     allow_unauthenticated: bool = Field(False, description="receive OTLP on a non-loopback host without tokens")
+    tls_dir: str | None = Field(
+        None, description="directory with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret): the OTLP "
+        "receiver serves mutual TLS only, senders need a certificate from ca.crt; none: plaintext")
     name: str = Field(default_factory=_default_name, description="decided_by in published policies")
     consumer_group: str = Field("smartspec-controller", description="Redis consumer group on the step stream")
     consumer: str = Field(default_factory=socket.gethostname,

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = verbs.add_parser("show", help="the policy in force (published by the controller) and its age")
     s.add_argument("--service", default=None, help="service name (default: the one `smartspec up` started)")
     s.add_argument("--redis-url", default=None, help="redis://host:port (default: the one `smartspec up` started)")
+    s.add_argument("--redis-password-file", default=None, help="file holding the Redis password")
+    s.add_argument("--redis-tls-dir", default=None, help="for rediss://: dir with ca.crt (and tls.crt/tls.key)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=show)
 
@@ -123,4 +125,5 @@ def explain(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     from smartspec.cli.policy_show import show_policy
 
-    return show_policy(args.service, args.redis_url, args.json)
+    return show_policy(args.service, args.redis_url, args.json, password_file=args.redis_password_file,
+                       tls_dir=args.redis_tls_dir)

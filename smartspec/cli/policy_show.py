@@ -6,10 +6,12 @@ import json
 import time
 from typing import Any
 
+from smartspec.auth import read_secret, redact_url
 from smartspec.cli import stackfile
 from smartspec.errors import InvalidRequest, ResourceShortage
 from smartspec.policy.document import PolicyDocument, parse_document
 from smartspec.telemetry.keys import check_service, policy_key, status_key
+from smartspec.tls import redis_kwargs
 
 
 def _where(service: str | None, redis_url: str | None) -> tuple[str, str]:
@@ -27,15 +29,18 @@ def _where(service: str | None, redis_url: str | None) -> tuple[str, str]:
         raise InvalidRequest(str(exc), param="service") from None
 
 
-def show_policy(service: str | None, redis_url: str | None, as_json: bool) -> int:
+def show_policy(service: str | None, redis_url: str | None, as_json: bool, password_file: str | None = None,
+                tls_dir: str | None = None) -> int:
     import redis
 
     service, redis_url = _where(service, redis_url)
-    client = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)
+    password = read_secret(password_file, "redis_password_file") if password_file else None
+    client = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3,
+                                  **redis_kwargs(redis_url, tls_dir, password))
     try:
         raw, raw_status = client.get(policy_key(service)), client.get(status_key(service))
     except (redis.RedisError, OSError) as exc:
-        raise ResourceShortage(f"cannot read the policy from {redis_url}: {exc}") from None
+        raise ResourceShortage(f"cannot read the policy from {redact_url(redis_url)}: {exc}") from None
     finally:
         client.close()
     status = json.loads(raw_status) if raw_status else None

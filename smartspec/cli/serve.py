@@ -12,6 +12,9 @@ from pydantic import ValidationError
 from smartspec.errors import InvalidRequest
 from smartspec.policy.modes import MODES
 
+_TLS = "dir with tls.crt, tls.key, ca.crt (a kubernetes.io/tls Secret)"
+_REDIS_TLS = "for rediss://: dir with ca.crt (and a client tls.crt/tls.key)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("serve-draft", help="run the draft gRPC service (env SMARTSPEC_DRAFT_*)")
@@ -27,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--auth-token-file", help="tokens a caller must present, one per line; none: loopback only")
     d.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve a non-loopback host without tokens")
+    d.add_argument("--tls-dir", help=f"{_TLS}: serve mutual TLS only")
     d.set_defaults(func=_serve_draft)
     t = sub.add_parser("serve-target", help="run the target service: gRPC + OpenAI HTTP (env SMARTSPEC_TARGET_*)")
     t.add_argument("--model", help="target model folder")
@@ -57,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--api-key-file", help="file of accepted API keys, one per line; /v1/* then needs a Bearer key")
     t.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve /v1/* without keys on a non-loopback host (behind your own gateway)")
+    t.add_argument("--tls-dir", help=f"{_TLS}: mutual TLS to the draft and OTLP")
+    t.add_argument("--redis-tls-dir", help=_REDIS_TLS)
     t.add_argument("--max-body-bytes", type=int, help="largest request body (413 beyond)")
     t.add_argument("--max-queue", type=int, help="requests waiting for a slot at most (429 + Retry-After beyond)")
     t.set_defaults(func=_serve_target)
@@ -72,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--otlp-token-file", help="tokens an OTLP sender must present; none: loopback only")
     c.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="receive OTLP on a non-loopback host without tokens")
+    c.add_argument("--tls-dir", help=f"{_TLS}: OTLP over mutual TLS only")
+    c.add_argument("--redis-tls-dir", help=_REDIS_TLS)
     c.set_defaults(func=_serve_controller)
 
 

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth = u.add_mutually_exclusive_group()
     auth.add_argument("--api-key-file", help="accept the API keys in this file (default: generate one and print it)")
     auth.add_argument("--no-auth", action="store_true",
-                      help="serve /v1/* without an API key (the stack listens on loopback only)")
+                      help="no API key, peer token or TLS between the parts (the stack listens on loopback only)")
     u.set_defaults(func=run)
 
 
@@ -158,11 +158,20 @@ def _secret_file(stack: Stack, name: str, value: str) -> str:
     return str(path)
 
 
+def _tls_dir(stack: Stack) -> str:
+    """A self-signed trust domain for this stack (a CA whose key is discarded, one loopback certificate),
+    so the draft's and the controller's OTLP ports speak mutual TLS as they do in a cluster."""
+    from smartspec import tls
+
+    assert stack.private is not None  # made by the peer token first
+    return str(tls.write_dir(Path(stack.private.name) / "tls", tls.issue(["127.0.0.1", "localhost"])))
+
+
 def _auth(args: argparse.Namespace, stack: Stack) -> tuple[str | None, str | None, str | None]:
     """(the peer token file the draft and the controller's OTLP require of the target, the API key file, the
     generated API key to print); all None with --no-auth, the key None when the user gave their own file."""
     if args.no_auth:
-        print("smartspec up: NO API KEY (--no-auth): any process on this machine may call the API on loopback",
+        print("smartspec up: NO API KEY, NO TLS (--no-auth): any process on this machine may call every port",
               file=sys.stderr, flush=True)
         return None, None, None
     peer = _secret_file(stack, "peer-token", secrets.token_urlsafe(32))
@@ -232,9 +241,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         target, draft = _models(args, stack)
         peer, key_file, key = _auth(args, stack)
+        tls_dir = _tls_dir(stack) if peer else None
 
-        def peer_for(flag: str) -> list[str]:  # each part takes the peer token by its own flag
-            return [flag, peer] if peer else []
+        def peer_for(flag: str) -> list[str]:  # each part takes the peer token (and certificate) by its own flag
+            return [flag, peer, *(["--tls-dir", tls_dir] if tls_dir else [])] if peer else []
 
         redis = redis_binary()
         redis_url = None
@@ -256,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
             cport, oport = free_port(), free_port()
             stack.start("controller", [*py, "controller", *control, "--http-port", str(cport),
                                        "--otlp-port", str(oport), *peer_for("--otlp-token-file")], essential=False)
-            control += ["--otlp-endpoint", f"127.0.0.1:{oport}", *peer_for("--otlp-token-file")]
+            # The target's --tls-dir comes with its draft flags: one certificate for both peers.
+            control += ["--otlp-endpoint", f"127.0.0.1:{oport}", *(["--otlp-token-file", peer] if peer else [])]
             info["controller_url"] = f"http://127.0.0.1:{cport}"
             print(f"controller: {info['controller_url']} (OTLP 127.0.0.1:{oport})", flush=True)
         dport = free_port()
@@ -267,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             draft_cmd += ["--model", draft]
         stack.start("draft", [*draft_cmd, *peer_for("--auth-token-file")])
+        info["draft_address"] = f"127.0.0.1:{dport}"
+        print(f"draft: 127.0.0.1:{dport} ({'mutual TLS + peer token' if tls_dir else 'plaintext, open'})", flush=True)
         target_auth = [*peer_for("--draft-token-file"), *(["--api-key-file", key_file] if key_file else [])]
         if key_file:
             info["api_key_file"] = key_file

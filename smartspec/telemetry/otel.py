@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     from smartspec.engine.sequence import Sequence
 
 
-def otlp_metric_reader(endpoint: str, interval_s: float, token: str | None = None) -> PeriodicExportingMetricReader:
+def otlp_metric_reader(endpoint: str, interval_s: float, token: str | None = None,
+                       tls_dir: str | None = None) -> PeriodicExportingMetricReader:
     """Pushes every instrument to an OTLP gRPC receiver (the controller, or a collector), with `token` as a
-    Bearer `authorization` header when given."""
-    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=5, headers=_auth_headers(token))
+    Bearer `authorization` header when given, over mutual TLS with `tls_dir`'s certificate when given."""
+    exporter = OTLPMetricExporter(endpoint=endpoint, timeout=5, headers=_auth_headers(token), **_transport(tls_dir))
     return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_s * 1000)
 
 
@@ -28,12 +29,21 @@ def _auth_headers(token: str | None) -> dict[str, str] | None:
     return {"authorization": f"Bearer {token}"} if token else None
 
 
+def _transport(tls_dir: str | None) -> dict[str, Any]:
+    # The exporter keeps its channel: a rotated client certificate is used from the next restart; the
+    # operator's certificates outlive a pod, and cert-manager renews well before expiry.
+    if not tls_dir:
+        return {"insecure": True}
+    from smartspec.tls import channel_credentials
+    return {"insecure": False, "credentials": channel_credentials(tls_dir)}
+
+
 def tracer_provider(service: str, endpoint: str | None = None, exporter: SpanExporter | None = None,
-                    token: str | None = None) -> TracerProvider:
+                    token: str | None = None, tls_dir: str | None = None) -> TracerProvider:
     """A provider owned by one service instance (not the process-global one), batching spans off the engine."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter is None and endpoint:
-        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5, headers=_auth_headers(token))
+        exporter = OTLPSpanExporter(endpoint=endpoint, timeout=5, headers=_auth_headers(token), **_transport(tls_dir))
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     return provider

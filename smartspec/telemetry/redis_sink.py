@@ -20,6 +20,7 @@ import redis
 
 from smartspec.telemetry import records
 from smartspec.telemetry.keys import steps_key
+from smartspec.tls import redis_kwargs
 
 if TYPE_CHECKING:
     from smartspec.engine.engine import StepStats
@@ -31,7 +32,8 @@ class RedisStepSink:
     def __init__(self, url: str, service: str, replica: str, *, stream_maxlen: int = 100_000,
                  buffer: int = 10_000, batch: int = 256, flush_interval_s: float = 0.05,
                  on_dropped: Callable[[int], None] | None = None,
-                 on_written: Callable[[int], None] | None = None, password: str | None = None) -> None:
+                 on_written: Callable[[int], None] | None = None, password: str | None = None,
+                 tls_dir: str | None = None) -> None:
         self.key = steps_key(service)
         self.replica = replica
         self.stream_maxlen = stream_maxlen
@@ -40,7 +42,8 @@ class RedisStepSink:
         self._on_dropped = on_dropped or (lambda n: None)
         self._on_written = on_written or (lambda n: None)
         # Short socket timeouts: a hung Redis stalls only this writer thread, and only briefly.
-        self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, password=password)
+        self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0,
+                                            **redis_kwargs(url, tls_dir, password))
         self._buffer: deque[tuple[StepStats, float]] = deque()  # the engine never mutates a step's stats later
         self._capacity = buffer
         self._lock = threading.Lock()

@@ -5,15 +5,18 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
 from smartspec.cli.up import free_port, redis_binary
+from smartspec.tls import redis_kwargs
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, tls_dir: str | None = None) -> None:
         self.password = password  # the default user's (an admin's) password; none: no auth
+        self.tls_dir = tls_dir  # TLS only (rediss://), clients need a certificate from its ca.crt
         binary = redis_binary()
         if binary is None:
             raise RuntimeError("no redis-server: run scripts/setup.sh (installs Debian's redis-server)")
@@ -24,14 +27,14 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls_dir else 'redis'}://127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [self.binary, "--bind", "127.0.0.1", *self._ports(), "--save", "", "--appendonly", "no",
              "--dir", self.dir.name, "--loglevel", "warning",
              *(["--requirepass", self.password] if self.password else [])], stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, password=self.password)
+        client = self.client(decode_responses=False)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -47,5 +50,13 @@ class RedisServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True, password=self.password)
+    def _ports(self) -> list[str]:
+        if not self.tls_dir:
+            return ["--port", str(self.port)]
+        d = Path(self.tls_dir)
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(d / "tls.crt"),
+                "--tls-key-file", str(d / "tls.key"), "--tls-ca-cert-file", str(d / "ca.crt")]
+
+    def client(self, decode_responses: bool = True) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=decode_responses,
+                                    **redis_kwargs(self.url, self.tls_dir, self.password))

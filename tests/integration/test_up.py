@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.conftest import free_port
 
@@ -89,8 +92,14 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert httpx.post(url, timeout=60, json=chat).status_code == 401
         r = httpx.post(url, timeout=60, json=chat, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200 and "speculation" in r.json()["usage"]
-        key_file = Path(json.loads((tmp_path / "stack.json").read_text())["api_key_file"])
+        stack = json.loads((tmp_path / "stack.json").read_text())
+        key_file = Path(stack["api_key_file"])
         assert key_file.read_text().strip() == key and key_file.stat().st_mode & 0o077 == 0
+        # The draft speaks mutual TLS (the target is connected through it) and refuses a plaintext caller.
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
+        with grpc.insecure_channel(stack["draft_address"]) as channel, pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         # `policy show` with no arguments finds this stack and its controller's policy.
         show = None
         deadline = time.monotonic() + 30

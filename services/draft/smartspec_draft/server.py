@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from smartspec import tls
 from smartspec.auth import keys_for
 from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import DraftModelProposer
@@ -88,12 +89,15 @@ async def start(settings: DraftSettings, core: DraftCore | None = None,
     # the port can open sessions and take every draft slot from the real targets.
     keys = keys_for("draft gRPC", settings.auth_token_file, settings.host, settings.allow_unauthenticated,
                     setting="auth_token_file")
+    if settings.tls_dir:
+        tls.load(settings.tls_dir, "tls_dir")
+    tls.note_plaintext("draft gRPC", settings.host, settings.tls_dir)
     if core is None or info is None:
         core, info = build_core(settings)
     servicer = DraftServicer(core, info)
     running = await start_server(
         [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, SERVICE_NAME)], settings.host, settings.port,
-        keys=keys)
+        keys=keys, tls_dir=settings.tls_dir)
     log.info("draft service (%s, %s) listening on %s:%d", info.method, info.model_id, settings.host, running.port)
     return running, servicer
 

@@ -28,6 +28,9 @@ class DraftSettings(BaseSettings):
         None, description="file of tokens a caller (the target) must present, one per line (a mounted Secret); "
         "without one the draft serves only on a loopback host")
     allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without tokens")
+    tls_dir: str | None = Field(
+        None, description="directory with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret, e.g. from "
+        "cert-manager): serve mutual TLS only, callers need a certificate from ca.crt; none: plaintext")
     ngram_max: int = Field(4, ge=1)
     ngram_min: int = Field(2, ge=1)
 

@@ -27,7 +27,7 @@ import torch
 
 from smartspec.auth import bearer
 from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, ProposeRequest
-from smartspec.rpc import channel_options, sampling_to_wire
+from smartspec.rpc import open_channel, sampling_to_wire
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.v1 import draft_pb2, draft_pb2_grpc
 
@@ -58,8 +58,9 @@ class RemoteProposer:
 
     def __init__(self, address: str, loop: asyncio.AbstractEventLoop, *, target_vocab: int, fingerprint: str,
                  deadline_s: float, metrics: TargetMetrics, backoff_s: tuple[float, float] = (0.1, 5.0),
-                 token: str | None = None, suspend_after: int = 3) -> None:
+                 token: str | None = None, suspend_after: int = 3, tls_dir: str | None = None) -> None:
         self.address = address
+        self.tls_dir = tls_dir  # mutual TLS to the draft; the certificate is re-read at every connection
         self._metadata = bearer(token) if token else None
         self.loop = loop
         self.target_vocab = target_vocab
@@ -173,7 +174,7 @@ class RemoteProposer:
         delay = self.backoff_s[0]
         while not self._closed:
             try:
-                async with grpc.aio.insecure_channel(self.address, options=channel_options()) as channel:
+                async with open_channel(self.address, self.tls_dir) as channel:
                     stub = draft_pb2_grpc.DraftServiceStub(channel)
                     info = (await stub.GetInfo(draft_pb2.DraftInfoRequest(), timeout=5.0,
                                                metadata=self._metadata)).model

@@ -23,6 +23,7 @@ from smartspec.policy.document import PolicyDocument, parse_document
 from smartspec.policy.in_force import PolicyInForce, from_document
 from smartspec.telemetry.keys import policy_key
 from smartspec.telemetry.metrics import TargetMetrics
+from smartspec.tls import redis_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,15 @@ class PolicySync:
     """Event-loop side: reads, validates and forwards policy documents; watches expiry."""
 
     def __init__(self, url: str, service: str, submit: Callable[[PolicyDocument | None, str], None],
-                 metrics: TargetMetrics, poll_s: float = 1.0, password: str | None = None) -> None:
+                 metrics: TargetMetrics, poll_s: float = 1.0, password: str | None = None,
+                 tls_dir: str | None = None) -> None:
         self.key = policy_key(service)
         self.service = service
         self._submit = submit
         self.metrics = metrics
         self.poll_s = poll_s
-        self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, password=password)
+        self._client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                               **redis_kwargs(url, tls_dir, password))
         self._task: asyncio.Task[None] | None = None
         self.current: PolicyDocument | None = None
         self._said_absent = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from smartspec import tls
 from smartspec.auth import ApiKeys, keys_for, read_token
 from smartspec.engine.builder import eos_ids
 from smartspec.engine.calibration import CalibrationConfig, calibrate
@@ -78,6 +79,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     """Start everything on the running loop; returns once both front ends accept connections."""
     loop = asyncio.get_running_loop()
     keys = _api_keys(settings)  # before loading anything: a deployment without keys fails fast
+    if settings.tls_dir:
+        tls.load(settings.tls_dir, "tls_dir")  # ... and one with an unusable certificate too
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
     model = model if model is not None else load_model(settings.model, settings.dtype)
     name = settings.served_model_name or Path(settings.model).name
@@ -91,7 +94,7 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
                                deadline_s=settings.draft_deadline_s, metrics=metrics,
                                backoff_s=(min(0.1, settings.draft_backoff_max_s), settings.draft_backoff_max_s),
                                token=read_token(settings.draft_token_file, "draft_token_file")
-                               if settings.draft_token_file else None)
+                               if settings.draft_token_file else None, tls_dir=settings.tls_dir)
         await draft.start()
         if not await draft.wait_connected(settings.draft_connect_timeout_s):
             log.warning("no draft at %s yet; serving at k = 0 until it connects", settings.draft_address)

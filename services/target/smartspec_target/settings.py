@@ -27,6 +27,9 @@ class TargetSettings(BaseSettings):
     draft_deadline_floor_s: float = Field(0.25, gt=0, description="... but never less than this")
     draft_token_file: str | None = Field(
         None, description="file whose first line is the token presented to the draft service (a mounted Secret)")
+    tls_dir: str | None = Field(
+        None, description="directory with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret, e.g. from "
+        "cert-manager): mutual TLS to the draft and to the OTLP receiver; none: plaintext")
     draft_connect_timeout_s: float = Field(30.0, ge=0, description="wait this long for the draft at startup")
     draft_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between draft reconnect attempts")
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
@@ -61,6 +64,9 @@ class TargetSettings(BaseSettings):
     redis_url: str | None = Field(None, description="redis://[user@]host:port (or rediss://); step records out, "
                                   "policy in. No password here: it would land in ConfigMaps and logs")
     redis_password_file: str | None = Field(None, description="file holding the Redis password (a mounted Secret)")
+    redis_tls_dir: str | None = Field(
+        None, description="for a rediss:// URL: directory with ca.crt (and tls.crt/tls.key where Redis wants a "
+        "client certificate); none: the system's CAs")
     steps_stream_maxlen: int = Field(100_000, ge=100, description="cap (approximate) of the step-record stream")
     telemetry_buffer: int = Field(10_000, ge=10, description="records held while Redis is slow or down")
     policy_poll_s: float = Field(1.0, gt=0, description="also re-read the policy key this often (pub/sub is primary)")

@@ -29,14 +29,14 @@ class Telemetry:
         self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
         endpoint = settings.otlp_endpoint
         token = read_token(settings.otlp_token_file, "otlp_token_file") if settings.otlp_token_file else None
-        readers: list[MetricReader] = [otlp_metric_reader(endpoint, settings.otlp_interval_s, token)] \
-            if endpoint else []
+        readers: list[MetricReader] = \
+            [otlp_metric_reader(endpoint, settings.otlp_interval_s, token, settings.tls_dir)] if endpoint else []
         # service.name is the Kubernetes service; the replica tells pods apart (no request ids anywhere).
         self.metrics = TargetMetrics(service=service, extra_readers=readers, instance=self.replica, model=model_name)
         self.provider: TracerProvider | None = None
         self.tracer: Tracer | None = None
         if settings.otlp_endpoint:
-            self.provider = tracer_provider(service, settings.otlp_endpoint, token=token)
+            self.provider = tracer_provider(service, settings.otlp_endpoint, token=token, tls_dir=settings.tls_dir)
             self.tracer = self.provider.get_tracer("smartspec.target")
         self.sink: RedisStepSink | None = None
         self.sinks: list[StepSink] = []
@@ -45,7 +45,8 @@ class Telemetry:
                 settings.redis_url, service, self.replica, stream_maxlen=settings.steps_stream_maxlen,
                 buffer=settings.telemetry_buffer,
                 on_dropped=lambda n: self.metrics.records_dropped.add(n),
-                on_written=lambda n: self.metrics.records_written.add(n), password=self._redis_password())
+                on_written=lambda n: self.metrics.records_written.add(n), password=self._redis_password(),
+                tls_dir=settings.redis_tls_dir)
             self.sinks.append(self.sink)
         self.sync: PolicySync | None = None
 
@@ -57,7 +58,8 @@ class Telemetry:
         """Start following the controller's policy (needs Redis; without it the local default stays)."""
         if self.settings.redis_url:
             self.sync = PolicySync(self.settings.redis_url, self.settings.service, submit, self.metrics,
-                                   poll_s=self.settings.policy_poll_s, password=self._redis_password())
+                                   poll_s=self.settings.policy_poll_s, password=self._redis_password(),
+                                   tls_dir=self.settings.redis_tls_dir)
             self.sync.start()
 
     async def close(self) -> None:
