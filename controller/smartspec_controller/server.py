@@ -111,7 +111,8 @@ class Controller:
         self.grpc = await start_server(services(self.view), self.settings.host, self.settings.otlp_port, keys=keys,
                                        tls_dir=self.settings.tls_dir)
         self.http = _HttpServer(uvicorn.Config(self._app(), host=self.settings.host, port=self.settings.http_port,
-                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+                                               log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
+                                               log_config=None))
         self._tasks.append(asyncio.create_task(self.http.serve(), name="http"))
         while not self.http.started:
             if self._tasks[0].done():

@@ -31,6 +31,8 @@ from smartspec_operator.manifests import (
     redis_acl,
     redis_service,
     redis_url,
+    tls_secret,
+    tls_secret_name,
 )
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import DEFAULT_POLICY, GROUP, POLICIES, SERVICES, VERSION, ServiceSpec, parse_service_spec
@@ -135,7 +137,11 @@ async def _converge(memo: Any, name: str, namespace: str, uid: str, svc: Service
     # own key Secret (which the target then mounts instead), so dropping that name later still finds a key.
     secret = auth_secret(owner, secrets.token_urlsafe(32), "sk-smartspec-" + secrets.token_urlsafe(24),
                          secrets.token_urlsafe(32))
-    done: dict[str, str] = {f"Secret/{secret['metadata']['name']}": await kube.create_once(secret, owner_uid=uid)}
+    done: dict[str, str] = {f"Secret/{secret['metadata']['name']}": await kube.create_once(
+        "Secret", namespace, secret["metadata"]["name"], lambda: secret, owner_uid=uid)}
+    if svc.tls.enabled and svc.tls.secret_name is None:  # issued only when absent: key generation is not free
+        done[f"Secret/{tls_secret_name(name)}"] = await kube.create_once(
+            "Secret", namespace, tls_secret_name(name), lambda: tls_secret(owner), owner_uid=uid)
     service_id = redis_service(namespace, name)
     if redis_acl(svc, settings):  # again every converge: an in-memory Redis that restarted lost its users
         live = await kube.get("Secret", namespace, secret["metadata"]["name"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -128,23 +129,11 @@ class Kube:
         wanted = json.dumps(desired, sort_keys=True)
         body = json.loads(wanted)  # a copy we may annotate
         body["metadata"].setdefault("annotations", {})[LAST_APPLIED] = wanted
-        live = await self.get(kind, meta["namespace"], meta["name"])
+        live = await self._live_or_create(kind, meta["namespace"], meta["name"], lambda: body)
         if live is None:
-            try:
-                await self.request("POST", path(kind, meta["namespace"]), body, "application/json")
-                return "created"
-            except KubeError as exc:
-                if exc.status != 409:
-                    raise
-                # Created meanwhile (the create handler and the status daemon both converge): compare instead.
-                live = await self.get(kind, meta["namespace"], meta["name"])
-                if live is None:
-                    raise
-        assert live is not None
-        refs = live.get("metadata", {}).get("ownerReferences") or []
-        if owner_uid is not None and not any(r.get("uid") == owner_uid for r in refs):
-            raise NotOwned(f"{kind} {meta['namespace']}/{meta['name']} already exists and is not owned by this "
-                           "SpeculativeService; rename one of them")
+            return "created"
+        if owner_uid is not None:
+            _check_owner(live, kind, meta["namespace"], meta["name"], owner_uid)
         previous = (live.get("metadata", {}).get("annotations") or {}).get(LAST_APPLIED)
         if previous == wanted:
             return "unchanged"
@@ -152,27 +141,41 @@ class Kube:
         await self.patch(kind, meta["namespace"], meta["name"], patch)
         return "patched"
 
-
-    async def create_once(self, desired: dict[str, Any], owner_uid: str) -> Outcome:
-        """Create `desired` if absent, else leave the live object as it is (a generated Secret keeps its keys
-        across reconciles). No last-applied annotation: for a Secret it would hold the secret in plain text."""
-        kind, meta = desired["kind"], desired["metadata"]
-        live = await self.get(kind, meta["namespace"], meta["name"])
+    async def create_once(self, kind: str, namespace: str, name: str, make: Callable[[], dict[str, Any]],
+                          owner_uid: str) -> Outcome:
+        """Create `make()` if absent, else leave the live object as it is (a generated Secret keeps its keys
+        across reconciles; `make` runs only when one is created). No last-applied annotation: for a Secret
+        it would hold the secret in plain text."""
+        live = await self._live_or_create(kind, namespace, name, make)
         if live is None:
-            try:
-                await self.request("POST", path(kind, meta["namespace"]), desired, "application/json")
-                return "created"
-            except KubeError as exc:
-                if exc.status != 409:
-                    raise
-                live = await self.get(kind, meta["namespace"], meta["name"])
-                if live is None:
-                    raise
-        refs = live.get("metadata", {}).get("ownerReferences") or []
-        if not any(r.get("uid") == owner_uid for r in refs):
-            raise NotOwned(f"{kind} {meta['namespace']}/{meta['name']} already exists and is not owned by this "
-                           "SpeculativeService; rename one of them")
+            return "created"
+        _check_owner(live, kind, namespace, name, owner_uid)
         return "unchanged"
+
+    async def _live_or_create(self, kind: str, namespace: str, name: str,
+                              make: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """The live object, or None once `make()` is created in its place."""
+        live = await self.get(kind, namespace, name)
+        if live is not None:
+            return live
+        try:
+            await self.request("POST", path(kind, namespace), make(), "application/json")
+            return None
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            # Created meanwhile (the create handler and the status daemon both converge): that one is live.
+            live = await self.get(kind, namespace, name)
+            if live is None:
+                raise
+            return live
+
+
+def _check_owner(live: dict[str, Any], kind: str, namespace: str, name: str, owner_uid: str) -> None:
+    refs = live.get("metadata", {}).get("ownerReferences") or []
+    if not any(r.get("uid") == owner_uid for r in refs):
+        raise NotOwned(f"{kind} {namespace}/{name} already exists and is not owned by this SpeculativeService; "
+                       "rename one of them")
 
 
 def _with_removals(previous: Any, desired: Any) -> Any:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smartspec.policy.limits import MAX_K_LIMIT
+from smartspec.tls import CA, CERT, KEY, issue
 from smartspec_operator.settings import OperatorSettings
 from smartspec_operator.spec import API_VERSION, ModelRef, ServiceSpec
 from smartspec_operator.store import redis_user
@@ -27,6 +28,8 @@ TARGET_GRACE_S = 120  # SIGTERM drains running requests for up to this long (min
 AUTH_DIR, API_KEYS_DIR = "/etc/smartspec/auth", "/etc/smartspec/api"
 PEER_TOKEN, API_KEYS, REDIS_PASSWORD = "peer-token", "api-keys", "redis-password"  # Secret keys = file names
 REDIS_DIR = "/etc/smartspec/redis"
+# Mutual TLS between the parts: a kubernetes.io/tls Secret (the operator's own or a cert-manager one), whole.
+TLS, TLS_DIR = "tls", "/etc/smartspec/tls"
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,44 @@ def auth_secret(owner: Owner, peer_token: str, api_key: str, redis_password: str
             "data": {k: base64.b64encode((v + "\n").encode()).decode() for k, v in values.items()}}
 
 
-_SECRET_DIRS = {PEER_TOKEN: AUTH_DIR, API_KEYS: API_KEYS_DIR, REDIS_PASSWORD: REDIS_DIR}
+def tls_secret_name(owner_name: str) -> str:
+    return f"{owner_name}-tls"
+
+
+def tls_names(owner: Owner) -> list[str]:
+    """The names a target dials the draft and the controller by (short, namespaced, and fully qualified)."""
+    out = []
+    for role in ("draft", "controller"):
+        svc = child_name(owner.name, role)
+        out += [svc, f"{svc}.{owner.namespace}", f"{svc}.{owner.namespace}.svc",
+                f"{svc}.{owner.namespace}.svc.cluster.local"]
+    return out
+
+
+def tls_secret(owner: Owner) -> dict[str, Any]:
+    """The service's own trust domain when the spec names no Secret: a fresh CA (its key discarded, so it signs
+    nothing else) and one certificate for every part, in the kubernetes.io/tls shape cert-manager also writes.
+    Created once; rotating means deleting it (the operator issues a new one) and restarting the targets."""
+    files = issue(tls_names(owner), days=3650)
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": _meta(owner, tls_secret_name(owner.name), None),
+            "data": {k: base64.b64encode(v).decode() for k, v in files.items()}}
+
+
+def tls_secret_in_use(owner_name: str, spec: ServiceSpec) -> str | None:
+    if not spec.tls.enabled:
+        return None
+    return spec.tls.secret_name or tls_secret_name(owner_name)
+
+
+_SECRET_DIRS = {PEER_TOKEN: AUTH_DIR, API_KEYS: API_KEYS_DIR, REDIS_PASSWORD: REDIS_DIR, TLS: TLS_DIR}
+_TLS_FILES = (CERT, KEY, CA)
 
 
 def _secret_volume(name: str, secret: str, key: str) -> dict[str, Any]:
     # 0440 with the pod's fsGroup: readable by the non-root user, by no one else.
-    return {"name": name, "secret": {"secretName": secret, "items": [{"key": key, "path": key}],
+    keys = _TLS_FILES if key == TLS else (key,)
+    return {"name": name, "secret": {"secretName": secret, "items": [{"key": k, "path": k} for k in keys],
                                      "defaultMode": 0o440}}
 
 
@@ -154,8 +189,13 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
     if redis_acl(spec, settings):
         data["SMARTSPEC_TARGET_REDIS_PASSWORD_FILE"] = data["SMARTSPEC_CONTROLLER_REDIS_PASSWORD_FILE"] = \
             f"{REDIS_DIR}/{REDIS_PASSWORD}"
+    tls = spec.tls.enabled
+    if tls:
+        data["SMARTSPEC_CONTROLLER_TLS_DIR"] = TLS_DIR
     if not spec.telemetry.otlp_endpoint:  # the peer token goes to this service's own controller, to no one else
         data["SMARTSPEC_TARGET_OTLP_TOKEN_FILE"] = f"{AUTH_DIR}/{PEER_TOKEN}"
+        if tls:
+            data["SMARTSPEC_TARGET_OTLP_TLS_DIR"] = TLS_DIR
     if d is not None:
         data |= {
             "SMARTSPEC_TARGET_DRAFT_ADDRESS": f"{child_name(name, 'draft')}:{DRAFT_GRPC}",
@@ -169,6 +209,8 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
             "SMARTSPEC_DRAFT_MAX_SEQUENCES": str(t.max_batch_size * max(t.replicas, 1)),
             "SMARTSPEC_DRAFT_MAX_LEN": str(t.max_len),
         }
+        if tls:
+            data["SMARTSPEC_TARGET_TLS_DIR"] = data["SMARTSPEC_DRAFT_TLS_DIR"] = TLS_DIR
         if d.model is not None:
             data["SMARTSPEC_DRAFT_MODEL"] = model_path(d.model)
         if d.method == "ngram":  # the n-gram proposer fingerprints the target's tokenizer
@@ -290,6 +332,9 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
     target_secrets = [("api-keys", spec.auth.api_key_secret or own, API_KEYS), ("peer-token", own, PEER_TOKEN)]
     redis_secret = [("redis-password", own, REDIS_PASSWORD)] if redis_acl(spec, settings) else []
     target_secrets += redis_secret
+    in_use = tls_secret_in_use(owner.name, spec)
+    tls_mount = [("tls", in_use, TLS)] if in_use else []
+    target_secrets += tls_mount
     objs.append(_deployment(
         owner, "target", replicas=t.replicas, container=target,
         claims=_claims(t.model), cfg_hash=config_hash(data, "target"),
@@ -310,7 +355,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
             owner, "draft", replicas=d.replicas, container=draft,
             claims=_claims(d.model, t.model if d.method == "ngram" else None), cfg_hash=config_hash(data, "draft"),
             pod_extra=_placement(d), strategy={"type": "RollingUpdate"}, pull_secrets=settings.pull_secrets(),
-            secrets=[("peer-token", own, PEER_TOKEN)]))
+            secrets=[("peer-token", own, PEER_TOKEN), *tls_mount]))
         objs.append(_service(owner, "draft", [("grpc", DRAFT_GRPC)]))
     c = spec.controller
     controller = {
@@ -326,7 +371,7 @@ def build(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> list[d
                             cfg_hash=config_hash(data, "controller"),
                             pod_extra={}, strategy={"type": "Recreate"},  # one decider at a time
                             pull_secrets=settings.pull_secrets(),
-                            secrets=[("peer-token", own, PEER_TOKEN), *redis_secret]))
+                            secrets=[("peer-token", own, PEER_TOKEN), *redis_secret, *tls_mount]))
     objs.append(_service(owner, "controller", [("http", CONTROLLER_HTTP), ("otlp", CONTROLLER_OTLP)]))
     if settings.network_policies:
         if d is not None:

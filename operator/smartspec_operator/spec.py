@@ -91,6 +91,15 @@ class AuthSpec(_Spec):
                                        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
+class TlsSpec(_Spec):
+    # Mutual TLS between the service's parts. Without secret_name the operator issues the service its own CA
+    # and certificate (Secret `<name>-tls`); with one, a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt),
+    # e.g. a cert-manager Certificate's, naming `<name>-draft` and `<name>-controller`.
+    enabled: bool = True
+    secret_name: str | None = Field(None, alias="secretName", min_length=1, max_length=253,
+                                    pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
 class ServiceSpec(_Spec):
     target: TargetSpec
     draft: DraftSpec | None = None
@@ -99,6 +108,7 @@ class ServiceSpec(_Spec):
     telemetry: TelemetrySpec = Field(default_factory=lambda: TelemetrySpec.model_validate({}))
     controller: ControllerSpec = Field(default_factory=lambda: ControllerSpec.model_validate({}))
     auth: AuthSpec = Field(default_factory=lambda: AuthSpec.model_validate({}))
+    tls: TlsSpec = Field(default_factory=lambda: TlsSpec.model_validate({}))
 
 
 def parse_service_spec(spec: dict[str, Any]) -> ServiceSpec:

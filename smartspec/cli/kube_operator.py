@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from smartspec.cli.serve import _settings
 
@@ -21,10 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _operate(args: argparse.Namespace) -> int:
+    from smartspec.logs import configure
     from smartspec_operator.runner import operate
     from smartspec_operator.settings import OperatorSettings
 
     settings = _settings(OperatorSettings, args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure()
     asyncio.run(operate(settings))
     return 0

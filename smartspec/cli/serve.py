@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -61,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--api-key-file", help="file of accepted API keys, one per line; /v1/* then needs a Bearer key")
     t.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve /v1/* without keys on a non-loopback host (behind your own gateway)")
-    t.add_argument("--tls-dir", help=f"{_TLS}: mutual TLS to the draft and OTLP")
+    t.add_argument("--tls-dir", help=f"{_TLS}: mutual TLS to the draft")
+    t.add_argument("--otlp-tls-dir", help=f"{_TLS}: mutual TLS to the OTLP receiver")
     t.add_argument("--redis-tls-dir", help=_REDIS_TLS)
     t.add_argument("--max-body-bytes", type=int, help="largest request body (413 beyond)")
     t.add_argument("--max-queue", type=int, help="requests waiting for a slot at most (429 + Retry-After beyond)")
@@ -94,7 +94,9 @@ def _settings(cls: Any, args: argparse.Namespace, skip: tuple[str, ...] = ("comm
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from smartspec.logs import configure
+
+    configure()
 
 
 def _serve_draft(args: argparse.Namespace) -> int:

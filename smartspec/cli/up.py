@@ -266,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
             cport, oport = free_port(), free_port()
             stack.start("controller", [*py, "controller", *control, "--http-port", str(cport),
                                        "--otlp-port", str(oport), *peer_for("--otlp-token-file")], essential=False)
-            # The target's --tls-dir comes with its draft flags: one certificate for both peers.
-            control += ["--otlp-endpoint", f"127.0.0.1:{oport}", *(["--otlp-token-file", peer] if peer else [])]
+            control += ["--otlp-endpoint", f"127.0.0.1:{oport}",
+                        *(["--otlp-token-file", peer, "--otlp-tls-dir", tls_dir] if peer and tls_dir else [])]
             info["controller_url"] = f"http://127.0.0.1:{cport}"
             print(f"controller: {info['controller_url']} (OTLP 127.0.0.1:{oport})", flush=True)
         dport = free_port()

@@ -47,7 +47,7 @@ NAMESPACED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "create"},  # each service's generated `<name>-auth`; never listed or watched
+    ("", "secrets"): {"get", "create"},  # each service's generated `<name>-auth` and `<name>-tls`; never listed
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
 }

@@ -12,11 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
-from smartspec.auth import ApiKeys
+from smartspec.auth import ApiKeys, bearer
 from smartspec.errors import InvalidRequest
+from smartspec.v1 import target_pb2, target_pb2_grpc
 from smartspec_target.server import _api_keys
 from smartspec_target.settings import TargetSettings
 from tests.integration.conftest import LoopThread
@@ -105,8 +107,33 @@ def test_a_prompt_longer_than_any_context_is_refused_before_tokenizing(loop_thre
         r = httpx.post(f"{s.url}/v1/chat/completions", timeout=30,
                        json={"model": MODEL, "messages": [{"role": "user", "content": "a " * 100_000}]})
         assert _openai_error(r, 400)["param"] == "messages"
+        # The gRPC API takes the same path: the length check first, then tokenizing off the event loop.
+        with grpc.insecure_channel(s.grpc_address) as channel, pytest.raises(grpc.RpcError) as info:
+            list(target_pb2_grpc.TargetServiceStub(channel).Generate(
+                target_pb2.GenerateRequest(text="word " * 100_000, max_tokens=4), timeout=30))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "characters" in info.value.details()
     finally:
         s.stop()
+
+
+def test_stop_strings_and_names_are_bounded(guarded: Stack) -> None:
+    # Before: any number of stop strings of any length (each matched against the text every step) over gRPC,
+    # any length over HTTP, and a model name of any length echoed back in the error.
+    url = guarded.url
+    for stop, what in ((["x"] * 17, "at most 16 stop strings"), (["y" * 257], "at most 256 characters")):
+        r = httpx.post(f"{url}/v1/completions", json=_body(stop=stop), headers=_auth())
+        err = _openai_error(r, 400)
+        assert err["param"] == "stop" and what in err["message"]
+        with grpc.insecure_channel(guarded.grpc_address) as channel, pytest.raises(grpc.RpcError) as info:
+            list(target_pb2_grpc.TargetServiceStub(channel).Generate(
+                target_pb2.GenerateRequest(text="def f(x):", max_tokens=4, stop=stop), timeout=30,
+                metadata=bearer(KEY)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and what in info.value.details()
+    for field in ("model", "user"):
+        r = httpx.post(f"{url}/v1/completions", json=_body(**{field: "m" * 4000}), headers=_auth())
+        err = _openai_error(r, 400)
+        assert err["param"] == field and "m" * 300 not in r.text
+    assert httpx.post(f"{url}/v1/completions", json=_body(stop=["\n"] * 16), headers=_auth()).status_code == 200
 
 
 def test_a_flood_is_shed_with_429_and_retry_after_and_the_admitted_finish(guarded: Stack) -> None:

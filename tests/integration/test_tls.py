@@ -115,7 +115,7 @@ def test_otlp_to_the_controller_over_mutual_tls(loop_thread: LoopThread, redis_d
     ctl = start_controller(loop_thread, redis_db.url, otlp_token_file=certs["token"], tls_dir=certs["mine"])
     stack = start_stack(loop_thread, tiny_svc_models, draft=None, replica="target-0", otlp_interval_s=0.3,
                         otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", otlp_token_file=certs["token"],
-                        tls_dir=certs["mine"])
+                        otlp_tls_dir=certs["mine"])
     try:
         r = httpx.post(f"{stack.url}/v1/completions", timeout=60,
                        json={"model": "target", "prompt": "x", "max_tokens": 4, "ignore_eos": True})

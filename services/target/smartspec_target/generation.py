@@ -12,7 +12,10 @@ from typing import Any
 
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RequestSpec
+from smartspec.errors import InvalidRequest
 from smartspec_target.engine_loop import Delta, EngineLoop
+
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,15 @@ class GenerationRequest:
     params: SamplingParams
     stop: tuple[str, ...] = ()
     spec: RequestSpec = field(default_factory=RequestSpec)
+
+    def __post_init__(self) -> None:
+        # Every step matches each stop string against the new text: bound their number and length.
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings (got {len(self.stop)})", param="stop")
+        longest = max(map(len, self.stop), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise InvalidRequest(f"a stop string has at most {MAX_STOP_CHARS} characters (got {longest})",
+                                 param="stop")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from smartspec.policy.limits import request_max_k
 from smartspec.rpc import sampling_from_wire
 from smartspec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from smartspec_target.generation import GenerationRequest, generate
-from smartspec_target.http_api import ApiContext
+from smartspec_target.http_api import ApiContext, encode_text
 
 SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
 _FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH,
@@ -31,7 +31,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     async def Generate(self, request: target_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[target_pb2.GenerateResponse]:
         try:
-            req = self._request(request)
+            req = await self._request(request)
             stream = generate(self.ctx.engine, self.ctx.tokenizer, req)
             first = await stream.__anext__()
         except SmartspecError as exc:
@@ -58,13 +58,16 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         finally:
             await stream.aclose()  # a cancelled RPC cancels the request in the engine
 
-    def _request(self, r: target_pb2.GenerateRequest) -> GenerationRequest:
+    async def _request(self, r: target_pb2.GenerateRequest) -> GenerationRequest:
         which = r.WhichOneof("input")
         if which == "text":
             if not r.text:
                 raise InvalidRequest("text is empty", param="text")
-            ids = [int(t) for t in self.ctx.tokenizer(r.text, add_special_tokens=True).input_ids]
+            ids = await encode_text(self.ctx, r.text, "text")
         elif which == "token_ids":
+            if len(r.token_ids.ids) > self.ctx.max_len:
+                raise InvalidRequest(f"token_ids has {len(r.token_ids.ids)} tokens; this server holds "
+                                     f"{self.ctx.max_len} per request", param="token_ids")
             ids = [int(t) for t in r.token_ids.ids]
         else:
             raise InvalidRequest("give text or token_ids", param="input")

@@ -155,7 +155,12 @@ async def _completion_prompt(ctx: ApiContext, prompt: str | list[str] | list[int
         text = prompt[0]
     if not isinstance(text, str) or not text:
         raise InvalidRequest("prompt is empty", param="prompt")
-    _check_chars(ctx, len(text), "prompt")
+    return await encode_text(ctx, text, "prompt")
+
+
+async def encode_text(ctx: ApiContext, text: str, param: str) -> list[int]:
+    """Token ids of a prompt text: refused by length first, then tokenized off the event loop."""
+    _check_chars(ctx, len(text), param)
     ids = await asyncio.to_thread(lambda: ctx.tokenizer(text, add_special_tokens=True).input_ids)
     return [int(t) for t in ids]
 
@@ -179,11 +184,8 @@ def _to_request(ctx: ApiContext, body: CommonParams, prompt_ids: list[int], chat
     params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                             seed=body.seed, ignore_eos=body.ignore_eos)
     params.validate()
-    stops = body.stop_strings()
-    if len(stops) > 16:
-        raise InvalidRequest("at most 16 stop strings", param="stop")
     request_spec = RequestSpec(mode=spec.mode if spec else "auto", max_k=spec.max_k if spec else None)
-    return GenerationRequest(prompt_ids, params, stops, request_spec)
+    return GenerationRequest(prompt_ids, params, body.stop_strings(), request_spec)
 
 
 async def _respond(

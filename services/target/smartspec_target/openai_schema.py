@@ -29,7 +29,7 @@ class CommonParams(BaseModel):
     # setting them would change the result (see `unsupported`).
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: str
+    model: str = Field(max_length=256)
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -41,7 +41,7 @@ class CommonParams(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # extension, for benchmarks
     speculation: Speculation | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -129,7 +129,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     http = _HttpServer(uvicorn.Config(app, host=settings.host, port=settings.http_port,
                                       http=GuardedH11Protocol.configure(settings.header_timeout_s),
                                       limit_concurrency=settings.max_connections,
-                                      log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
+                                      log_level="warning", lifespan="off", timeout_graceful_shutdown=5,
+                                      log_config=None))  # uvicorn's records go to our handlers and limiter
     http_task = asyncio.create_task(http.serve())
     while not http.started:
         if http_task.done():

@@ -29,7 +29,7 @@ class TargetSettings(BaseSettings):
         None, description="file whose first line is the token presented to the draft service (a mounted Secret)")
     tls_dir: str | None = Field(
         None, description="directory with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret, e.g. from "
-        "cert-manager): mutual TLS to the draft and to the OTLP receiver; none: plaintext")
+        "cert-manager): mutual TLS to the draft; none: plaintext")
     draft_connect_timeout_s: float = Field(30.0, ge=0, description="wait this long for the draft at startup")
     draft_backoff_max_s: float = Field(5.0, gt=0, description="longest wait between draft reconnect attempts")
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
@@ -72,5 +72,8 @@ class TargetSettings(BaseSettings):
     policy_poll_s: float = Field(1.0, gt=0, description="also re-read the policy key this often (pub/sub is primary)")
     otlp_endpoint: str | None = Field(None, description="host:port of an OTLP gRPC receiver for metrics and traces")
     otlp_interval_s: float = Field(5.0, gt=0, description="OTLP metric export period")
+    otlp_tls_dir: str | None = Field(
+        None, description="like tls_dir, for the OTLP receiver (the controller takes the same directory as the "
+        "draft; a collector of your own, its own); none: plaintext")
     otlp_token_file: str | None = Field(
         None, description="file whose first line is the token presented to the OTLP receiver (a mounted Secret)")

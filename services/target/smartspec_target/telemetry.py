@@ -30,13 +30,13 @@ class Telemetry:
         endpoint = settings.otlp_endpoint
         token = read_token(settings.otlp_token_file, "otlp_token_file") if settings.otlp_token_file else None
         readers: list[MetricReader] = \
-            [otlp_metric_reader(endpoint, settings.otlp_interval_s, token, settings.tls_dir)] if endpoint else []
+            [otlp_metric_reader(endpoint, settings.otlp_interval_s, token, settings.otlp_tls_dir)] if endpoint else []
         # service.name is the Kubernetes service; the replica tells pods apart (no request ids anywhere).
         self.metrics = TargetMetrics(service=service, extra_readers=readers, instance=self.replica, model=model_name)
         self.provider: TracerProvider | None = None
         self.tracer: Tracer | None = None
         if settings.otlp_endpoint:
-            self.provider = tracer_provider(service, settings.otlp_endpoint, token=token, tls_dir=settings.tls_dir)
+            self.provider = tracer_provider(service, settings.otlp_endpoint, token=token, tls_dir=settings.otlp_tls_dir)
             self.tracer = self.provider.get_tracer("smartspec.target")
         self.sink: RedisStepSink | None = None
         self.sinks: list[StepSink] = []

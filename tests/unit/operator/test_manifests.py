@@ -153,10 +153,11 @@ def test_keys_reach_the_pods_as_files_from_secrets_never_as_values() -> None:
         return {m["mountPath"]: (vols[m["name"]]["secretName"], vols[m["name"]]["items"][0]["key"])
                 for m in p["containers"][0]["volumeMounts"] if m["name"] in vols and m["readOnly"]}
 
+    tls = {"/etc/smartspec/tls": ("svc-tls", "tls.crt")}
     assert secret_mounts("target") == {"/etc/smartspec/api": ("svc-auth", "api-keys"),
-                                       "/etc/smartspec/auth": ("svc-auth", "peer-token")}
-    assert secret_mounts("draft") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")}
-    assert secret_mounts("controller") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")}
+                                       "/etc/smartspec/auth": ("svc-auth", "peer-token")} | tls
+    assert secret_mounts("draft") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")} | tls
+    assert secret_mounts("controller") == {"/etc/smartspec/auth": ("svc-auth", "peer-token")} | tls
     assert data["SMARTSPEC_TARGET_OTLP_TOKEN_FILE"] == data["SMARTSPEC_CONTROLLER_OTLP_TOKEN_FILE"]
     # A user's own OTLP collector never receives the peer token.
     assert "SMARTSPEC_TARGET_OTLP_TOKEN_FILE" not in objs(telemetry={"otlpEndpoint": "otel:4317"})[
@@ -164,12 +165,48 @@ def test_keys_reach_the_pods_as_files_from_secrets_never_as_values() -> None:
     # A user's own key Secret replaces the generated API key; the peer token stays the service's own.
     mine = objs(auth={"apiKeySecret": "team-keys"})
     p = pod(mine["Deployment", "svc-target"])
-    assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys", "svc-auth"]
+    assert [v["secret"]["secretName"] for v in p["volumes"] if "secret" in v] == ["team-keys", "svc-auth", "svc-tls"]
     # The Secret itself: base64 data, owned by the service; nothing secret anywhere else.
     secret = auth_secret(OWNER, "peer-token-value-0123456789", "sk-key-value-0123456789", "redis-pw-0123456789")
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == "sk-key-value-0123456789\n"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert "peer-token-value" not in str(out) and "sk-key-value" not in str(out)
+
+
+def test_the_parts_speak_mutual_tls_with_the_services_own_certificate_or_a_named_secret() -> None:
+    import base64
+
+    from cryptography import x509
+
+    from smartspec_operator.manifests import tls_secret
+
+    out = objs(draft={"model": {"name": "d", "uri": "pvc://drafts/d"}})
+    data = out["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_DRAFT_TLS_DIR"] == data["SMARTSPEC_TARGET_TLS_DIR"] == data["SMARTSPEC_CONTROLLER_TLS_DIR"] \
+        == data["SMARTSPEC_TARGET_OTLP_TLS_DIR"] == "/etc/smartspec/tls"
+    for role in ("target", "draft", "controller"):
+        (vol,) = [v["secret"] for v in pod(out["Deployment", f"svc-{role}"])["volumes"] if v["name"] == "tls"]
+        assert vol["secretName"] == "svc-tls" and [i["key"] for i in vol["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+    # The operator's own Secret: what cert-manager would write, for the names the targets dial.
+    secret = tls_secret(OWNER)
+    assert secret["type"] == "kubernetes.io/tls" and secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    pem = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    leaf, ca = x509.load_pem_x509_certificate(pem["tls.crt"]), x509.load_pem_x509_certificate(pem["ca.crt"])
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert {"svc-draft", "svc-controller", "svc-draft.ns.svc", "svc-controller.ns.svc.cluster.local"} <= set(names)
+    assert data["SMARTSPEC_TARGET_DRAFT_ADDRESS"].split(":")[0] in names
+    # A cert-manager Certificate's Secret instead; a user's own OTLP collector gets neither certificate nor token.
+    named = objs(tls={"secretName": "svc-cert"}, telemetry={"otlpEndpoint": "otel:4317"})
+    assert [v["secret"]["secretName"] for v in pod(named["Deployment", "svc-controller"])["volumes"]
+            if v["name"] == "tls"] == ["svc-cert"]
+    assert "SMARTSPEC_TARGET_OTLP_TLS_DIR" not in named["ConfigMap", "svc-config"]["data"]
+    # Off (a mesh encrypts): no certificate anywhere, the peer token still required.
+    off = objs(tls={"enabled": False}, draft={"model": {"name": "d", "uri": "pvc://drafts/d"}})
+    assert not any("TLS_DIR" in k for k in off["ConfigMap", "svc-config"]["data"])
+    assert all(v["name"] != "tls" for role in ("target", "draft", "controller")
+               for v in pod(off["Deployment", f"svc-{role}"])["volumes"])
+    assert off["ConfigMap", "svc-config"]["data"]["SMARTSPEC_DRAFT_AUTH_TOKEN_FILE"]
 
 
 def test_the_draft_and_the_controllers_otlp_accept_only_the_services_own_targets() -> None:
