@@ -48,6 +48,10 @@ def test_defaults_agree() -> None:
                           "draft": {"model": {"name": "d", "uri": "pvc://w/d"}}}})
     assert parse_service_spec(svc["spec"]) == parse_service_spec(
         {"target": {"model": {"name": "m", "uri": "/w/m"}}, "draft": {"model": {"name": "d", "uri": "pvc://w/d"}}})
+    assert parse_service_spec(svc["spec"]).tls.enabled  # mutual TLS between the parts unless switched off
+    tls = admit({"apiVersion": "smartspec.io/v1alpha1", "kind": "SpeculativeService", "metadata": {"name": "s"},
+                 "spec": {"target": {"model": {"name": "m", "uri": "/w/m"}}, "tls": {}}})
+    assert tls["spec"]["tls"] == {"enabled": True}
 
 
 @pytest.mark.parametrize("spec", [
