@@ -344,11 +344,16 @@ def test_controller_status_flows_into_the_custom_resources(kube: KubeApi, operat
         assert printer_row(pol) == {"Mode": "goodput", "K-Max": 5, "Version": pol["status"]["version"],
                                     "Age": pol["metadata"]["creationTimestamp"]}
 
-        stop_all(lambda: loop_thread.run(ctl.stop()))
-        stopped = True
-        degraded = wait_for(lambda: next((c for c in status(kube, "SpeculativeService", "delta").get("conditions", [])
-                                          if c["type"] == "Degraded" and c["status"] == "True"), None),
-                            15, "Degraded once the controller goes quiet", every_s=0.2)
+        # The target first: idle, it still shares this process (and the API emulator's GIL) with the waits.
+        stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()))
+        stack, stopped = None, True
+        try:
+            degraded = wait_for(lambda: next((c for c in status(kube, "SpeculativeService", "delta").get(
+                "conditions", []) if c["type"] == "Degraded" and c["status"] == "True"), None),
+                30, "Degraded once the controller goes quiet (stale after 4 s)", every_s=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {status(kube, 'SpeculativeService', 'delta')}; operator log:\n"
+                                 f"{operator.output()[-3000:]}") from None
         assert degraded["reason"] == "TelemetryStale"
     finally:
         stop_all(*([] if stopped else [lambda: loop_thread.run(ctl.stop())]),
