@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-# Debian packages: redis-server (`smartspec up`, telemetry) and prometheus (the scrape tests).
-APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev redis-server prometheus"}
+# Debian packages: redis-server (`smartspec up`, telemetry), prometheus (the scrape tests), buildah and
+# debootstrap (scripts/build_images.sh: the images built without a daemon, on a local bookworm base).
+APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev redis-server prometheus buildah debootstrap"}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 

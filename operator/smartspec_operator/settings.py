@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from smartspec import __version__
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SMARTSPEC_OPERATOR_", extra="ignore")
@@ -19,9 +21,10 @@ class OperatorSettings(BaseSettings):
     redis_password_file: str | None = Field(
         None, description="the default Redis's admin password (a mounted Secret). With it, each service gets its own "
         "Redis user that can touch only smartspec:{service}:* keys and channels")
-    target_image: str = Field("smartspec/target:0.1.0", description="default target image")
-    draft_image: str = Field("smartspec/draft:0.1.0", description="default draft image")
-    controller_image: str = Field("smartspec/controller:0.1.0", description="default controller image")
+    # The tags scripts/build_images.sh gives the images (the chart passes its own, from its appVersion).
+    target_image: str = Field(f"smartspec/target:{__version__}", description="default target image")
+    draft_image: str = Field(f"smartspec/draft:{__version__}", description="default draft image")
+    controller_image: str = Field(f"smartspec/controller:{__version__}", description="default controller image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: str = Field("", description="comma-separated Secret names for the pods the operator creates")
     status_interval_s: float = Field(10.0, gt=0, description="how often each service's status is refreshed")

@@ -695,3 +695,30 @@ def test_notes_render(tmp_path: Path) -> None:
         assert "kubectl get specsvc,specpol" in notes
         assert "kind: SpeculativeService" in notes and "grafana_dashboard" in notes
         assert ("the namespaces a, b" in notes) == bool(sets)
+
+
+def test_the_packaged_chart_deploys_exactly_the_images_build_images_tags(tmp_path: Path) -> None:
+    """One version (smartspec/__init__.py) for the chart package, the image tags and the operator's defaults."""
+    from smartspec import __version__
+    from smartspec_operator.settings import OperatorSettings
+    from tests.integration.images import tags
+
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["version"] == meta["appVersion"] == __version__
+    out = subprocess.run(["bash", str(CHART.parents[1] / "scripts" / "package_chart.sh"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (package,) = tmp_path.glob("*.tgz")
+    assert package.name == f"smartspec-{__version__}.tgz"
+    rendered = helm("template", RELEASE, str(package), "--namespace", NAMESPACE, "--kube-version", K8S_VERSION)
+    assert rendered.returncode == 0, rendered.stderr
+    docs = tuple(d for d in yaml.safe_load_all(rendered.stdout) if d)
+    (c,) = one(docs, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"]["containers"]
+    built = tags()
+    env = env_of(c)
+    assert c["image"] == built["operator"]
+    assert {r: env[f"SMARTSPEC_OPERATOR_{r.upper()}_IMAGE"] for r in ("target", "draft", "controller")} == \
+        {r: built[r] for r in ("target", "draft", "controller")}
+    defaults = OperatorSettings()
+    assert (defaults.target_image, defaults.draft_image, defaults.controller_image) == \
+        (built["target"], built["draft"], built["controller"])
