@@ -83,7 +83,8 @@ base_python() {
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY_VERSION=$(base_python)
 stamp=.wheelhouse/.fetched
-if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_VERSION $TORCH_SPEC" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_VERSION $TORCH_SPEC" ] || [ pyproject.toml -nt "$stamp" ] \
+   || ! ls .wheelhouse/torch-*.whl >/dev/null 2>&1; then
   echo "build_images: fetching wheels for Python $PY_VERSION into .wheelhouse"
   rm -f .wheelhouse/*.whl
   "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --python-version "$PY_VERSION" \
