@@ -18,7 +18,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not realpair"
 
 lint: setup
-	$(BIN)/ruff check smartspec tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 demo: models
