@@ -68,7 +68,8 @@ if [ -z "${BASE_IMAGE:-}" ]; then
 fi
 
 # -- wheels ---------------------------------------------------------------------------------------------
-# Everything the four images install, plus the build backend (pip builds the project wheel in the image).
+# Everything the four images install, plus the build backend (pip builds the project wheel in the image) and
+# pip itself, which scripts/image_pip.sh runs from its wheel.
 # Resolved for the base image's Python, not the host's: markers differ between 3.11 releases. pip applies
 # --python-version to python_version only, so what depends on the patch release is named here
 # (redis needs async-timeout below 3.11.3, bookworm's Python is 3.11.2).
@@ -83,20 +84,22 @@ base_python() {
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PY_VERSION=$(base_python)
 stamp=.wheelhouse/.fetched
-if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_VERSION $TORCH_SPEC" ] || [ pyproject.toml -nt "$stamp" ] \
+if [ "$(cat "$stamp" 2>/dev/null)" != "$PY_VERSION $TORCH_SPEC pip" ] || [ pyproject.toml -nt "$stamp" ] \
    || ! ls .wheelhouse/torch-*.whl >/dev/null 2>&1; then
   echo "build_images: fetching wheels for Python $PY_VERSION into .wheelhouse"
   rm -f .wheelhouse/*.whl
-  "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --python-version "$PY_VERSION" \
-    -d .wheelhouse "$TORCH_SPEC" "hatchling>=1.25" "async-timeout>=4.0.3" ".[target,draft,controller,operator]" 2>&1 | grep -v "is ignored" >&2 || true
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: -d .wheelhouse \
+    --python-version "$PY_VERSION" pip "$TORCH_SPEC" "hatchling>=1.25" "async-timeout>=4.0.3" \
+    ".[target,draft,controller,operator]" 2>&1 | grep -v "is ignored" >&2 || true
   rm -f .wheelhouse/smartspec-*  # the project itself is built in the image from its sources
   ls .wheelhouse/torch-* >/dev/null  # the download failed if torch is not there
-  echo "$PY_VERSION $TORCH_SPEC" > "$stamp"
+  echo "$PY_VERSION $TORCH_SPEC pip" > "$stamp"
 fi
 
 # -- the images -----------------------------------------------------------------------------------------
 build() {  # role
   local args=(-f "${DOCKERFILE[$1]}" -t "$(tag "$1")" --build-arg "BASE_IMAGE=$BASE_IMAGE"
+              --label "io.smartspec.base-image=$BASE_IMAGE"
               --build-arg "TORCH_SPEC=$TORCH_SPEC")
   case $BUILDER in
     buildah) buildah bud --quiet --isolation chroot --layers "${args[@]}" . ;;

@@ -11,6 +11,8 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,23 @@ def image_config(image: str) -> dict[str, Any]:
 
 def image_history(image: str) -> list[dict[str, Any]]:
     return list(json.loads(buildah("inspect", "--type", "image", image))["OCIv1"].get("history") or [])
+
+
+def added_layers(image: str, base: str | None) -> list[list[str]]:
+    """The paths in each layer `image` has on top of `base` (the builder's own layers, not the base's):
+    the image is pushed uncompressed to a directory and its layer tarballs listed."""
+    with tempfile.TemporaryDirectory(prefix="smartspec-layers-") as d:
+        subprocess.run(["buildah", "push", "--quiet", "--disable-compression", image, f"dir:{d}"], check=True,
+                       capture_output=True)
+        manifest = json.loads((Path(d) / "manifest.json").read_text())
+        layers = [entry["digest"].split(":")[1] for entry in manifest["layers"]]
+        skip = len(json.loads(buildah("inspect", "--type", "image", base))["OCIv1"]["rootfs"]["diff_ids"]) \
+            if base else 0
+        out = []
+        for digest in layers[skip:]:
+            with tarfile.open(Path(d) / digest) as tar:
+                out.append(tar.getnames())
+        return out
 
 
 @dataclass

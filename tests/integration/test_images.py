@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smartspec import tls
 from tests.integration.conftest import free_port
-from tests.integration.images import MountedImage, image_history, readable_copy, tags
+from tests.integration.images import MountedImage, added_layers, image_history, readable_copy, tags
 
 pytestmark = [pytest.mark.images, pytest.mark.skipif(shutil.which("buildah") is None,
                                                         reason="buildah is not installed (scripts/setup.sh)")]
@@ -162,6 +162,13 @@ def test_no_build_tool_cache_wheel_source_or_secret_is_left_in_an_image(images: 
         for leftover in ("app", "wheelhouse", "root/.cache/pip", "etc/pip.conf"):
             assert not (root / leftover).exists(), f"{role} keeps /{leftover}"
         assert not list((root / "opt/smartspec").rglob("*.whl")), f"{role} keeps wheels"
+        # ... nor in any layer the build added (a file removed later would still ship in the layer below).
+        base = (image.config.get("Labels") or {}).get("io.smartspec.base-image")  # build_images.sh labels it
+        assert base, f"{role}: no base-image label"
+        for n, names in enumerate(added_layers(image.image, base), 1):
+            bad = [p for p in names if p.endswith(".whl") or "/site-packages/pip/" in p or p.startswith(
+                ("root/.cache", "etc/pip.conf", "wheelhouse/")) or p.rsplit("/", 1)[-1] in ("pip", "pip3")]
+            assert not bad, f"{role}: layer {n} of the build holds {bad[:5]}"
         env = " ".join(image.config.get("Env") or [])
         history = json.dumps(image_history(image.image))
         for word in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PASSWORD", "TOKEN"):
