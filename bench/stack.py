@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.sweep import Point, PolicySpec, SweepConfig
+    from bench.sweep import LoadSweepConfig, Point, PolicyArm
 
 EMULATE_ENV = "SMARTSPEC_TARGET_EMULATE_ACCEPTANCE"
 
@@ -35,7 +35,7 @@ def free_port() -> int:
 class LocalStack:
     """`smartspec up` in a subprocess, found through its stack file; stopped with SIGTERM (it drains)."""
 
-    def __init__(self, cfg: SweepConfig, policy: PolicySpec, log_path: Path) -> None:
+    def __init__(self, cfg: LoadSweepConfig, policy: PolicyArm, log_path: Path) -> None:
         self.cfg, self.policy, self.log_path = cfg, policy, log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="smartspec-bench-")

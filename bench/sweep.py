@@ -37,9 +37,9 @@ from bench.sweep_config import (
     LEGACY_SETTINGS,
     POINT_FIELDS,
     RATIO_FIELDS,
+    LoadSweepConfig,
     Point,
-    PolicySpec,
-    SweepConfig,
+    PolicyArm,
     default_out,
     load_points,
     parse_policies,
@@ -52,15 +52,24 @@ from bench.workloads import Workload, load
 from smartspec.sim import compare, report
 from smartspec.sim.report import RequestRecord
 
-__all__ = ["Point", "PolicySpec", "Sweep", "SweepConfig", "SweepError", "default_out", "parse_policies", "parse_rates",
-           "run_sweep"]
+__all__ = [
+    "LoadSweepConfig",
+    "Point",
+    "PolicyArm",
+    "Sweep",
+    "SweepError",
+    "default_out",
+    "parse_policies",
+    "parse_rates",
+    "run_sweep",
+]
 
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
 
 class Sweep:
-    def __init__(self, cfg: SweepConfig, command: str) -> None:
+    def __init__(self, cfg: LoadSweepConfig, command: str) -> None:
         self.cfg, self.command = cfg, command
         self.workload: Workload = load(cfg.workload, seed=cfg.seed, synthetic_words=cfg.synthetic_words)
         self.max_tokens = cfg.max_tokens or self.workload.default_max_tokens
@@ -175,7 +184,7 @@ class Sweep:
                 self._tmp_logs.cleanup()
         return out
 
-    def run_policy(self, policy: PolicySpec) -> None:
+    def run_policy(self, policy: PolicyArm) -> None:
         assert self.log_dir is not None
         c = self.cfg
         stack = LocalStack(c, policy, self.log_dir / f"{policy.label.replace(':', '-')}.log")
@@ -220,7 +229,7 @@ class Sweep:
             stack.stop()
             self.points += points
 
-    def _read_steps(self, stack: LocalStack, policy: PolicySpec, t0: float, points: Sequence[Point]) -> None:
+    def _read_steps(self, stack: LocalStack, policy: PolicyArm, t0: float, points: Sequence[Point]) -> None:
         redis_url = stack.info.get("redis_url")
         if not redis_url:
             print("bench sweep: no redis-server, so no step records (install Debian's redis-server)",
@@ -235,7 +244,7 @@ class Sweep:
             p.mean_k, p.mean_batch, p.steps = window_stats(steps, p.start_unix, p.end_unix)
         self.steps += steps
 
-    async def _warmup(self, base: str, policy: PolicySpec) -> str:
+    async def _warmup(self, base: str, policy: PolicyArm) -> str:
         import httpx
 
         from bench.loadgen import served_model
@@ -324,5 +333,5 @@ class Sweep:
         write_readme(self)
 
 
-def run_sweep(cfg: SweepConfig, command: str) -> Path:
+def run_sweep(cfg: LoadSweepConfig, command: str) -> Path:
     return Sweep(cfg, command).run()

@@ -23,7 +23,7 @@ LEGACY_SETTINGS: dict[str, Any] = {"traces": 1, "closed_loop": 0}
 
 
 @dataclasses.dataclass(frozen=True)
-class PolicySpec:
+class PolicyArm:
     label: str  # as in the records: "off", "fixed:3", "goodput", "goodput-uniform+controller", …
     mode: str  # smartspec up --policy
     fixed_k: int
@@ -34,7 +34,7 @@ class PolicySpec:
         return args if self.controller else [*args, "--no-controller"]
 
 
-def parse_policies(text: str, controller: bool = False) -> list[PolicySpec]:
+def parse_policies(text: str, controller: bool = False) -> list[PolicyArm]:
     """`off`, `fixed:K` (K in 1..8), `goodput`, `goodput-uniform` (one k for the whole batch every step); a
     `+controller` suffix runs that policy with the controller on whatever `controller` (the --controller flag)
     says for the others."""
@@ -47,9 +47,9 @@ def parse_policies(text: str, controller: bool = False) -> list[PolicySpec]:
             raise ValueError(f"policy {raw!r}: the only suffix is '+controller'")
         with_controller = controller or bool(plus)
         if base == "off":
-            spec = PolicySpec(raw, "off", 0, with_controller)
+            spec = PolicyArm(raw, "off", 0, with_controller)
         elif base in ADAPTIVE_MODES:
-            spec = PolicySpec(raw, base, 3, with_controller)
+            spec = PolicyArm(raw, base, 3, with_controller)
         elif base.startswith("fixed:"):
             try:
                 k = int(base.split(":", 1)[1])
@@ -57,7 +57,7 @@ def parse_policies(text: str, controller: bool = False) -> list[PolicySpec]:
                 raise ValueError(f"policy {raw!r}: fixed:K needs an integer K") from None
             if not 1 <= k <= 8:
                 raise ValueError(f"policy {raw!r}: K must be in 1..8 (the target's max k)")
-            spec = PolicySpec(raw, "fixed", k, with_controller)
+            spec = PolicyArm(raw, "fixed", k, with_controller)
         else:
             raise ValueError(f"unknown policy {raw!r}; use off, fixed:K, goodput, goodput-uniform "
                              "(each may end in +controller)")
@@ -86,8 +86,8 @@ def parse_rates(text: str) -> list[float]:
 
 
 @dataclasses.dataclass
-class SweepConfig:
-    policies: list[PolicySpec]
+class LoadSweepConfig:
+    policies: list[PolicyArm]
     rates: list[float]
     out: Path
     requests: int | None = 20  # per rate and trace (with duration_s: at least this many)

@@ -120,7 +120,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             raise InvalidRequest("--emulate-acceptance must be in [0, 1]", param="emulate_acceptance")
         _check_emulation_supported()
     tag = args.tag or f"sweep-{args.workload}-{args.models}"
-    cfg = sweep.SweepConfig(
+    cfg = sweep.LoadSweepConfig(
         policies=policies, rates=rates, out=args.out or sweep.default_out(tag),
         requests=args.requests if args.duration_s is not None else (args.requests or 20), duration_s=args.duration_s,
         traces=args.traces, closed_loop=args.closed_loop,

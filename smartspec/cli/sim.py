@@ -159,7 +159,7 @@ def sweep(args: argparse.Namespace) -> int:
     from smartspec.sim.acceptance import parse_acceptance
     from smartspec.sim.output import write_results
     from smartspec.sim.run import EngineConfig
-    from smartspec.sim.sweep import RunInfo, SweepConfig, run_sweep
+    from smartspec.sim.sweep import RunInfo, SimSweepConfig, run_sweep
     from smartspec.sim.trace import parse_trace
     from smartspec.sim.workload import WorkloadSpec, parse_arrivals, parse_lengths
 
@@ -185,7 +185,7 @@ def sweep(args: argparse.Namespace) -> int:
     cost = with_prefill_cost(load_cost_model(args.cost_model), args.prefill_cost)
     workload = WorkloadSpec(parse_lengths(args.prompt_len, "prompt_tokens"), parse_lengths(args.output_len),
                             parse_acceptance(args.acceptance), parse_arrivals(args.arrivals), args.max_k, args.seed)
-    cfg = SweepConfig(cost, workload, rates, policies, args.requests,
+    cfg = SimSweepConfig(cost, workload, rates, policies, args.requests,
                       EngineConfig(args.max_batch, args.max_k, args.max_prefill_tokens), knobs, args.refit,
                       trace, not args.no_oracle, effects=effects, deadline=deadline, cold_start=args.cold_start,
                       calibration=not args.no_calibration)

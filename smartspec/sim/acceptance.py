@@ -14,7 +14,7 @@ KINDS: dict[str, Kind] = {"fixed": "fixed", "beta": "beta", "profile": "profile"
 
 
 @dataclass(frozen=True)
-class AcceptanceSpec:
+class AcceptanceProfile:
     """How each request's acceptance is drawn.
 
     `fixed:α` every request accepts each draft with probability α given the previous one passed;
@@ -55,7 +55,7 @@ class AcceptanceSpec:
         return f"{self.kind}:{','.join(f'{v:g}' for v in self.values)}"
 
 
-def parse_acceptance(text: str) -> AcceptanceSpec:
+def parse_acceptance(text: str) -> AcceptanceProfile:
     """`fixed:0.8`, `beta:7,3` or `profile:0.9,0.8,0.7` (a bare number means fixed)."""
     kind, _, rest = text.partition(":")
     if not rest:
@@ -67,4 +67,4 @@ def parse_acceptance(text: str) -> AcceptanceSpec:
         values = tuple(float(x) for x in rest.split(",") if x.strip())
     except ValueError:
         raise InvalidRequest(f"acceptance {text!r}: expected numbers after '{kind}:'", param="acceptance") from None
-    return AcceptanceSpec(KINDS[kind], values)
+    return AcceptanceProfile(KINDS[kind], values)

@@ -12,7 +12,7 @@ import numpy as np
 
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepSample, default_cost_model, fit_cost_model, r_squared
-from smartspec.sim.acceptance import AcceptanceSpec
+from smartspec.sim.acceptance import AcceptanceProfile
 from smartspec.telemetry.records import BadRecord, decode
 
 
@@ -142,14 +142,14 @@ class RecordedAcceptance:
         """The geometric α that best explains the counts (maximum likelihood: Σ passed / Σ tested)."""
         return sum(self.accepted) / sum(self.tested) if sum(self.tested) else float("nan")
 
-    def spec(self, per_position: bool = True, min_trials: int = 30) -> AcceptanceSpec:
+    def spec(self, per_position: bool = True, min_trials: int = 30) -> AcceptanceProfile:
         """A simulator acceptance spec: the per-position profile (positions with `min_trials` trials) or mean α."""
         if sum(self.tested) == 0:
             raise InvalidRequest("the records hold no speculation (no draft was ever tested)", param="records")
         if not per_position:
-            return AcceptanceSpec("fixed", (self.mean_alpha,))
+            return AcceptanceProfile("fixed", (self.mean_alpha,))
         prof = [a / t for a, t in zip(self.accepted, self.tested, strict=True) if t >= min_trials]
-        return AcceptanceSpec("profile", tuple(prof) or (self.mean_alpha,))
+        return AcceptanceProfile("profile", tuple(prof) or (self.mean_alpha,))
 
 
 def recorded_acceptance(records: Iterable[Mapping[str, Any]], klass: str | None = None) -> RecordedAcceptance:

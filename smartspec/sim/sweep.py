@@ -21,7 +21,7 @@ TRACE_RATE = 0.0  # the key of a trace run (its records carry each phase's own r
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SimSweepConfig:
     cost: CostModel
     workload: WorkloadSpec
     rates: tuple[float, ...] = (1.0,)
@@ -70,13 +70,13 @@ class RunInfo:
 
 @dataclass
 class SweepResult:
-    config: SweepConfig
+    config: SimSweepConfig
     records: list[RequestRecord]
     runs: list[RunInfo]
     wall_s: float
 
 
-def _task(cfg: SweepConfig, rate: float, policy: str) -> tuple[SimResult, RunInfo]:
+def _task(cfg: SimSweepConfig, rate: float, policy: str) -> tuple[SimResult, RunInfo]:
     reqs = cfg.workload.trace(cfg.trace) if cfg.trace else cfg.workload.requests(cfg.requests, rate)
     pol = build_policy(policy, default_cost_model() if cfg.cold_start else cfg.cost, cfg.engine.max_k, cfg.knobs)
     refit = RefitConfig() if cfg.cold_start else RefitConfig(enabled=cfg.refit and policy == "goodput")
@@ -89,7 +89,7 @@ def _task(cfg: SweepConfig, rate: float, policy: str) -> tuple[SimResult, RunInf
     return res, info
 
 
-def run_sweep(cfg: SweepConfig, jobs: int = 1, progress: Callable[[RunInfo], None] | None = None) -> SweepResult:
+def run_sweep(cfg: SimSweepConfig, jobs: int = 1, progress: Callable[[RunInfo], None] | None = None) -> SweepResult:
     """All (rate, policy) runs; `jobs` > 1 runs them in that many processes (results are identical)."""
     t0 = time.perf_counter()
     rates = (TRACE_RATE,) if cfg.trace else cfg.rates

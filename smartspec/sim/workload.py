@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from smartspec.errors import InvalidRequest
-from smartspec.sim.acceptance import AcceptanceSpec
+from smartspec.sim.acceptance import AcceptanceProfile
 from smartspec.sim.trace import Phase
 
 
@@ -141,7 +141,7 @@ class WorkloadSpec:
 
     prompt_len: LengthSpec
     output_len: LengthSpec
-    acceptance: AcceptanceSpec
+    acceptance: AcceptanceProfile
     arrivals: Arrivals
     max_k: int
     seed: int = 0

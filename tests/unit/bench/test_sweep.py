@@ -14,7 +14,7 @@ from bench import workloads
 from bench.loadgen import parse_trace
 from bench.plots import binned
 from bench.stack import step_rows, window_stats
-from bench.sweep import Point, Sweep, SweepConfig, SweepError, parse_policies, parse_rates
+from bench.sweep import LoadSweepConfig, Point, Sweep, SweepError, parse_policies, parse_rates
 from smartspec.cli.bench import command_line
 from smartspec.sim.report import RequestRecord
 
@@ -106,7 +106,7 @@ def test_command_line_makes_paths_under_the_working_directory_relative(monkeypat
 
 def test_report_files_tables_and_plots_from_records(tmp_path: Path) -> None:
     """The whole results folder from hand-made records (the smoke test covers real ones)."""
-    cfg = SweepConfig(policies=parse_policies("off,fixed:3,goodput"), rates=[0.5, 2.0], out=tmp_path, requests=3,
+    cfg = LoadSweepConfig(policies=parse_policies("off,fixed:3,goodput"), rates=[0.5, 2.0], out=tmp_path, requests=3,
                       workload="synthetic", models="tiny", trace=parse_trace("3@1"), trace_text="3@1",
                       emulate_acceptance=0.7)
     sw = Sweep(cfg, "smartspec bench sweep --models tiny")
@@ -147,7 +147,7 @@ def test_report_files_tables_and_plots_from_records(tmp_path: Path) -> None:
 
 def test_a_timed_point_sends_at_least_the_minimum_and_is_the_same_for_every_policy(tmp_path: Path) -> None:
     def sweep(requests: int | None, duration_s: float | None) -> Sweep:
-        return Sweep(SweepConfig(policies=parse_policies("off"), rates=[1.0], out=tmp_path, requests=requests,
+        return Sweep(LoadSweepConfig(policies=parse_policies("off"), rates=[1.0], out=tmp_path, requests=requests,
                                  duration_s=duration_s, workload="synthetic"), "cmd")
 
     timed = sweep(None, 100.0).schedule(1.0)
@@ -159,7 +159,7 @@ def test_a_timed_point_sends_at_least_the_minimum_and_is_the_same_for_every_poli
 
 
 def test_resume_keeps_complete_policies_and_refuses_other_settings(tmp_path: Path) -> None:
-    first = Sweep(SweepConfig(policies=parse_policies("off,goodput"), rates=[1.0, 2.0], out=tmp_path, requests=2,
+    first = Sweep(LoadSweepConfig(policies=parse_policies("off,goodput"), rates=[1.0, 2.0], out=tmp_path, requests=2,
                               workload="synthetic"), "smartspec bench sweep --policies off,goodput")
     for rate in (1.0, 2.0):
         first.records += [RequestRecord("off", rate, "synthetic", 0.0, 0.1, 1.0, 5, 16)] * 2
@@ -168,7 +168,7 @@ def test_resume_keeps_complete_policies_and_refuses_other_settings(tmp_path: Pat
     first.points.append(Point("goodput", "rate", 1.0, 1, 1.0, 20.0, 21.0))
     first.save()
 
-    second = Sweep(SweepConfig(policies=parse_policies("fixed:3,goodput"), rates=[1.0, 2.0], out=tmp_path,
+    second = Sweep(LoadSweepConfig(policies=parse_policies("fixed:3,goodput"), rates=[1.0, 2.0], out=tmp_path,
                                requests=2, workload="synthetic", resume=True), "smartspec bench sweep --resume")
     second._load_previous()
     assert {r.policy for r in second.records} == {"off"} and len(second.records) == 4  # goodput runs again
@@ -176,7 +176,7 @@ def test_resume_keeps_complete_policies_and_refuses_other_settings(tmp_path: Pat
     assert second.commands == ["smartspec bench sweep --policies off,goodput", "smartspec bench sweep --resume"]
     assert second._done("off") and not second._done("goodput")
 
-    other = Sweep(SweepConfig(policies=parse_policies("off"), rates=[1.0], out=tmp_path, requests=2,
+    other = Sweep(LoadSweepConfig(policies=parse_policies("off"), rates=[1.0], out=tmp_path, requests=2,
                               workload="synthetic", max_tokens=99, resume=True), "cmd")
     with pytest.raises(SweepError, match="max_tokens"):
         other._load_previous()
@@ -192,7 +192,7 @@ def test_cli_refuses_bad_input_before_starting_anything(args: list[str], capsys:
 
 
 def _sweep(tmp_path: Path, **kw: object) -> Sweep:
-    cfg = SweepConfig(**{"policies": parse_policies("off,goodput"), "rates": [1.0, 2.0], "out": tmp_path,
+    cfg = LoadSweepConfig(**{"policies": parse_policies("off,goodput"), "rates": [1.0, 2.0], "out": tmp_path,
                          "requests": 2, "workload": "synthetic", **kw})  # type: ignore[arg-type]
     return Sweep(cfg, "cmd")
 

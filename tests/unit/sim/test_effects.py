@@ -25,7 +25,7 @@ from smartspec.sim.engine import SimEngine, VirtualClock
 from smartspec.sim.policies import build_policy
 from smartspec.sim.report import RequestRecord, write_csv
 from smartspec.sim.run import EngineConfig, SimResult, simulate
-from smartspec.sim.sweep import SweepConfig, run_sweep
+from smartspec.sim.sweep import SimSweepConfig, run_sweep
 from smartspec.sim.trace import parse_trace
 from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths
 
@@ -147,7 +147,7 @@ def test_noise_is_seeded_and_has_its_sigma() -> None:
 
 def test_a_cold_start_refits_and_finishes_every_request() -> None:
     work = workload()
-    cfg = SweepConfig(CPU, work, rates=(0.5,), policies=("goodput",), requests=30,
+    cfg = SimSweepConfig(CPU, work, rates=(0.5,), policies=("goodput",), requests=30,
                       engine=EngineConfig(max_batch=32, max_k=7), oracle=False, cold_start=True)
     result = run_sweep(cfg)
     (info,) = result.runs
@@ -166,7 +166,7 @@ def test_the_start_up_calibration_keeps_a_cold_start_from_speculating_where_noth
     # The default cost model prices a width-9 verify at ~1.3x a decode, so without calibration the first
     # requests speculate on the optimistic prior (k = 4-8 on the real pair); calibrated, they do not.
     work = workload(acceptance="fixed:0.8")
-    cfg = SweepConfig(WIDE_VERIFY, work, rates=(0.05,), policies=("goodput", "off"), requests=6,
+    cfg = SimSweepConfig(WIDE_VERIFY, work, rates=(0.05,), policies=("goodput", "off"), requests=6,
                       engine=EngineConfig(max_batch=8, max_k=8), oracle=False, cold_start=True)
     calibrated = {r.policy: r for r in run_sweep(cfg).runs}
     uncalibrated = {r.policy: r for r in run_sweep(replace(cfg, calibration=False)).runs}

@@ -21,7 +21,7 @@ from smartspec.sim.calibrate import fit_cost, recorded_acceptance
 from smartspec.sim.policies import PolicyKnobs, build_policy
 from smartspec.sim.report import oracle_table, read_csv, summarize
 from smartspec.sim.run import EngineConfig, SimResult, simulate
-from smartspec.sim.sweep import SweepConfig, run_sweep
+from smartspec.sim.sweep import SimSweepConfig, run_sweep
 from smartspec.sim.trace import parse_trace
 from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths
 from smartspec.telemetry.records import encode
@@ -140,7 +140,7 @@ def test_oracle_is_the_fastest_static_policy() -> None:
     (row,) = oracle_table(rows)
     assert row["oracle"] == "fixed:2" and row["vs_oracle"] == pytest.approx(1.05)
     assert row["speedup_vs_off"] == pytest.approx(2.0 / 1.26)
-    cfg = SweepConfig(H100, workload(max_k=3), rates=(2.0, 16.0), policies=("goodput",), requests=40,
+    cfg = SimSweepConfig(H100, workload(max_k=3), rates=(2.0, 16.0), policies=("goodput",), requests=40,
                       engine=EngineConfig(max_batch=64, max_k=3))
     result = run_sweep(cfg)
     assert {r.policy for r in result.runs} == {"goodput", "off", "fixed:1", "fixed:2", "fixed:3"}

@@ -68,11 +68,11 @@ def test_both_clis_read_the_same_string_as_the_same_phases(monkeypatch: pytest.M
 
     seen: dict[str, Any] = {}
 
-    def bench_run(cfg: bench_sweep.SweepConfig, command: str) -> Any:
+    def bench_run(cfg: bench_sweep.LoadSweepConfig, command: str) -> Any:
         seen["bench"] = tuple(cfg.trace or ())
         return cfg.out
 
-    def sim_run(cfg: sim_sweep.SweepConfig, **_: Any) -> Any:
+    def sim_run(cfg: sim_sweep.SimSweepConfig, **_: Any) -> Any:
         seen["sim"] = tuple(cfg.trace or ())
         raise SystemExit(0)  # stop before simulating anything
 
