@@ -25,6 +25,23 @@ def start_controller(loop: LoopThread, redis_url: str, **kw: Any) -> Controller:
     return ctl
 
 
+def otlp_reaches(loop: LoopThread, models: dict[str, Any], ctl: Controller, **target_kw: Any) -> None:
+    """A target (without a draft) sending OTLP to `ctl` with `target_kw`: its metrics and its spans arrive."""
+    from tests.integration.services import start_stack
+
+    stack = start_stack(loop, models, draft=None, replica="target-0", otlp_interval_s=0.3,
+                        otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", **target_kw)
+    try:
+        r = httpx.post(f"{stack.url}/v1/completions", timeout=60,
+                       json={"model": "target", "prompt": "x", "max_tokens": 4, "ignore_eos": True})
+        assert r.status_code == 200
+        wait_for(lambda: ctl.view.latest("smartspec_num_requests_running", max_age_s=5).get("target-0") == 0.0, 10,
+                 f"the target's metrics over OTLP ({', '.join(target_kw)})")
+        wait_for(lambda: ctl.view.spans["decode"] >= 1, 10, "its spans too")
+    finally:
+        stack.stop()
+
+
 def complete(url: str, prompt: str, max_tokens: int = 24, **extra: Any) -> dict[str, Any]:
     body = {"model": "target", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             **extra}

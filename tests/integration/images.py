@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.integration.conftest import children_of
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -101,7 +103,7 @@ class MountedImage:
     def stop(proc: subprocess.Popen[str], timeout_s: float = 30) -> None:
         """SIGTERM the command (it drains and exits, as in a pod), SIGKILL it if it outlives `timeout_s`."""
         # unshare ignores SIGTERM while it waits for its child: signal the child, it exits, then unshare does.
-        children = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == proc.pid]
+        children = children_of(proc.pid)
         for c in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c, signal.SIGTERM)
@@ -118,13 +120,6 @@ class MountedImage:
         proc = self.start(argv, **kw)
         out, _ = proc.communicate(timeout=timeout_s)
         return subprocess.CompletedProcess(argv, proc.returncode, out, "")
-
-
-def _ppid(stat: Path) -> int:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def readable_copy(src: str | Path, dest: Path, uid: int = 10001) -> Path:

@@ -24,8 +24,7 @@ from smartspec.telemetry.keys import policy_key, status_key, steps_key
 from smartspec.telemetry.metrics import counter_value
 from smartspec_controller.otlp_receiver import MAX_INSTANCES
 from tests.integration.conftest import LoopThread
-from tests.integration.control_plane import published, start_controller, stop_all, wait_for
-from tests.integration.services import start_stack
+from tests.integration.control_plane import otlp_reaches, published, start_controller, stop_all, wait_for
 
 
 def _doc_json(version: int, **kw: Any) -> str:
@@ -134,14 +133,7 @@ def test_a_target_with_the_peer_token_reaches_an_authenticated_receiver(loop_thr
                                                                        tmp_path: Path) -> None:
     (tmp_path / "peer").write_text("peer-token-" + "y" * 32 + "\n")
     ctl = start_controller(loop_thread, redis_db.url, otlp_token_file=str(tmp_path / "peer"))
-    stack = start_stack(loop_thread, tiny_svc_models, draft=None, replica="target-0", otlp_interval_s=0.3,
-                        otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", otlp_token_file=str(tmp_path / "peer"))
     try:
-        r = httpx.post(f"{stack.url}/v1/completions", timeout=60,
-                       json={"model": "target", "prompt": "x", "max_tokens": 4, "ignore_eos": True})
-        assert r.status_code == 200
-        wait_for(lambda: ctl.view.latest("smartspec_num_requests_running", max_age_s=5).get("target-0") == 0.0, 10,
-                 "the target's metrics over authenticated OTLP")
-        wait_for(lambda: ctl.view.spans["decode"] >= 1, 10, "its spans too")
+        otlp_reaches(loop_thread, tiny_svc_models, ctl, otlp_token_file=str(tmp_path / "peer"))
     finally:
-        stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()))
+        loop_thread.run(ctl.stop())

@@ -22,7 +22,7 @@ from smartspec.v1 import draft_pb2, draft_pb2_grpc
 from smartspec_draft import server as draft_server
 from smartspec_draft.settings import DraftSettings
 from tests.integration.conftest import LoopThread
-from tests.integration.control_plane import published, start_controller, stop_all, wait_for
+from tests.integration.control_plane import otlp_reaches, published, start_controller, stop_all, wait_for
 from tests.integration.redis_server import RedisServer
 from tests.integration.services import start_stack
 
@@ -113,16 +113,8 @@ def test_a_rotated_certificate_is_served_from_the_next_handshake(loop_thread: Lo
 def test_otlp_to_the_controller_over_mutual_tls(loop_thread: LoopThread, redis_db: Any,
                                                  tiny_svc_models: dict[str, Any], certs: dict[str, str]) -> None:
     ctl = start_controller(loop_thread, redis_db.url, otlp_token_file=certs["token"], tls_dir=certs["mine"])
-    stack = start_stack(loop_thread, tiny_svc_models, draft=None, replica="target-0", otlp_interval_s=0.3,
-                        otlp_endpoint=f"127.0.0.1:{ctl.otlp_port}", otlp_token_file=certs["token"],
-                        otlp_tls_dir=certs["mine"])
     try:
-        r = httpx.post(f"{stack.url}/v1/completions", timeout=60,
-                       json={"model": "target", "prompt": "x", "max_tokens": 4, "ignore_eos": True})
-        assert r.status_code == 200
-        wait_for(lambda: ctl.view.latest("smartspec_num_requests_running", max_age_s=5).get("target-0") == 0.0, 10,
-                 "the target's metrics over mutual TLS")
-        wait_for(lambda: ctl.view.spans["decode"] >= 1, 10, "its spans too")
+        otlp_reaches(loop_thread, tiny_svc_models, ctl, otlp_token_file=certs["token"], otlp_tls_dir=certs["mine"])
         for channel in (grpc.insecure_channel(f"127.0.0.1:{ctl.otlp_port}"),
                         grpc.secure_channel(f"127.0.0.1:{ctl.otlp_port}", _credentials(certs["mine"], False))):
             with channel, pytest.raises(grpc.RpcError) as info:
@@ -130,7 +122,7 @@ def test_otlp_to_the_controller_over_mutual_tls(loop_thread: LoopThread, redis_d
                     metrics_service_pb2.ExportMetricsServiceRequest(), timeout=5, metadata=bearer(TOKEN))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
-        stop_all(stack.stop, lambda: loop_thread.run(ctl.stop()))
+        loop_thread.run(ctl.stop())
 
 
 def test_redis_over_tls_for_the_controller_and_the_targets(loop_thread: LoopThread, tiny_svc_models: dict[str, Any],
