@@ -37,7 +37,7 @@ from smartspec.models.tiny import tiny_pair
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec_draft import server as draft_server
 from smartspec_draft.settings import DraftSettings
-from smartspec_target.draft_client import RemoteProposer
+from smartspec_target.remote_proposer import RemoteProposer
 
 
 def hop_costs(calls: int) -> list[str]:

@@ -199,9 +199,11 @@ class EngineLoop:
         except Exception as exc:  # a bug or a device fault: fail loudly, never hang clients
             log.exception("engine step failed")
             self.failed = f"{type(exc).__name__}: {exc}"
-            for handle in list(self._handles.values()):
-                self._push(handle, Delta([], "cancelled", error=EngineFailed(f"engine step failed: {self.failed}")))
+            # Forget the handles before waking their streams, so nobody sees a failed loop still holding them.
+            handles = list(self._handles.values())
             self._handles.clear()
+            for handle in handles:
+                self._push(handle, Delta([], "cancelled", error=EngineFailed(f"engine step failed: {self.failed}")))
             return
         assert out.stats is not None
         self.metrics.record_step(out.stats)

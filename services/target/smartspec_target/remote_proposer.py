@@ -3,12 +3,10 @@
 The engine calls `propose` from its own thread; the stream lives on the service's event loop. A
 step waits for the draft at most `deadline_s`; a miss, an error or no connection turns that step
 into k = 0 for the requests concerned (counted in `smartspec_draft_fallback_total{cause}`), and a
-background task reconnects with backoff. A new stream knows nothing, so every sequence is
-re-admitted with its full context the next time it wants drafts.
-
-Per sequence the client mirrors what the draft holds: `known` tokens of confirmed context and the
-drafts it last proposed. Each Propose sends how many of those drafts the engine's tokens confirm
-and every token emitted after them — several after steps at k = 0, which send nothing at all.
+background task reconnects with backoff. What the draft holds per sequence, and so what each
+message carries, is `DraftMirror`'s (draft_mirror.py); this module is the transport around it. A
+new stream knows nothing, so every sequence is re-admitted with its full context the next time it
+wants drafts.
 """
 
 from __future__ import annotations
@@ -18,27 +16,20 @@ import concurrent.futures
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from collections.abc import Sequence as TokenIds
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import torch
 
 from smartspec.auth import bearer
 from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, ProposeRequest
-from smartspec.rpc import open_channel, sampling_to_wire
+from smartspec.rpc import open_channel
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.v1 import draft_pb2, draft_pb2_grpc
+from smartspec_target.draft_mirror import DraftMirror, ProposePlan
 
 log = logging.getLogger(__name__)
-S = draft_pb2.SequenceStatus
-
-
-@dataclass
-class _Mirror:
-    known: int  # confirmed context tokens the draft holds once it has applied what we sent
-    outstanding: list[int] = field(default_factory=list)  # its last drafts, as far as we know
 
 
 @dataclass
@@ -78,7 +69,7 @@ class RemoteProposer:
         self._backoff_s = SUSPEND_MIN_S
         self.draft_info: Any = None
         self.hops: deque[HopSample] = deque(maxlen=4096)
-        self._mirror: dict[int, _Mirror] = {}
+        self.mirror = DraftMirror(target_vocab)
         self._pending: dict[int, asyncio.Future[draft_pb2.SessionResponse]] = {}
         self._call: Any = None
         self._step_id = 0
@@ -144,13 +135,9 @@ class RemoteProposer:
     def release(self, seq_id: int) -> None:
         self.loop.call_soon_threadsafe(self._release_soon, seq_id)
 
-    def unseen(self, seq_id: int, token_ids: Seq[int]) -> int:
-        """Tokens the draft has not ingested (read from the engine thread: the mirror's fields are
-        replaced, never mutated in place, on the event loop)."""
-        m = self._mirror.get(seq_id)
-        if m is None:
-            return len(token_ids)
-        return len(token_ids) - m.known - _confirmed(m.outstanding, token_ids[m.known:])
+    def unseen(self, seq_id: int, token_ids: TokenIds[int]) -> int:
+        """Tokens the draft has not ingested (read from the engine thread; see DraftMirror)."""
+        return self.mirror.unseen(seq_id, token_ids)
 
     # -- event loop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,7 +210,7 @@ class RemoteProposer:
         was = self.connected
         self.connected = False
         self._call = None
-        self._mirror.clear()  # a new stream holds nothing: re-admit everything
+        self.mirror.clear()  # a new stream holds nothing: re-admit everything
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("draft stream closed"))
@@ -245,96 +232,24 @@ class RemoteProposer:
             return fut
 
     def _release_soon(self, seq_id: int) -> None:
-        if self._mirror.pop(seq_id, None) is not None and self.connected:
+        if self.mirror.forget(seq_id) and self.connected:
             task = asyncio.ensure_future(self._send(consume=True, release=draft_pb2.Release(seq_ids=[seq_id])))
             task.add_done_callback(_swallow)
 
     async def _propose(self, requests: list[ProposeRequest], budget_s: float) -> dict[int, Proposal]:
         t0 = time.perf_counter()
-        admits, entries = [], []
-        fed: dict[int, int] = {}  # tokens the draft must run through first (its catch-up, for the cost model)
-        for r in requests:
-            tokens = r.token_ids
-            m = self._mirror.get(r.seq_id)
-            if m is None:
-                admits.append(draft_pb2.AdmitSequence(seq_id=r.seq_id, token_ids=list(tokens[:-1]),
-                                                      sampling=sampling_to_wire(r.params)))
-                m = self._mirror[r.seq_id] = _Mirror(known=len(tokens) - 1)
-                fed[r.seq_id] = len(tokens) - 1
-            tail = tokens[m.known:]
-            accepted = _confirmed(m.outstanding, tail)
-            fed[r.seq_id] = fed.get(r.seq_id, 0) + len(tail) - accepted
-            entries.append(draft_pb2.ProposeSequence(
-                seq_id=r.seq_id, num_accepted=accepted, new_token_ids=list(tail[accepted:]),
-                committed_len=len(tokens), num_speculative_tokens=r.k))
-            # Whatever happens to the answer, the draft applies this message: it now holds all of
-            # `tokens`, and any drafts it makes are unknown until the answer comes back.
-            m.known, m.outstanding = len(tokens), []
-        if admits:  # refused admissions show up as statuses of the Propose that follows
-            await self._send(consume=True, admit=draft_pb2.Admit(sequences=admits))
+        plan: ProposePlan = self.mirror.plan(requests)
+        if plan.admit is not None:  # refused admissions show up as statuses of the Propose that follows
+            await self._send(consume=True, admit=plan.admit)
         budget_ms = max(1, round(budget_s * 1e3))
-        resp = await (await self._send(propose=draft_pb2.Propose(sequences=entries, budget_ms=budget_ms)))
+        resp = await (await self._send(propose=draft_pb2.Propose(sequences=plan.propose, budget_ms=budget_ms)))
         rtt = time.perf_counter() - t0
         self.hops.append(HopSample(len(requests), rtt, resp.compute_ns / 1e9))
         self.metrics.draft_rpc.record(rtt)
-        return self._proposals(resp, {r.seq_id: r.k for r in requests}, fed)
-
-    def _proposals(self, resp: draft_pb2.SessionResponse, asked: dict[int, int],
-                   fed: dict[int, int]) -> dict[int, Proposal]:
-        """Usable proposals; anything malformed counts as a failed draft step for that request."""
-        out: dict[int, Proposal] = {}
-        invalid = 0
-        for p in resp.proposals:
-            if p.seq_id not in asked or p.seq_id in out:
-                invalid += 1
-                continue
-            if p.status != S.SEQUENCE_STATUS_OK:
-                self._mirror.pop(p.seq_id, None)  # unknown, mismatched, refused: re-admit next time
-                continue
-            tokens = list(p.draft_token_ids)
-            if not tokens:
-                continue
-            if len(tokens) > asked[p.seq_id] or max(tokens) >= self.target_vocab:
-                invalid += 1  # more drafts than asked for, or ids the target cannot score
-                self._mirror.pop(p.seq_id, None)
-                continue
-            q = self._dense(p.draft_dists, tokens)
-            if p.draft_dists and q is None:
-                invalid += 1
-                self._mirror.pop(p.seq_id, None)
-                continue
-            self._mirror[p.seq_id].outstanding = tokens
-            out[p.seq_id] = Proposal(tokens, q, fed_tokens=fed.get(p.seq_id, 0))
-        if invalid:
+        out, invalid = self.mirror.accept(resp.proposals, plan)
+        if invalid:  # anything malformed counts as a failed draft step for that request
             self.metrics.fallback("invalid", invalid)
         return out
-
-    def _dense(self, dists: Seq[Any], tokens: list[int]) -> torch.Tensor | None:
-        """q as [k, V] from the sparse rows; None if they are not a valid q for these tokens."""
-        if not dists:
-            return None
-        if len(dists) != len(tokens):
-            return None
-        q = torch.zeros(len(tokens), self.target_vocab)
-        for j, d in enumerate(dists):
-            ids = torch.tensor(list(d.token_ids), dtype=torch.long)
-            probs = torch.tensor(list(d.probs), dtype=torch.float32)
-            if ids.numel() != probs.numel() or ids.numel() == 0 or int(ids.max()) >= self.target_vocab \
-                    or int(ids.min()) < 0 or bool((probs < 0).any()):
-                return None
-            q[j, ids] = probs
-        sums = q.sum(dim=1)
-        if bool(((sums - 1).abs() > 1e-3).any()):
-            return None
-        return q / sums[:, None]
-
-
-def _confirmed(outstanding: Seq[int], tail: Seq[int]) -> int:
-    """How many of the draft's last proposals the tokens emitted since confirm (never the last token)."""
-    n = 0
-    while n < min(len(outstanding), len(tail) - 1) and outstanding[n] == tail[n]:
-        n += 1
-    return n
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:
