@@ -14,13 +14,13 @@ from smartspec.engine.builder import NGRAM, EngineSpec, build_engine
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RefitConfig, Scheduler
 from smartspec.engine.sequence import Sequence
-from smartspec.engine.sinks import JsonlSink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
 from smartspec.models.loading import DTYPES, load_tokenizer
 from smartspec.policy.cost_model import load_cost_model
 from smartspec.policy.limits import MAX_K_LIMIT, within
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
+from smartspec.telemetry.jsonl_sink import JsonlSink
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -121,7 +121,7 @@ class Stack:
 
     def dead(self) -> str | None:
         """The first essential part (draft, target) that exited; optional parts are only reported,
-        because Redis or the controller being down never stops serving (DESIGN §5)."""
+        because Redis or the controller being down never stops serving (README, Operations)."""
         for name, proc in self.procs:
             if proc.poll() is None:
                 continue

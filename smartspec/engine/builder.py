@@ -1,4 +1,9 @@
-"""Assemble a SpecEngine from model folders: target runner, optional draft or n-gram proposer."""
+"""Assemble engines and proposers from model folders: the one place the target's engine and every proposer are built.
+
+`build_engine` (the CLI's in-process engine and the benches), the target service (whose proposer is the
+remote draft) and the draft service (a proposer without an engine) all go through `draft_proposer` and
+`assemble_engine`, so an engine is put together the same way wherever it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
 from smartspec.engine.runner import ModelRunner
+from smartspec.engine.steps import AdmissionLimits
 from smartspec.models.loading import check_pair, load_model, load_tokenizer
 
 NGRAM = "ngram"
@@ -17,7 +23,7 @@ NGRAM = "ngram"
 
 @dataclass
 class EngineSpec:
-    """What to build: model folders (draft may be 'ngram' or None), dtype and capacity."""
+    """What to build: model folders (draft may be 'ngram' or None), dtype, capacity and admission."""
 
     target: str
     draft: str | None
@@ -25,6 +31,8 @@ class EngineSpec:
     num_slots: int = 8
     max_len: int = 2048
     max_k: int = 8
+    max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no budget)
+    emulate_acceptance: float | None = None  # experiments only: drafts accepted at random (engine/emulation.py)
 
 
 def eos_ids(tokenizer: Any, model: Any) -> set[int]:
@@ -40,22 +48,37 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
     return ids
 
 
+def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, target_vocab: int | None = None,
+                   q_top_k: int | None = None, ngram_max: int = 4, ngram_min: int = 2,
+                   model: Any = None) -> tuple[Proposer, ModelRunner | None]:
+    """The proposer for `draft` ('ngram' or a model folder; `model` if already loaded) and its runner (None for
+    n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own)."""
+    if draft == NGRAM:
+        return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
+    runner = ModelRunner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
+                         max_len=max_len)
+    vocab = runner.vocab_size if target_vocab is None else target_vocab
+    return DraftModelProposer(runner, vocab, q_top_k=q_top_k), runner
+
+
+def assemble_engine(runner: ModelRunner, model: Any, tokenizer: Any, proposer: Proposer | None,
+                    spec: EngineSpec) -> SpecEngine:
+    """The engine over a target runner and any proposer (in-process, remote or none)."""
+    return SpecEngine(runner, proposer, eos_token_ids=eos_ids(tokenizer, model), max_k=spec.max_k,
+                      limits=AdmissionLimits(max_prefill_tokens=spec.max_prefill_tokens),
+                      emulate_acceptance=spec.emulate_acceptance)
+
+
 def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
     """Load everything and return (engine, target tokenizer). Raises smartspec errors on bad input."""
     tokenizer = load_tokenizer(spec.target)
-    draft_tokenizer = None
     if spec.draft not in (None, NGRAM):
-        draft_tokenizer = load_tokenizer(spec.draft)
-        check_pair(tokenizer, draft_tokenizer)  # before loading any weights: fail fast
+        check_pair(tokenizer, load_tokenizer(spec.draft))  # before loading any weights: fail fast
     target = load_model(spec.target, spec.dtype)
     runner = ModelRunner(target, num_slots=spec.num_slots, max_len=spec.max_len)
     proposer: Proposer | None = None
-    if spec.draft == NGRAM:
-        proposer = NgramProposer()
-    elif spec.draft is not None:
-        draft = load_model(spec.draft, spec.dtype)
+    if spec.draft is not None:
         # The draft holds the same tokens as the target plus up to max_k drafts in flight.
-        draft_runner = ModelRunner(draft, num_slots=spec.num_slots, max_len=runner.max_len + spec.max_k)
-        proposer = DraftModelProposer(draft_runner, runner.vocab_size)
-    engine = SpecEngine(runner, proposer, eos_token_ids=eos_ids(tokenizer, target), max_k=spec.max_k)
-    return engine, tokenizer
+        proposer, _ = draft_proposer(spec.draft, dtype=spec.dtype, num_slots=spec.num_slots,
+                                     max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size)
+    return assemble_engine(runner, target, tokenizer, proposer, spec), tokenizer

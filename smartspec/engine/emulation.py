@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from smartspec.engine.scoring import ScoredRow
+from smartspec.engine.verification import ScoredRow
 
 
 class AcceptanceEmulator:

@@ -16,17 +16,18 @@ import torch
 
 from smartspec.engine.emulation import AcceptanceEmulator
 from smartspec.engine.proposers.base import DraftDeadlineMissed, Proposal, Proposer, ProposeRequest
+from smartspec.engine.request_table import RequestTable
 from smartspec.engine.runner import ForwardOutput, ForwardStats, ModelRunner, RowInput
 from smartspec.engine.sampling import SamplingParams
-from smartspec.engine.scoring import ScoredRow, first_tokens, verify_rows
 from smartspec.engine.sequence import SeqStatus, Sequence
 from smartspec.engine.steps import CATCHUP_FREE_TOKENS as CATCHUP_FREE_TOKENS
 from smartspec.engine.steps import AdmissionLimits as AdmissionLimits
 from smartspec.engine.steps import KChooser as KChooser
-from smartspec.engine.steps import RequestBook, plan_of
 from smartspec.engine.steps import StepOutput as StepOutput
 from smartspec.engine.steps import StepPlan as StepPlan
 from smartspec.engine.steps import StepStats as StepStats
+from smartspec.engine.steps import plan_of
+from smartspec.engine.verification import ScoredRow, first_tokens, verify_rows
 from smartspec.errors import InvalidRequest
 from smartspec.policy.limits import cap_k
 
@@ -35,7 +36,7 @@ from smartspec.policy.limits import cap_k
 MIX_PREFILL_SLACK = 1.25
 
 
-class SpecEngine(RequestBook):
+class SpecEngine(RequestTable):
     """Holds the requests; drives a target ModelRunner and an optional Proposer."""
 
     def __init__(

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from collections.abc import Sequence as Seq
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, Literal
 
@@ -105,7 +104,7 @@ def sample_of(stats: StepStats) -> StepSample:
 class Scheduler(Generic[E]):
     engine: E
     policy: SpeculationPolicy
-    sinks: Seq[StepSink] = ()
+    sinks: Collection[StepSink] = ()
     refit: RefitConfig = field(default_factory=RefitConfig)
     clock: Callable[[], float] = time.time
     deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
@@ -216,7 +215,7 @@ class Scheduler(Generic[E]):
                     if any(decision.ks.values()) else None)
         return StepPlan(decision.ks, deadline)
 
-    def seed_samples(self, steps: Seq[StepStats]) -> bool:
+    def seed_samples(self, steps: Iterable[StepStats]) -> bool:
         """Steps run outside the loop (start-up calibration): to the sinks, into the refit window, then a
         refit now. Returns whether the fit was adopted."""
         for stats in steps:

@@ -1,14 +1,7 @@
-"""Lossless verification of drafts: greedy prefix matching and exact rejection sampling.
+"""Verify a step: turn one target forward's logits into verdicts, batching the ragged rows for verify_rules.
 
-Vocabulary (vLLM's rejection sampler): a draft token is *accepted* or rejected; at the first
-rejection the target emits a *recovered* token sampled from the residual max(0, p − q); when all
-k drafts are accepted it emits a *bonus* token sampled from p at position k. Either way a step
-emits `num_accepted + 1` tokens. With p the target's (processed) distribution and q the exact
-distribution each draft token was sampled from, every emitted token is distributed exactly as if
-sampled from the target alone — for any q, including one-hot q of model-free proposers.
-
-All functions are pure: randomness comes in as uniforms the caller drew from each request's own
-generator. Rows are padded to K drafts; `num_draft[b]` says how many of row b's are real.
+Greedy rows only need an argmax per scored position; sampling rows need the processed target
+distribution p and the proposer's q, padded to the longest k among them.
 """
 
 from __future__ import annotations
@@ -17,90 +10,105 @@ from dataclasses import dataclass
 
 import torch
 
-from smartspec.engine.sampling import sample_from
+from smartspec.engine.proposers.base import Proposal
+from smartspec.engine.sampling import processed_probs, sample_from
+from smartspec.engine.sequence import Sequence
+from smartspec.engine.verify_rules import greedy_verify, rejection_sample
 
 
 @dataclass
-class VerifyResult:
-    """Per row: how many drafts were accepted and the tokens emitted (accepted + 1)."""
+class ScoredRow:
+    """One running sequence's share of the verify forward."""
 
-    num_accepted: torch.Tensor  # [B] long
-    output_token_ids: torch.Tensor  # [B, K+1] long; row b's first num_accepted[b]+1 entries are real, rest -1
+    seq: Sequence
+    proposal: Proposal | None
+    logits: torch.Tensor  # [k + 1, V] target logits at [last token, d1 … dk]
+    argmax: torch.Tensor | None = None  # [k + 1] argmax of `logits`, when computed for the whole batch
 
-    def emitted(self, row: int) -> list[int]:
-        n = int(self.num_accepted[row]) + 1
-        return [int(t) for t in self.output_token_ids[row, :n]]
-
-
-def _accepted_prefix(accept: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
-    # accept: [B, K] bool; count leading accepted drafts among the real ones.
-    k = accept.shape[1]
-    real = torch.arange(k, device=accept.device)[None, :] < num_draft[:, None]
-    return (accept & real).long().cumprod(dim=1).sum(dim=1)
+    @property
+    def k(self) -> int:
+        return 0 if self.proposal is None else self.proposal.k
 
 
-def _assemble(draft_token_ids: torch.Tensor, num_accepted: torch.Tensor, final: torch.Tensor) -> VerifyResult:
-    batch, k = draft_token_ids.shape
-    out = torch.full((batch, k + 1), -1, dtype=torch.long, device=draft_token_ids.device)
-    pos = torch.arange(k, device=draft_token_ids.device)[None, :]
-    out[:, :k] = torch.where(pos < num_accepted[:, None], draft_token_ids, out[:, :k])
-    out.scatter_(1, num_accepted[:, None], final[:, None])
-    return VerifyResult(num_accepted=num_accepted, output_token_ids=out)
+def _params_tensors(seqs: list[Sequence], repeats: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    temps, top_ps, top_ks = [], [], []
+    for seq, n in zip(seqs, repeats, strict=True):
+        temps += [seq.params.temperature] * n
+        top_ps += [seq.params.top_p] * n
+        top_ks += [seq.params.top_k] * n
+    return torch.tensor(temps), torch.tensor(top_ps), torch.tensor(top_ks, dtype=torch.long)
 
 
-def greedy_verify(
-    target_token_ids: torch.Tensor,  # [B, K+1] target argmax at each scored position
-    draft_token_ids: torch.Tensor,  # [B, K] (padding ignored)
-    num_draft: torch.Tensor,  # [B] long
-) -> VerifyResult:
-    """Longest prefix of drafts equal to the target's argmax, then the target's next token."""
-    assert target_token_ids.shape[1] == draft_token_ids.shape[1] + 1
-    num_accepted = _accepted_prefix(draft_token_ids == target_token_ids[:, :-1], num_draft)
-    final = target_token_ids.gather(1, num_accepted[:, None]).squeeze(1)
-    return _assemble(draft_token_ids, num_accepted, final)
+def verify_rows(rows: list[ScoredRow]) -> list[tuple[int, list[int]]]:
+    """Verdict per row, in order: (num_accepted, emitted tokens = accepted drafts + 1)."""
+    verdicts: list[tuple[int, list[int]] | None] = [None] * len(rows)
+    greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
+    sampled = [i for i, r in enumerate(rows) if not r.seq.params.greedy]
+    if greedy:
+        k_max = max(rows[i].k for i in greedy)
+        target_ids = torch.full((len(greedy), k_max + 1), -1, dtype=torch.long)
+        draft_ids = torch.full((len(greedy), k_max), -1, dtype=torch.long)
+        for b, i in enumerate(greedy):
+            r = rows[i]
+            target_ids[b, : r.k + 1] = r.argmax if r.argmax is not None else r.logits.argmax(dim=-1)
+            if r.proposal is not None:
+                draft_ids[b, : r.k] = torch.tensor(r.proposal.draft_token_ids)
+        num_draft = torch.tensor([rows[i].k for i in greedy], dtype=torch.long)
+        result = greedy_verify(target_ids, draft_ids, num_draft)
+        for b, i in enumerate(greedy):
+            verdicts[i] = (int(result.num_accepted[b]), result.emitted(b))
+    if sampled:
+        verdicts_s = _verify_sampled([rows[i] for i in sampled])
+        for i, v in zip(sampled, verdicts_s, strict=True):
+            verdicts[i] = v
+    return [v for v in verdicts if v is not None]
 
 
-def rejection_sample(
-    target_probs: torch.Tensor,  # [B, K+1, V] p at each scored position
-    draft_token_ids: torch.Tensor,  # [B, K]
-    draft_probs: torch.Tensor | None,  # [B, K, V] q the drafts were sampled from; None = one-hot
-    num_draft: torch.Tensor,  # [B] long
-    accept_u: torch.Tensor,  # [B, K] uniforms in [0, 1)
-    sample_u: torch.Tensor,  # [B] uniforms in [0, 1) for the recovered/bonus token
-) -> VerifyResult:
-    """Standard speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batched and ragged."""
-    batch, k_max = draft_token_ids.shape
-    assert target_probs.shape[:2] == (batch, k_max + 1)
-    p = target_probs.float()
-    if k_max:
-        idx = draft_token_ids.clamp(min=0)[..., None]  # [B, K, 1]
-        p_x = p[:, :k_max].gather(2, idx).squeeze(2)
-        if draft_probs is None:
-            q_x = torch.ones_like(p_x)
-        else:
-            assert draft_probs.shape[:2] == (batch, k_max)
-            q_x = draft_probs.float().gather(2, idx).squeeze(2)
-        # Accept with probability min(1, p/q). A draft claiming q(x) = 0 did not sample x from q,
-        # so it is rejected rather than trusted.
-        accept = (q_x > 0) & (accept_u.float() * q_x < p_x)
-        num_accepted = _accepted_prefix(accept, num_draft)
-    else:
-        num_accepted = torch.zeros(batch, dtype=torch.long, device=p.device)
-    rows = torch.arange(batch, device=p.device)
-    final_dist = p[rows, num_accepted]  # [B, V] p at the first rejected (or bonus) position
-    rejected = num_accepted < num_draft
-    if bool(rejected.any()):
-        at = num_accepted.clamp(max=max(k_max - 1, 0))
-        if draft_probs is None:
-            q_f = torch.zeros_like(final_dist)
-            q_f[rows, draft_token_ids[rows, at].clamp(min=0)] = 1.0
-        else:
-            q_f = draft_probs.float()[rows, at]
-        residual = (final_dist - q_f).clamp(min=0)
-        # p == q leaves no residual mass; rejection then had probability 0 in exact arithmetic,
-        # so falling back to p is the limit of the exact rule.
-        usable = residual.sum(dim=1, keepdim=True) > 0
-        recovered = torch.where(usable, residual, final_dist)
-        final_dist = torch.where(rejected[:, None], recovered, final_dist)
-    final = sample_from(final_dist, sample_u)
-    return _assemble(draft_token_ids, num_accepted, final)
+def _verify_sampled(rows: list[ScoredRow]) -> list[tuple[int, list[int]]]:
+    batch = len(rows)
+    k_max = max(r.k for r in rows)
+    vocab = rows[0].logits.shape[-1]
+    flat = torch.cat([r.logits for r in rows])  # [sum(k+1), V]
+    temps, top_ps, top_ks = _params_tensors([r.seq for r in rows], [r.k + 1 for r in rows])
+    p_flat = processed_probs(flat, temps, top_ps, top_ks)
+    target_probs = torch.zeros((batch, k_max + 1, vocab))
+    draft_ids = torch.full((batch, k_max), -1, dtype=torch.long)
+    with_q = any(r.proposal is not None and r.proposal.draft_probs is not None for r in rows)
+    draft_probs = torch.zeros((batch, k_max, vocab)) if with_q else None
+    accept_u = torch.zeros((batch, k_max))
+    sample_u = torch.zeros(batch)
+    start = 0
+    for b, r in enumerate(rows):
+        target_probs[b, : r.k + 1] = p_flat[start : start + r.k + 1]
+        start += r.k + 1
+        # Exactly k + 1 uniforms per row per step from the request's own generator.
+        u = torch.rand(r.k + 1, generator=r.seq.generator)
+        accept_u[b, : r.k] = u[: r.k]
+        sample_u[b] = u[r.k]
+        if r.proposal is not None and r.k:
+            ids = torch.tensor(r.proposal.draft_token_ids)
+            draft_ids[b, : r.k] = ids
+            if draft_probs is not None:
+                if r.proposal.draft_probs is not None:
+                    draft_probs[b, : r.k] = r.proposal.draft_probs.float()
+                else:  # a one-hot proposer in a batch where others sent q
+                    draft_probs[b, torch.arange(r.k), ids] = 1.0
+    num_draft = torch.tensor([r.k for r in rows], dtype=torch.long)
+    result = rejection_sample(target_probs, draft_ids, draft_probs, num_draft, accept_u, sample_u)
+    return [(int(result.num_accepted[b]), result.emitted(b)) for b in range(batch)]
+
+
+def first_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+    """The token each freshly prefilled sequence emits (logits: [len(seqs), V])."""
+    out = [0] * len(seqs)
+    sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    for i, s in enumerate(seqs):
+        if s.params.greedy:
+            out[i] = int(logits[i].argmax())
+    if sampled:
+        temps, top_ps, top_ks = _params_tensors([seqs[i] for i in sampled], [1] * len(sampled))
+        probs = processed_probs(logits[sampled], temps, top_ps, top_ks)
+        u = torch.cat([torch.rand(1, generator=seqs[i].generator) for i in sampled])
+        for n, tok in enumerate(sample_from(probs, u).tolist()):
+            out[sampled[n]] = int(tok)
+    return out

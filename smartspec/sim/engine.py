@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from smartspec.engine.params import SamplingParams
+from smartspec.engine.request_table import RequestTable
 from smartspec.engine.sequence import SeqStatus, Sequence
 from smartspec.engine.steps import (
     CATCHUP_FREE_TOKENS,
     AdmissionLimits,
     KChooser,
-    RequestBook,
     StepOutput,
     StepPlan,
     StepStats,
@@ -55,7 +55,7 @@ class _Truth:
     draft_seen: int = 0  # tokens the draft has ingested (for catch-up tokens)
 
 
-class SimEngine(RequestBook):
+class SimEngine(RequestTable):
     """Admission, k capping, one "forward" per step and emission exactly as SpecEngine does them; the forward's
     duration is the cost model's draft + verify + overhead for the step's StepShape, and draft j of request i
     is accepted with its conditional rate given j - 1 was (so emitted = accepted + 1).

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from smartspec.engine.calibration import FIRST_ID, CalibrationConfig, calibrate
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.scheduler import DeadlineConfig, RefitConfig, RequestSpec, Scheduler
-from smartspec.engine.sequence import Sequence as Seq
+from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import AdmissionLimits, StepStats
 from smartspec.policy.cost_model import CostModel
@@ -68,9 +68,9 @@ class SimResult:
     misses: int = 0  # steps whose drafts missed the deadline
 
 
-def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: CostModel, *, label: str,
+def simulate(requests: Collection[SimRequest], policy: SpeculationPolicy, cost: CostModel, *, label: str,
              engine: EngineConfig | None = None, refit: RefitConfig | None = None,
-             sinks: Sequence[StepSink] = (), workload: str = "synthetic", seed: int = 0,
+             sinks: Collection[StepSink] = (), workload: str = "synthetic", seed: int = 0,
              effects: SimEffects | None = None, deadline: DeadlineConfig | None = None,
              calibration: CalibrationConfig | None = None) -> SimResult:
     """Run `requests` through a real Scheduler driving a SimEngine whose steps cost what `cost` says (the truth;
@@ -91,7 +91,7 @@ def simulate(requests: Sequence[SimRequest], policy: SpeculationPolicy, cost: Co
         _profile(sched, by_id, engine, calibration, clock)
         offset, busy0, misses0 = clock.now, sim.busy_s, sim.timer.misses
     pending = sorted(requests, key=lambda r: (r.arrival_s, r.seq_id))
-    done: dict[int, Seq] = {}
+    done: dict[int, Sequence] = {}
     i = 0
     while i < len(pending) or sched.has_unfinished:
         while i < len(pending) and pending[i].arrival_s + offset <= clock.now:
@@ -123,7 +123,7 @@ def _profile(sched: Scheduler[SimEngine], by_id: dict[int, SimRequest], engine: 
     calibrate(sched, vocab_size=1, max_batch=engine.max_batch, config=cfg, clock=clock)
 
 
-def _record(seq: Seq, req: SimRequest, policy: str, workload: str, offset: float = 0.0) -> RequestRecord:
+def _record(seq: Sequence, req: SimRequest, policy: str, workload: str, offset: float = 0.0) -> RequestRecord:
     st = seq.stats
     first = st.first_token_s
     finish = st.finish_s

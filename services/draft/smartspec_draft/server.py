@@ -13,11 +13,8 @@ import grpc
 
 from smartspec import tls
 from smartspec.auth import keys_for
-from smartspec.engine.proposers.base import Proposer
-from smartspec.engine.proposers.draft_model import DraftModelProposer
-from smartspec.engine.proposers.ngram import NgramProposer
-from smartspec.engine.runner import ModelRunner
-from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
+from smartspec.engine.builder import NGRAM, draft_proposer
+from smartspec.models.loading import load_tokenizer, tokenizer_fingerprint
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from smartspec_draft.session import DraftCore, StreamSession
@@ -62,19 +59,20 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
 def build_core(settings: DraftSettings) -> tuple[DraftCore, common_pb2.ModelInfo]:
     """Load the proposer named by the settings and describe it for GetInfo."""
-    proposer: Proposer
     if settings.method == "ngram":
-        proposer = NgramProposer(max_n=settings.ngram_max, min_n=settings.ngram_min)
+        proposer, _ = draft_proposer(NGRAM, dtype=settings.dtype, num_slots=settings.max_sequences,
+                                     max_len=settings.max_len, ngram_max=settings.ngram_max,
+                                     ngram_min=settings.ngram_min)
         fingerprint = tokenizer_fingerprint(load_tokenizer(settings.tokenizer)) if settings.tokenizer else ""
         info = common_pb2.ModelInfo(model_id=settings.model_id or "ngram", vocab_size=0,
                                     tokenizer_fingerprint=fingerprint, dtype="", device_type="cpu",
                                     max_num_speculative_tokens=settings.max_k, method="ngram")
         return DraftCore(proposer, None, settings.max_k, settings.max_sequences), info
     assert settings.model is not None
-    model = load_model(settings.model, settings.dtype)
     tokenizer = load_tokenizer(settings.model)
-    runner = ModelRunner(model, num_slots=settings.max_sequences, max_len=settings.max_len)
-    proposer = DraftModelProposer(runner, runner.vocab_size, q_top_k=settings.q_top_k)
+    proposer, runner = draft_proposer(settings.model, dtype=settings.dtype, num_slots=settings.max_sequences,
+                                      max_len=settings.max_len, q_top_k=settings.q_top_k)
+    assert runner is not None
     info = common_pb2.ModelInfo(
         model_id=settings.model_id or Path(settings.model).name, vocab_size=runner.vocab_size,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), dtype=settings.dtype,

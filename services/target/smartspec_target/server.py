@@ -14,9 +14,8 @@ import uvicorn
 
 from smartspec import tls
 from smartspec.auth import ApiKeys, keys_for, read_token
-from smartspec.engine.builder import eos_ids
+from smartspec.engine.builder import EngineSpec, assemble_engine
 from smartspec.engine.calibration import CalibrationConfig, calibrate
-from smartspec.engine.engine import AdmissionLimits, SpecEngine
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.scheduler import DeadlineConfig, Scheduler
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
@@ -24,12 +23,12 @@ from smartspec.policy.cost_model import load_cost_model
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
 from smartspec.v1 import common_pb2, target_pb2_grpc
-from smartspec_target.draft_client import RemoteProposer
 from smartspec_target.engine_loop import EngineLoop
 from smartspec_target.grpc_api import SERVICE_NAME, TargetServicer
 from smartspec_target.guards import EdgeGuard, GuardedH11Protocol
 from smartspec_target.http_api import ApiContext, build_app
-from smartspec_target.policy_sync import PolicySwitch
+from smartspec_target.policy_sync import PolicySwitch, PolicySync
+from smartspec_target.remote_proposer import RemoteProposer
 from smartspec_target.settings import TargetSettings
 from smartspec_target.telemetry import Telemetry
 
@@ -55,6 +54,7 @@ class TargetService:
     http_task: asyncio.Task[None]
     http_port: int
     telemetry: Telemetry
+    policy_sync: PolicySync | None  # None without Redis: the local default stays in force
 
     @property
     def base_url(self) -> str:
@@ -72,6 +72,8 @@ class TargetService:
         if self.draft is not None:
             await self.draft.close()
         self.engine.stop()
+        if self.policy_sync is not None:
+            await self.policy_sync.close()
         await self.telemetry.close()  # shuts the metrics down too
 
 
@@ -98,9 +100,11 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
         await draft.start()
         if not await draft.wait_connected(settings.draft_connect_timeout_s):
             log.warning("no draft at %s yet; serving at k = 0 until it connects", settings.draft_address)
-    engine = SpecEngine(runner, draft, eos_token_ids=eos_ids(tokenizer, model), max_k=settings.max_k,
-                        limits=AdmissionLimits(max_prefill_tokens=settings.max_prefill_tokens),
-                        emulate_acceptance=settings.emulate_acceptance)
+    spec = EngineSpec(settings.model, settings.draft_address, dtype=settings.dtype,
+                      num_slots=settings.max_batch_size, max_len=settings.max_len, max_k=settings.max_k,
+                      max_prefill_tokens=settings.max_prefill_tokens,
+                      emulate_acceptance=settings.emulate_acceptance)
+    engine = assemble_engine(runner, model, tokenizer, draft, spec)
     if settings.emulate_acceptance is not None:
         log.warning("ACCEPTANCE EMULATION ON (alpha=%.3f): drafts are accepted at random, outputs are NOT the "
                     "target's; for step-time experiments only", settings.emulate_acceptance)
@@ -116,7 +120,12 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name,
                              max_in_flight=settings.max_batch_size + settings.max_queue)
     engine_loop.start()
-    telemetry.follow_policy(engine_loop.set_policy)
+    policy_sync = None
+    if settings.redis_url:  # follow the controller's policy; without Redis the local default stays
+        policy_sync = PolicySync(settings.redis_url, settings.service, engine_loop.set_policy, metrics,
+                                 poll_s=settings.policy_poll_s, password=telemetry.redis_password(),
+                                 tls_dir=settings.redis_tls_dir)
+        policy_sync.start()
     ctx = ApiContext(engine_loop, tokenizer, name, runner.max_len, settings.max_k, metrics,
                      draft_state=draft.state if draft is not None else lambda: "none")
     info = common_pb2.ModelInfo(model_id=name, vocab_size=runner.vocab_size, tokenizer_fingerprint=fingerprint,
@@ -138,7 +147,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
         await asyncio.sleep(0.01)
     port = int(http.servers[0].sockets[0].getsockname()[1])
     log.info("target %s: HTTP on %s:%d, gRPC on %s:%d", name, settings.host, port, settings.host, grpc_server.port)
-    return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port, telemetry)
+    return TargetService(settings, ctx, engine_loop, draft, grpc_server, http, http_task, port, telemetry,
+                         policy_sync)
 
 
 def _api_keys(settings: TargetSettings) -> ApiKeys | None:

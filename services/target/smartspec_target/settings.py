@@ -58,7 +58,7 @@ class TargetSettings(BaseSettings):
     max_connections: int = Field(2048, ge=16, description="open HTTP connections at most; more get 503 at once")
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
     body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this (408)")
-    # -- control plane (DESIGN §5): all optional; without them the target runs on its local default
+    # -- control plane (ARCHITECTURE.md §5): all optional; without them the target runs on its local default
     service: str = Field("smartspec", description="service name in the Redis keys smartspec:{service}:…")
     replica: str | None = Field(None, description="this replica's name in step records (default hostname-pid)")
     redis_url: str | None = Field(None, description="redis://[user@]host:port (or rediss://); step records out, "

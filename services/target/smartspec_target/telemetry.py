@@ -1,11 +1,10 @@
-"""The target's telemetry parts, built from its settings: metrics (+ OTLP), traces, the Redis step sink, policy sync."""
+"""The target's telemetry parts, built from its settings: metrics (+ OTLP), traces, the Redis step sink."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-from collections.abc import Callable
 
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,12 +12,10 @@ from opentelemetry.trace import Tracer
 
 from smartspec.auth import read_secret, read_token
 from smartspec.engine.sinks import StepSink
-from smartspec.policy.document import PolicyDocument
 from smartspec.telemetry.keys import check_service
 from smartspec.telemetry.metrics import TargetMetrics
 from smartspec.telemetry.otel import otlp_metric_reader, tracer_provider
 from smartspec.telemetry.redis_sink import RedisStepSink
-from smartspec_target.policy_sync import PolicySync
 from smartspec_target.settings import TargetSettings
 
 
@@ -45,28 +42,17 @@ class Telemetry:
                 settings.redis_url, service, self.replica, stream_maxlen=settings.steps_stream_maxlen,
                 buffer=settings.telemetry_buffer,
                 on_dropped=lambda n: self.metrics.records_dropped.add(n),
-                on_written=lambda n: self.metrics.records_written.add(n), password=self._redis_password(),
+                on_written=lambda n: self.metrics.records_written.add(n), password=self.redis_password(),
                 tls_dir=settings.redis_tls_dir)
             self.sinks.append(self.sink)
-        self.sync: PolicySync | None = None
 
-    def _redis_password(self) -> str | None:
+    def redis_password(self) -> str | None:
         f = self.settings.redis_password_file
         return read_secret(f, "redis_password_file") if f else None
-
-    def follow_policy(self, submit: Callable[[PolicyDocument | None, str], None]) -> None:
-        """Start following the controller's policy (needs Redis; without it the local default stays)."""
-        if self.settings.redis_url:
-            self.sync = PolicySync(self.settings.redis_url, self.settings.service, submit, self.metrics,
-                                   poll_s=self.settings.policy_poll_s, password=self._redis_password(),
-                                   tls_dir=self.settings.redis_tls_dir)
-            self.sync.start()
 
     async def close(self) -> None:
         """Flush and stop; the blocking parts (last batch to Redis, last OTLP export with its retries)
         run on a worker thread so the event loop — and any receiver it hosts — keeps going."""
-        if self.sync is not None:
-            await self.sync.close()
         if self.sink is not None:
             await asyncio.to_thread(self.sink.close)
         if self.provider is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +16,7 @@ class ProposeRequest:
     """Ask for up to `k` draft tokens continuing `token_ids` (prompt + every emitted token)."""
 
     seq_id: int
-    token_ids: Seq[int]
+    token_ids: Sequence[int]
     k: int
     params: SamplingParams
 
@@ -50,7 +50,7 @@ class Proposer(Protocol):
         DraftDeadlineMissed; an in-process one may ignore it."""
         ...
 
-    def unseen(self, seq_id: int, token_ids: Seq[int]) -> int:
+    def unseen(self, seq_id: int, token_ids: Sequence[int]) -> int:
         """Tokens of `token_ids` the proposer has not ingested for this sequence (all of them if it
         does not know it); 0 for a proposer with no per-sequence state to catch up."""
         ...
