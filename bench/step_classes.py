@@ -6,27 +6,28 @@ speculating decode, and k = 0 decode. "Predicted" is what the policy's cost mode
 when it chose k (the record's `predicted_step_s`); steps without one (static policies before this
 field, or the first step) are left out.
 
-    python -m bench.step_classes bench/results/<folder> [--policies goodput,goodput+controller]
+    python -m bench.step_classes results/<folder> [--policies goodput,goodput+controller]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from smartspec.telemetry.records import StepRecord, read_jsonl
+
 CLASSES = ("k = 0 decode", "speculating decode", "decode with catch-up", "admission", "deadline miss")
 
 
-def step_class(rec: dict[str, str]) -> str:
-    if int(rec.get("num_prefills", 0)):
+def step_class(rec: StepRecord) -> str:
+    if rec.num_prefills:
         return "admission"
-    if int(rec.get("missed_max_k", 0) or 0):
+    if rec.deadline_missed:
         return "deadline miss"
-    if int(rec.get("max_k", 0)):
-        return "decode with catch-up" if int(rec.get("draft_catchup_tokens", 0)) else "speculating decode"
+    if rec.max_k:
+        return "decode with catch-up" if rec.sample.shape.draft_catchup_tokens else "speculating decode"
     return "k = 0 decode"
 
 
@@ -37,13 +38,10 @@ def table(folder: Path, policies: list[str] | None) -> str:
         if policies and policy not in policies:
             continue
         by_class: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            pred = rec.get("predicted_step_s")
-            if not pred or (int(rec.get("batch_size", 0)) == 0 and not int(rec.get("num_prefills", 0))):
+        for rec in read_jsonl(path):
+            if not rec.predicted_step_s or (rec.batch_size == 0 and not rec.num_prefills):
                 continue
-            actual = float(rec["draft_s"]) + float(rec["verify_s"]) + float(rec["overhead_s"])
-            by_class[step_class(rec)].append((actual, float(pred)))
+            by_class[step_class(rec)].append((rec.step_s, rec.predicted_step_s))
         for klass in CLASSES:
             pairs = by_class.get(klass)
             if not pairs:

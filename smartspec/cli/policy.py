@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import CostModel, StepSample, fit_cost_model, load_cost_model
+from smartspec.policy.cost_model import CostModel, fit_cost_model, load_cost_model
 from smartspec.policy.limits import MAX_K_LIMIT, within
 from smartspec.policy.selection import goodput, select_goodput
+from smartspec.telemetry.records import BadRecord, read_jsonl
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,11 +55,9 @@ def _model(args: argparse.Namespace) -> CostModel:
     if args.fit is None:
         return load_cost_model(args.cost_model)
     try:
-        lines = Path(args.fit).read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
         # Steps that only prefilled verified nothing; the scheduler leaves them out of its fits too.
-        samples = [StepSample.from_record(r) for r in records if r.get("batch_size", 0) > 0]
-    except (OSError, ValueError, KeyError) as exc:
+        samples = [r.sample for r in read_jsonl(args.fit) if r.batch_size > 0]
+    except (OSError, BadRecord) as exc:
         raise InvalidRequest(f"cannot read step records from {args.fit}: {exc}", param="fit") from None
     if len(samples) < 4:
         raise InvalidRequest(f"{args.fit} has {len(samples)} step records; a fit needs at least 4", param="fit")

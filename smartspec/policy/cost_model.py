@@ -326,27 +326,6 @@ class StepSample:
         _, verify, overhead = model.components(self.shape)
         return model.components(self.draft_shape)[0] + verify + overhead
 
-    @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> StepSample:
-        """From a step record (the engine's StepStats as a dict, e.g. one line of a steps.jsonl)."""
-        ks = [int(k) for k in rec.get("ks", [])]
-        # A JSON-lines record lists every k; a Redis step record carries only max k and Σk.
-        max_k = int(rec["max_k"]) if "max_k" in rec else max(ks, default=0)
-        draft_tokens = int(rec["sum_k"]) if "sum_k" in rec else sum(ks)
-        shape = StepShape(
-            batch=int(rec["batch_size"]), context_tokens=int(rec.get("context_tokens", 0)),
-            max_k=max_k, draft_tokens=draft_tokens, prefill_tokens=int(rec.get("prefill_tokens", 0)),
-            draft_catchup_tokens=int(rec.get("draft_catchup_tokens", 0)),
-            prefill_padded_tokens=int(rec.get("prefill_padded_tokens", 0)),
-        )
-        draft_shape = None
-        missed_ks = [int(k) for k in rec.get("missed_ks", [])]  # a JSON-lines record lists them
-        missed = int(rec["missed_max_k"]) if "missed_max_k" in rec else max(missed_ks, default=0)
-        if missed > 0:  # drafts were asked for but missed the deadline
-            missed_sum = int(rec["missed_sum_k"]) if "missed_sum_k" in rec else sum(missed_ks)
-            draft_shape = replace(shape, max_k=missed, draft_tokens=missed_sum)
-        return cls(shape, float(rec["draft_s"]), float(rec["verify_s"]), float(rec["overhead_s"]), draft_shape)
-
 
 def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
     """Mean absolute error of predicted step times, relative to the mean step time."""

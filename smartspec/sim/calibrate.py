@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,37 +12,29 @@ import numpy as np
 from smartspec.errors import InvalidRequest
 from smartspec.policy.cost_model import CostModel, StepSample, default_cost_model, fit_cost_model, r_squared
 from smartspec.sim.acceptance import AcceptanceProfile
-from smartspec.telemetry.records import BadRecord, decode
+from smartspec.telemetry.records import BadRecord, StepRecord, decode, read_jsonl
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """One JSON object per line: the engine's step records (`generate --steps-jsonl`, i.e. StepStats as a dict)
-    or Redis stream entries of `smartspec:{service}:steps` (flat string maps, e.g. an XRANGE dump)."""
+def read_records(path: str | Path) -> list[StepRecord]:
+    """A JSON-lines file of step records (`generate --steps-jsonl`, a sweep's steps-*.jsonl, an XRANGE dump)."""
     try:
-        lines = Path(path).read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as exc:
+        return read_jsonl(path)
+    except (OSError, BadRecord) as exc:
         raise InvalidRequest(f"cannot read step records from {path}: {exc}", param="records") from None
 
 
-def _is_stream_entry(rec: Mapping[str, Any]) -> bool:
-    return "v" in rec and "sum_k" in rec
-
-
-def _parsed(rec: Mapping[str, Any]) -> tuple[StepSample, dict[str, list[list[int]]]]:
-    """(the step's shape and timings, its per-class [tested, accepted] counts per draft position)."""
-    if _is_stream_entry(rec):
-        decoded = decode({str(k): str(v) for k, v in rec.items()})
-        return decoded.sample, decoded.acceptance
-    return StepSample.from_record(rec), dict(rec.get("acceptance_by_class") or {})
-
-
-def step_samples(records: Iterable[Mapping[str, Any]]) -> list[StepSample]:
-    """Steps that verified something (prefill-only steps are left out, as the scheduler's own fits do)."""
+def _decoded(rec: StepRecord | Mapping[str, Any]) -> StepRecord:
+    if isinstance(rec, StepRecord):
+        return rec
     try:
-        samples = [_parsed(r)[0] for r in records]
-    except (BadRecord, KeyError, ValueError, TypeError) as exc:
+        return decode({str(k): str(v) for k, v in rec.items()})
+    except BadRecord as exc:
         raise InvalidRequest(f"malformed step record: {exc}", param="records") from None
+
+
+def step_samples(records: Iterable[StepRecord | Mapping[str, Any]]) -> list[StepSample]:
+    """Steps that verified something (prefill-only steps are left out, as the scheduler's own fits do)."""
+    samples = [_decoded(r).sample for r in records]
     return [s for s in samples if s.shape.batch > 0]
 
 
@@ -61,7 +52,7 @@ def scale_matched(prior: CostModel, samples: Sequence[StepSample]) -> CostModel:
                    overhead={k: v * f for k, v in prior.overhead.items()})
 
 
-def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True,
+def fit_cost(records: Iterable[StepRecord | Mapping[str, Any]], *, pads_to_max_k: bool = True,
              prior: CostModel | None = None, name: str = "fitted") -> CostModel:
     """The step-time model of a recorded run, in two stages.
 
@@ -72,15 +63,15 @@ def fit_cost(records: Iterable[Mapping[str, Any]], *, pads_to_max_k: bool = True
        for the same step without it, per prompt token and, where the records say how rows were padded, per
        padded slot."""
     samples = step_samples(records)
-    decode = [s for s in samples if s.shape.prefill_tokens == 0]
+    decoding = [s for s in samples if s.shape.prefill_tokens == 0]
     mixed = [s for s in samples if s.shape.prefill_tokens > 0]
-    base = decode if len(decode) >= 4 else samples
+    base = decoding if len(decoding) >= 4 else samples
     if len(base) < 4:
         raise InvalidRequest(f"need at least 4 steps that verified something to fit, got {len(samples)}",
                              param="records")
     model = fit_cost_model(base, prior=prior or scale_matched(default_cost_model(), base),
                            pads_to_max_k=pads_to_max_k, name=name)
-    if mixed and base is decode:
+    if mixed and base is decoding:
         model = replace(model, verify={**model.verify, **prefill_prices(model, mixed)})
     actual = np.array([s.total_s for s in samples])
     predicted = np.array([s.predicted_s(model) for s in samples])
@@ -152,15 +143,13 @@ class RecordedAcceptance:
         return AcceptanceProfile("profile", tuple(prof) or (self.mean_alpha,))
 
 
-def recorded_acceptance(records: Iterable[Mapping[str, Any]], klass: str | None = None) -> RecordedAcceptance:
+def recorded_acceptance(records: Iterable[StepRecord | Mapping[str, Any]],
+                        klass: str | None = None) -> RecordedAcceptance:
     """Pool the records' per-class acceptance counts (all classes, or one)."""
     tested = np.zeros(0, dtype=int)
     accepted = np.zeros(0, dtype=int)
     for rec in records:
-        try:
-            by_class = _parsed(rec)[1]
-        except (BadRecord, KeyError, ValueError, TypeError) as exc:
-            raise InvalidRequest(f"malformed step record: {exc}", param="records") from None
+        by_class = _decoded(rec).acceptance
         for name, (t, a) in by_class.items():
             if klass is not None and name != klass:
                 continue

@@ -1,13 +1,18 @@
-"""The step record: what a target writes to `smartspec:{service}:steps` for every engine step.
+"""The step record: one spelling, with a schema version, for every sink and every reader.
 
-Redis stream entries are flat string maps, so lists and maps travel as JSON. Fields:
+A target writes one record per engine step to `smartspec:{service}:steps` (RedisStepSink) and, with
+`smartspec generate --steps-jsonl`, as one JSON object per line (JsonlSink): the same `encode` map
+both ways. The controller, `smartspec sim fit`, `smartspec policy explain --fit` and the benches read
+it back with `decode` (`read_jsonl` for files); nothing else parses it.
+
+Values are strings (Redis stream entries are flat string maps), lists and maps as JSON. Fields:
 v (schema), ts (unix s), replica, step, batch_size, num_prefills, prefill_tokens, sum_k, max_k,
 context_tokens, draft_catchup_tokens, proposed_per_pos / accepted_per_pos (JSON lists, position
 0 = first draft), acceptance (JSON {class: [tested per pos, accepted per pos]}), emitted,
 draft_s, verify_s, overhead_s, decision_s, policy_version; and, optional (older targets omit them):
 prefill_padded_tokens, pending_catchup_tokens (Σ context the draft had not seen), draft_deadline_s,
-missed_max_k / missed_sum_k (the drafts asked for when they missed the deadline; 0 otherwise) and
-predicted_step_s (what the policy's cost model expected).
+missed_max_k / missed_sum_k (the drafts asked for when they missed the deadline; 0 otherwise),
+predicted_step_s (what the policy's cost model expected) and calibration ("1" on start-up profile steps).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smartspec.policy.cost_model import StepSample
+from smartspec.policy.cost_model import StepSample, StepShape
 from smartspec.policy.limits import MAX_K_LIMIT, MAX_POLICY_VERSION
 from smartspec.telemetry.keys import SCHEMA_VERSION
 
@@ -117,7 +123,7 @@ def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
             num_prefills=int(raw["num_prefills"]), emitted=int(raw["emitted"]), sum_k=int(raw["sum_k"]),
             max_k=int(raw["max_k"]), policy_version=int(raw["policy_version"]),
             acceptance={str(c): [[int(x) for x in v[0]], [int(x) for x in v[1]]] for c, v in acceptance.items()},
-            sample=StepSample.from_record(raw),
+            sample=_sample(raw),
             predicted_step_s=_finite_or_none(raw.get("predicted_step_s")),
             pending_catchup_tokens=int(raw.get("pending_catchup_tokens", 0)),
             calibration=raw.get("calibration") == "1",
@@ -126,6 +132,36 @@ def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
         raise BadRecord(f"malformed step record: {exc}") from None
     _check_ranges(rec)
     return rec
+
+
+def read_jsonl(path: str | Path) -> list[StepRecord]:
+    """Every record of a JSON-lines file (one `encode` map per line), or BadRecord naming the first bad line."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                if not isinstance(raw, dict):
+                    raise BadRecord("not a JSON object")
+                out.append(decode({str(k): str(v) for k, v in raw.items()}))
+            except (BadRecord, ValueError) as exc:
+                raise BadRecord(f"{path}, line {n}: {exc}") from None
+    return out
+
+
+def _sample(raw: Mapping[str, str]) -> StepSample:
+    """The step's shape and timings; drafts that missed the deadline are priced at the shape asked for."""
+    shape = StepShape(
+        batch=int(raw["batch_size"]), context_tokens=int(raw["context_tokens"]), max_k=int(raw["max_k"]),
+        draft_tokens=int(raw["sum_k"]), prefill_tokens=int(raw["prefill_tokens"]),
+        draft_catchup_tokens=int(raw["draft_catchup_tokens"]),
+        prefill_padded_tokens=int(raw.get("prefill_padded_tokens", 0)),
+    )
+    missed = int(raw.get("missed_max_k", 0))
+    draft_shape = replace(shape, max_k=missed, draft_tokens=int(raw.get("missed_sum_k", 0))) if missed > 0 else None
+    return StepSample(shape, float(raw["draft_s"]), float(raw["verify_s"]), float(raw["overhead_s"]), draft_shape)
 
 
 def _check_ranges(rec: StepRecord) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from smartspec.cli.main import main
+from smartspec.engine.steps import StepStats
+from smartspec.telemetry.records import encode
 
 
 def test_preset_table_has_the_papers_shape(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,8 +34,11 @@ def test_fit_from_step_records(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         for k in (0, 2, 4):
             verify = 0.05 + 0.002 * b * (k + 1)
             draft = 0.01 * k
-            lines.append(json.dumps({"batch_size": b, "context_tokens": 50 * b, "ks": [k] * b,
-                                     "prefill_tokens": 0, "draft_s": draft, "verify_s": verify, "overhead_s": 0.001}))
+            stats = StepStats(step_id=len(lines) + 1, batch_size=b, num_prefills=0, ks=[k] * b,
+                              num_proposed_per_pos=[b] * k, num_accepted_per_pos=[b] * k, num_emitted=b * (k + 1),
+                              context_tokens=50 * b, num_forwards=1, real_tokens=b * (k + 1),
+                              padded_tokens=b * (k + 1), draft_s=draft, verify_s=verify, overhead_s=0.001)
+            lines.append(json.dumps(encode(stats, "r0", 1.0 + len(lines))))  # what the JSON-lines sink writes
     path.write_text("\n".join(lines))
     saved = tmp_path / "model.json"
     assert main(["policy", "explain", "--fit", str(path), "--acceptance", "0.8", "--batch-sizes", "1,64",

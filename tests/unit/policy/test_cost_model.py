@@ -85,13 +85,6 @@ def test_static_coefficients_round_trip_and_errors() -> None:
         resolve("h200-nonexistent")
 
 
-def test_step_sample_from_record() -> None:
-    rec = {"batch_size": 3, "context_tokens": 300, "ks": [0, 2, 5], "prefill_tokens": 7,
-           "draft_s": 0.1, "verify_s": 0.2, "overhead_s": 0.01}
-    s = StepSample.from_record(rec)
-    assert s.shape == StepShape(3, 300, 5, 7, 7) and s.total_s == pytest.approx(0.31)
-
-
 def test_padding_changes_batched_tokens() -> None:
     shape = StepShape(batch=4, context_tokens=0, max_k=5, draft_tokens=8)
     assert shape.features(pads_to_max_k=True)["batched_tokens"] == 24

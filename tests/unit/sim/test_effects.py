@@ -14,10 +14,10 @@ import pytest
 from smartspec.cli import sim as sim_cli
 from smartspec.engine.params import SamplingParams
 from smartspec.engine.scheduler import sample_of
-from smartspec.engine.sinks import MemorySink, record_of
+from smartspec.engine.sinks import MemorySink
 from smartspec.engine.steps import StepPlan
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import CostModel, StepSample, StepShape
+from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.sim.acceptance import parse_acceptance
 from smartspec.sim.calibrate import fit_cost, prefill_prices, step_samples
 from smartspec.sim.effects import Contention, SimEffects, StepTimer
@@ -28,8 +28,9 @@ from smartspec.sim.run import EngineConfig, SimResult, simulate
 from smartspec.sim.sweep import SimSweepConfig, run_sweep
 from smartspec.sim.trace import parse_trace
 from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths
+from smartspec.telemetry.records import decode, encode
 
-# Shaped like the model fitted to the real pair on this CPU (bench/results/2026-11-26-sweep-humaneval-real).
+# Shaped like the model fitted to the real pair on this CPU (results/2026-11-26-sweep-humaneval-real).
 CPU = CostModel(
     "cpu-like",
     verify={"const": 0.13, "spec": 0.008, "batch": 0.001, "batched_tokens": 0.0045, "context_tokens": 1.7e-6,
@@ -72,7 +73,7 @@ def test_a_missed_deadline_is_recorded_as_the_real_engine_records_it() -> None:
     # What the fits see: a k = 0 step that waited for drafts of the shape asked for (also via a step record).
     sample = sample_of(st)
     assert sample.shape.max_k == 0 and sample.draft_shape == replace(sample.shape, max_k=3, draft_tokens=6)
-    assert StepSample.from_record(record_of(st)).draft_shape == sample.draft_shape
+    assert decode(encode(st, "r0", 1.0)).sample.draft_shape == sample.draft_shape
     # The draft still ingested what it was sent, as the draft service does: nothing left to catch up.
     assert all(eng.draft_pending(eng.seqs[i]) == 0 for i in ids)
     assert eng.timer.misses == 1
@@ -187,8 +188,8 @@ def test_the_fit_learns_the_prefill_padding_price() -> None:
     for policy in ("off", "fixed:3"):
         simulate(reqs, build_policy(policy, truth, 7), truth, label=policy, sinks=[sink],
                  engine=EngineConfig(max_batch=32, max_k=7))
-    records = [json.loads(json.dumps(record_of(s))) for s in sink.records]
-    assert any(r["prefill_padded_tokens"] > r["prefill_tokens"] for r in records)  # admissions of several prompts
+    records = [json.loads(json.dumps(encode(s, "r0", 1.0))) for s in sink.records]
+    assert any(int(r["prefill_padded_tokens"]) > int(r["prefill_tokens"]) for r in records)  # several prompts
     model = fit_cost(records)
     assert model.verify["prefill_padded_tokens"] == pytest.approx(0.005, rel=0.1)
     assert model.verify["prefill_tokens"] < 0.0005

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from smartspec.cli import sim as sim_cli
-from smartspec.engine.sinks import MemorySink, record_of
+from smartspec.engine.sinks import MemorySink
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import PRESETS, CostModel, StepSample, relative_error
+from smartspec.policy.cost_model import PRESETS, CostModel, relative_error
 from smartspec.sim.acceptance import parse_acceptance
 from smartspec.sim.calibrate import fit_cost, recorded_acceptance
 from smartspec.sim.policies import PolicyKnobs, build_policy
@@ -24,7 +24,7 @@ from smartspec.sim.run import EngineConfig, SimResult, simulate
 from smartspec.sim.sweep import SimSweepConfig, run_sweep
 from smartspec.sim.trace import parse_trace
 from smartspec.sim.workload import SimRequest, WorkloadSpec, parse_arrivals, parse_lengths
-from smartspec.telemetry.records import encode
+from smartspec.telemetry.records import decode, encode
 
 H100 = PRESETS["h100-llama8b"]
 
@@ -68,7 +68,7 @@ def test_every_request_finishes_with_its_length_and_steps_conserve_tokens() -> N
         assert s.batch_size + s.num_prefills <= 8
     assert sum(s.num_accepted_tokens for s in steps) == sum(r.accepted_tokens for r in res.records)
     # The virtual clock moved exactly by the cost model's step times.
-    assert res.busy_s == pytest.approx(sum(H100.step_time(StepSample.from_record(record_of(s)).shape)
+    assert res.busy_s == pytest.approx(sum(H100.step_time(decode(encode(s, "r0", 1.0)).sample.shape)
                                            for s in steps))
 
 
@@ -115,10 +115,10 @@ def test_drawn_acceptance_follows_the_geometric_rate() -> None:
     reqs = workload(acceptance="fixed:0.8", out="fixed:200").requests(40, rate=2.0)
     sink = MemorySink()
     run(reqs, "fixed:5", sink=sink)
-    acc = recorded_acceptance([record_of(s) for s in sink.records])
+    acc = recorded_acceptance([encode(s, "r0", 1.0) for s in sink.records])
     assert acc.mean_alpha == pytest.approx(0.8, abs=0.02)
     assert all(c == pytest.approx(0.8, abs=0.04) for c in acc.conditional)
-    prof = recorded_acceptance([record_of(s) for s in sink.records]).spec()
+    prof = recorded_acceptance([encode(s, "r0", 1.0) for s in sink.records]).spec()
     assert prof.kind == "profile" and len(prof.values) == 5
 
 
@@ -170,10 +170,9 @@ def test_fit_from_step_records_recovers_the_step_times(tmp_path: Path) -> None:
     for policy in ("off", "fixed:2", "fixed:5"):
         run(reqs, policy, cost=truth, sink=sink)
     steps = list(sink.records)
-    jsonl = [json.loads(json.dumps(record_of(s))) for s in steps]
     stream = [json.loads(json.dumps(encode(s, "r0", 1.0 + i))) for i, s in enumerate(steps)]
-    samples = [StepSample.from_record(r) for r in jsonl if r["batch_size"] > 0]
-    for records in (jsonl, stream):
+    samples = [decode(r).sample for r in stream if int(r["batch_size"]) > 0]
+    for records in (stream, [decode(r) for r in stream]):
         model = fit_cost(records, pads_to_max_k=False)
         assert model.r2 is not None and model.r2 > 0.95
         assert relative_error(model, samples) < 0.03

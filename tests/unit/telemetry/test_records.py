@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,25 @@ def test_service_names_are_dns_subdomains() -> None:
     for bad in ("", "Chat", "a:b", "-a", "a.", "x" * 254, "a b", "a*"):
         with pytest.raises(ValueError):
             check_service(bad)
+
+
+def test_the_jsonl_sink_writes_the_redis_spelling_and_read_jsonl_reads_it_back(tmp_path: Path) -> None:
+    from smartspec.telemetry.jsonl_sink import JsonlSink
+
+    path = tmp_path / "steps.jsonl"
+    sink = JsonlSink(path, replica="cli")
+    sink.record(stats())
+    sink.close()
+    (line,) = path.read_text().splitlines()
+    assert set(json.loads(line)) == set(records.encode(stats(), "cli", 1.0))  # one spelling, schema v included
+    (rec,) = records.read_jsonl(path)
+    assert rec.replica == "cli" and rec.sample == records.decode(records.encode(stats(), "x", 1.0)).sample
+
+
+def test_read_jsonl_names_the_line_of_a_record_in_another_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "steps.jsonl"
+    good = json.dumps(records.encode(stats(), "a", 1.0))
+    older = json.dumps({"batch_size": 3, "ks": [0, 2, 5], "draft_s": 0.1, "verify_s": 0.2, "overhead_s": 0.01})
+    path.write_text(f"{good}\n\n{older}\n")
+    with pytest.raises(records.BadRecord, match=r"line 3: step record schema None"):
+        records.read_jsonl(path)
