@@ -1,4 +1,4 @@
-"""The controller's own metrics (DESIGN §5 names), as OTel instruments served in Prometheus text."""
+"""The controller's own metrics (names the dashboards use), as OTel instruments served in Prometheus text."""
 
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -38,8 +37,9 @@ from smartspec.policy.document import (
 )
 from smartspec.policy.limits import MAX_K_LIMIT, MAX_POLICY_VERSION
 from smartspec.rpc import RunningServer, start_server, wait_for_signal
-from smartspec.telemetry.keys import SCHEMA_VERSION, check_service, policy_key, policy_spec_key, status_key, steps_key
+from smartspec.telemetry.keys import check_service, policy_key, policy_spec_key, status_key, steps_key
 from smartspec.telemetry.records import BadRecord, decode
+from smartspec.telemetry.status import ControllerStatus, CostModelReport, FitReport, LoadReport
 from smartspec_controller import decide
 from smartspec_controller.metrics import ControllerMetrics
 from smartspec_controller.otlp_receiver import LoadView, services
@@ -92,7 +92,7 @@ class Controller:
         self.last_fit: decide.FitResult | None = None
         self.doc: PolicyDocument | None = None
         self.version = 0
-        self.status: dict[str, Any] = {}
+        self.status: ControllerStatus | None = None
         self.redis_ok = True
         self._last_id = (0, 0)  # newest stream entry ingested
         self._points_counted = 0  # OTLP data points already added to the counter
@@ -358,23 +358,21 @@ class Controller:
     async def _write_status(self, seen: dict[str, float | None], predicted: float | None, model: CostModel,
                             table: dict[str, int], current: decide.CurrentLoad | None, now: float) -> None:
         fit = self.last_fit
-        self.status = {
-            "schema_version": SCHEMA_VERSION, "service": self.service, "decided_by": self.settings.name,
-            "decided_at": now, "policy_version": self.version, "mode": self.spec.mode,
-            "max_k": self.spec.max_k, "spec_error": self.spec_error, "publish_error": self.publish_error,
-            "measured_goodput": seen["goodput"], "predicted_goodput": predicted,
-            "mean_k": seen["mean_k"], "mean_batch_size": seen["batch_size"],
-            "current": None if current is None else asdict(current), "recommended_k": table,
-            "cost_model": {"name": model.name, "r2": model.r2, "samples": model.samples,
-                           "last_fit": None if fit is None else {"adopted": fit.adopted, "reason": fit.reason,
-                                                                 "holdout_r2": fit.holdout_r2,
-                                                                 "r2_in_force": fit.r2_in_force,
-                                                                 "holdout_error": fit.holdout_error,
-                                                                 "error_in_force": fit.error_in_force}},
-            "replicas": self.window.replicas(now=now), "telemetry_age_s": self.window.age_s(now),
-            "records": self.window.records, "otlp_instances": sorted(self.view.values),
-        }
-        await self.redis.set(status_key(self.service), json.dumps(self.status, allow_nan=False))
+        self.status = ControllerStatus(
+            service=self.service, decided_by=self.settings.name, decided_at=now, policy_version=self.version,
+            mode=self.spec.mode, max_k=self.spec.max_k, spec_error=self.spec_error, publish_error=self.publish_error,
+            measured_goodput=seen["goodput"], predicted_goodput=predicted, mean_k=seen["mean_k"],
+            mean_batch_size=seen["batch_size"],
+            current=None if current is None else LoadReport(batch_size=current.batch_size, k=current.k),
+            recommended_k={str(b): k for b, k in table.items()},
+            cost_model=CostModelReport(
+                name=model.name, r2=model.r2, samples=model.samples,
+                last_fit=None if fit is None else FitReport(
+                    adopted=fit.adopted, reason=fit.reason, holdout_r2=fit.holdout_r2, r2_in_force=fit.r2_in_force,
+                    holdout_error=fit.holdout_error, error_in_force=fit.error_in_force)),
+            replicas=self.window.replicas(now=now), telemetry_age_s=self.window.age_s(now),
+            records=self.window.records, otlp_instances=sorted(self.view.values))
+        await self.redis.set(status_key(self.service), self.status.to_json())
 
     def _update_metrics(self, measured_gp: float | None, predicted: float | None, model: CostModel,
                         current: decide.CurrentLoad | None, now: float) -> None:
@@ -422,7 +420,9 @@ class Controller:
 
         @app.get("/status")
         async def status() -> JSONResponse:
-            return JSONResponse(self.status)
+            if self.status is None:
+                return JSONResponse({"error": {"message": "no decision yet"}}, status_code=404)
+            return JSONResponse(json.loads(self.status.to_json()))
 
         return app
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from smartspec.telemetry.status import ControllerStatus
+
 
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -34,7 +36,7 @@ def _num(value: Any, digits: int = 3) -> float | None:
 
 
 def service_status(*, generation: int, observed_generation: int | None, deployments: dict[str, dict[str, Any] | None],
-                   desired: dict[str, int], with_draft: bool, decision: dict[str, Any] | None,
+                   desired: dict[str, int], with_draft: bool, decision: ControllerStatus | None,
                    redis_error: str | None, policy: dict[str, Any], previous: list[dict[str, Any]], now: float,
                    stale_s: float, apply_error: str | None = None) -> dict[str, Any]:
     """The SpeculativeService status the operator writes (observedGeneration is the caller's)."""
@@ -65,11 +67,11 @@ def service_status(*, generation: int, observed_generation: int | None, deployme
     elif decision is None:
         problems.append(("TelemetryStale", "the controller has not reported a decision yet"))
     else:
-        age = now - float(decision.get("decided_at", 0))
+        age = now - decision.decided_at
         if age > stale_s:
             problems.append(("TelemetryStale", f"last controller decision {age:.0f}s ago (limit {stale_s:.0f}s)"))
-        if decision.get("spec_error"):
-            problems.append(("PolicyInvalid", f"controller keeps the last valid policy: {decision['spec_error']}"))
+        if decision.spec_error:
+            problems.append(("PolicyInvalid", f"controller keeps the last valid policy: {decision.spec_error}"))
     conditions = [
         condition("Ready", ready, reason, msg, generation, previous, now),
         condition("Degraded", bool(problems), problems[0][0] if problems else "AsExpected",
@@ -77,26 +79,26 @@ def service_status(*, generation: int, observed_generation: int | None, deployme
     ]
     out: dict[str, Any] = {"conditions": conditions, **roles, "policy": policy}
     if decision is not None:
-        current = decision.get("current") or {}
-        out |= {"policyVersion": decision.get("policy_version"), "meanK": _num(decision.get("mean_k"), 2),
-                "currentK": current.get("k"), "goodput": _num(decision.get("measured_goodput"), 1),
-                "predictedGoodput": _num(decision.get("predicted_goodput"), 1),
-                "lastDecision": iso(float(decision.get("decided_at", now))),
-                "telemetryAgeSeconds": _num(decision.get("telemetry_age_s"), 1)}
+        out |= {"policyVersion": decision.policy_version, "meanK": _num(decision.mean_k, 2),
+                "currentK": None if decision.current is None else decision.current.k,
+                "goodput": _num(decision.measured_goodput, 1),
+                "predictedGoodput": _num(decision.predicted_goodput, 1),
+                "lastDecision": iso(decision.decided_at),
+                "telemetryAgeSeconds": _num(decision.telemetry_age_s, 1)}
     return out
 
 
-def policy_status(*, services: list[str], decisions: list[dict[str, Any]]) -> dict[str, Any]:
+def policy_status(*, services: list[str], decisions: list[ControllerStatus]) -> dict[str, Any]:
     """What a SpeculationPolicy shows: the services using it and the newest decision among them."""
     # Keys without a decision are sent as null, so a merge patch removes stale values.
     out: dict[str, Any] = {"services": sorted(services), "version": None, "currentK": None, "lastDecision": None,
                            "recommendedK": None}
     if decisions:
-        latest = max(decisions, key=lambda s: float(s.get("decided_at", 0)))
-        out |= {"version": max(int(s.get("policy_version") or 0) for s in decisions),
-                "currentK": (latest.get("current") or {}).get("k"),
-                "lastDecision": iso(float(latest.get("decided_at", 0))),
-                "recommendedK": {str(b): int(k) for b, k in (latest.get("recommended_k") or {}).items()}}
+        latest = max(decisions, key=lambda s: s.decided_at)
+        out |= {"version": max(s.policy_version for s in decisions),
+                "currentK": None if latest.current is None else latest.current.k,
+                "lastDecision": iso(latest.decided_at),
+                "recommendedK": dict(latest.recommended_k)}
     return out
 
 

@@ -1,4 +1,4 @@
-"""The operator's side of Redis (DESIGN §5): write policy-spec, read the controller's status, clean up keys."""
+"""The operator's side of Redis (ARCHITECTURE.md §5): write policy-spec, read the controller's status, clean up keys."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smartspec.telemetry.keys import policy_spec_key, service_keys, status_key
+from smartspec.telemetry.status import ControllerStatus, parse_status
 
 
 def redis_user(service: str) -> str:
-    """The Redis user a service's pods log in as (DESIGN's service id: namespace.name)."""
+    """The Redis user a service's pods log in as (the service id: namespace.name)."""
     return f"smartspec-{service}"
 
 
@@ -56,15 +57,9 @@ class Store:
         """No policy: the controller goes back to its built-in default spec."""
         await self.client(url).delete(policy_spec_key(service))
 
-    async def decision(self, url: str, service: str) -> dict[str, Any] | None:
-        raw = await self.client(url).get(status_key(service))
-        if raw is None:
-            return None
-        try:
-            out = json.loads(raw)
-        except ValueError:
-            return None  # a half-written or foreign value is "no decision", not a crash
-        return out if isinstance(out, dict) else None
+    async def decision(self, url: str, service: str) -> ControllerStatus | None:
+        # A half-written, oversized or foreign value is "no decision", not a crash (parse_status).
+        return parse_status(await self.client(url).get(status_key(service)))
 
     async def forget(self, url: str, service: str) -> int:
         """Delete every key the service owns (step stream, policy, spec, status)."""

@@ -11,6 +11,7 @@ from smartspec.cli import stackfile
 from smartspec.errors import InvalidRequest, ResourceShortage
 from smartspec.policy.document import PolicyDocument, parse_document
 from smartspec.telemetry.keys import check_service, policy_key, status_key
+from smartspec.telemetry.status import ControllerStatus, parse_status
 from smartspec.tls import redis_kwargs
 
 
@@ -43,13 +44,14 @@ def show_policy(service: str | None, redis_url: str | None, as_json: bool, passw
         raise ResourceShortage(f"cannot read the policy from {redact_url(redis_url)}: {exc}") from None
     finally:
         client.close()
-    status = json.loads(raw_status) if raw_status else None
+    status = parse_status(raw_status)
     doc = parse_document(raw) if raw else None
     now = time.time()
     if as_json:
         out: dict[str, Any] = {"service": service, "policy": None if doc is None else json.loads(doc.model_dump_json()),
                                "age_s": None if doc is None else now - doc.issued_at,
-                               "expired": None if doc is None else doc.expired(now), "status": status}
+                               "expired": None if doc is None else doc.expired(now),
+                               "status": None if status is None else json.loads(status.to_json())}
         print(json.dumps(out, indent=2))
         return 0
     if doc is None:
@@ -59,7 +61,7 @@ def show_policy(service: str | None, redis_url: str | None, as_json: bool, passw
     return 0
 
 
-def _print(doc: PolicyDocument, status: dict[str, Any] | None, now: float) -> None:
+def _print(doc: PolicyDocument, status: ControllerStatus | None, now: float) -> None:
     state = "EXPIRED (targets use their local default)" if doc.expired(now) else \
         f"expires in {doc.expires_at - now:.0f}s"
     r2 = "n/a" if doc.r2 is None else f"{doc.r2:.3f}"
@@ -75,16 +77,15 @@ def _print(doc: PolicyDocument, status: dict[str, Any] | None, now: float) -> No
     prior = doc.acceptance_prior.get("default")
     if prior:
         print("  acceptance (default class, per position): " + " ".join(f"{a:.2f}" for a in prior))
-    if status:  # what the controller recommends at each load is status, not part of the policy
-        current = status.get("current")
-        if current:
-            print(f"  current load: {current['batch_size']:.2f} running per step -> k {current['k']}")
-        table = status.get("recommended_k") or {}
+    if status is not None:  # what the controller recommends at each load is status, not part of the policy
+        if status.current:
+            print(f"  current load: {status.current.batch_size:.2f} running per step -> k {status.current.k}")
+        table = status.recommended_k
         print("  recommended k:  " + ("  ".join(f"batch {b}: {k}" for b, k in table.items()) or "n/a"))
-        age = status.get("telemetry_age_s")
-        print(f"  replicas reporting: {', '.join(status.get('replicas') or []) or 'none'}; newest step record "
+        age = status.telemetry_age_s
+        print(f"  replicas reporting: {', '.join(status.replicas) or 'none'}; newest step record "
               f"{'n/a' if age is None else f'{age:.1f}s'} ago")
-        if status.get("spec_error"):
-            print(f"  spec error: {status['spec_error']}")
+        if status.spec_error:
+            print(f"  spec error: {status.spec_error}")
     else:
         print("  no controller status (the load and the recommended k per batch size are reported there)")
