@@ -52,13 +52,13 @@ def median(xs: list[float]) -> float:
 
 
 def results_dir(tag: str) -> Path:
-    out = Path(__file__).parent / "results" / f"{dt.date.today().isoformat()}-{tag}"
+    out = Path(__file__).parent.parent / "results" / f"{dt.date.today().isoformat()}-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def write_report(tag: str, title: str, body: str) -> Path:
-    """Write `body` (markdown) with the exact command and machine into bench/results/<date>-<tag>/."""
+    """Write `body` (markdown) with the exact command and machine into results/<date>-<tag>/."""
     out = results_dir(tag) / "README.md"
     script = Path(sys.argv[0])
     # As a module invocation from the repository root: no path of the machine that ran it.

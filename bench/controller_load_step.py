@@ -4,7 +4,7 @@ Starts `smartspec up` (redis, controller, draft, target as processes), runs clos
 clients (1, then N, then 1 concurrent), and samples once a second the policy version the controller
 published (`smartspec:{service}:policy`) and its status (`smartspec:{service}:status`: the k recommended
 at the current batch size, mean batch size, goodput of decode steps). Prints the time series and how
-long k took to move after each load step; writes them to bench/results/<date>-controller-load-step/.
+long k took to move after each load step; writes them to results/<date>-controller-load-step/.
 
     python -m bench.controller_load_step [--models real|tiny] [--high 16] [--phase-s 40,60,40]
 """

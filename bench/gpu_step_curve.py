@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="bench/results/gpu-step-curve")
+    ap.add_argument("--out", default="results/gpu-step-curve")
     args = ap.parse_args()
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)

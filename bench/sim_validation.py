@@ -16,7 +16,7 @@ the sweep, so its simulated column is a prediction of the current code as the ta
 the old measurement, not an error. With `--no-effects` every policy runs as the simulator did before
 it modelled deadlines, shared cores, prefill padding, noise and cold starts (the fitted model, warm).
 
-    python -m bench.sim_validation bench/results/2026-11-26-sweep-humaneval-real --seeds 8
+    python -m bench.sim_validation results/2026-11-26-sweep-humaneval-real --seeds 8
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from bench.common import quiet, write_report
-from bench.loadgen import poisson_arrivals, request_body, send
-from bench.workloads import humaneval, synthetic
 from smartspec.cli.up import free_port
+from smartspec.loadtest.loadgen import poisson_arrivals, request_body, send
+from smartspec.loadtest.workloads import humaneval, synthetic
 from smartspec.sim.report import RequestRecord, write_csv
 
 

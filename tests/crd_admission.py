@@ -1,6 +1,6 @@
 """What the API server does to a custom object before storing it: defaults, openAPIV3Schema and CEL rules.
 
-No kube-apiserver installs here (DESIGN §8), so tests admit every SpeculativeService/SpeculationPolicy
+No kube-apiserver installs here, so tests admit every SpeculativeService/SpeculationPolicy
 through this: structural defaulting, JSON-schema validation of the CRD's openAPIV3Schema (OpenAPI 3.0 is
 draft-4 flavoured: boolean exclusiveMinimum), and each `x-kubernetes-validations` rule evaluated by a
 real CEL interpreter (cel-python) with `self` bound to the value at that node.

@@ -1,7 +1,7 @@
 """`smartspec bench sweep`: latency vs request rate for each speculation policy on the local stack.
 
-The experiment code lives in the repository's `bench/` package (imported lazily, so this command
-works in a checkout); see bench/README.md, section "The load sweep".
+The experiment code is smartspec/loadtest (imported lazily: it needs the `bench` extra); see
+bench/README.md, section "The load sweep".
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--warmup", type=int, default=2, help="warm-up requests after each stack start")
     s.add_argument("--seed", type=int, default=0, help="arrival times and prompt order")
     s.add_argument("--tag", help="results folder name after the date (default sweep-WORKLOAD-MODELS)")
-    s.add_argument("--out", type=Path, help="results folder (default bench/results/<date>-<tag>)")
+    s.add_argument("--out", type=Path, help="results folder (default results/<date>-<tag>)")
     s.add_argument("--resume", action="store_true",
                    help="keep the policies already complete in --out and run only the others")
     s.add_argument("--log-dir", type=Path, help="keep each stack's log here (default: a temporary folder)")
@@ -87,11 +87,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     try:
-        from bench import sweep
-        from bench.workloads import WorkloadUnavailable
+        from smartspec.loadtest import sweep
+        from smartspec.loadtest.workloads import WorkloadUnavailable
     except ImportError as exc:
-        raise BenchFailed(f"`smartspec bench` needs the repository's bench/ package and the bench extra "
-                          f"(pip install -e '.[bench]'): {exc}") from None
+        raise BenchFailed(f"`smartspec bench` needs the bench extra (pip install 'smartspec[bench]'): {exc}") from None
     try:
         policies = sweep.parse_policies(args.policies, controller=args.controller == "on")
         rates = sweep.parse_rates(args.rates)

@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--jobs", type=int, default=1, help="simulate in this many processes")
     s.add_argument("--tag", default=None, help="folder tag (default: the cost model's name)")
-    s.add_argument("--out", default=None, help="results folder (default bench/results/<date>-sim-<tag>)")
+    s.add_argument("--out", default=None, help="results folder (default results/<date>-sim-<tag>)")
     s.add_argument("--note", default=None, help="a paragraph for the README (e.g. why these settings)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=sweep)
@@ -190,7 +190,7 @@ def sweep(args: argparse.Namespace) -> int:
                       trace, not args.no_oracle, effects=effects, deadline=deadline, cold_start=args.cold_start,
                       calibration=not args.no_calibration)
     tag = args.tag or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.cost_model).stem)
-    out = Path(args.out) if args.out else Path("bench/results") / f"{dt.date.today().isoformat()}-sim-{tag}"
+    out = Path(args.out) if args.out else Path("results") / f"{dt.date.today().isoformat()}-sim-{tag}"
 
     def progress(run: RunInfo) -> None:
         if not args.quiet:

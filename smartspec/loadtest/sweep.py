@@ -31,8 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smartspec.loadtest.loadgen import Arrival, LoadSpec, arrivals, run_closed_loop, run_load, seeded_rng, trace_arrivals
-from smartspec.loadtest.stack import STEP_FIELDS, LocalStack, SweepError, read_steps, slug, step_rows, typed_step, window_stats
 from smartspec.loadtest.config import (
     LEGACY_SETTINGS,
     POINT_FIELDS,
@@ -47,6 +45,25 @@ from smartspec.loadtest.config import (
     pooled,
     read_rows,
     write_rows,
+)
+from smartspec.loadtest.loadgen import (
+    Arrival,
+    LoadSpec,
+    arrivals,
+    run_closed_loop,
+    run_load,
+    seeded_rng,
+    trace_arrivals,
+)
+from smartspec.loadtest.stack import (
+    STEP_FIELDS,
+    LocalStack,
+    SweepError,
+    read_steps,
+    slug,
+    step_rows,
+    typed_step,
+    window_stats,
 )
 from smartspec.loadtest.workloads import Workload, load
 from smartspec.sim import compare, report

@@ -107,7 +107,7 @@ def write_results(out: Path, result: SweepResult, command: str, note: str | None
     ]
     if cfg.oracle:
         body += [f"## Against the oracle: best static k in hindsight over off, fixed:1 … fixed:{cfg.engine.max_k}\n",
-                 "Goal (DESIGN §9): `vs_oracle` ≤ 1.03 at every rate.\n", markdown(oracle)]
+                 "Goal: `vs_oracle` ≤ 1.03 at every rate.\n", markdown(oracle)]
     body += ["## Latency, TTFT, inter-token time, throughput\n", markdown(shown, SUMMARY_COLUMNS),
              "## What the goodput policy chose\n", markdown(_runs_table(result, "goodput"))]
     if plots:

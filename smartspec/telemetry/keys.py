@@ -1,4 +1,4 @@
-"""Redis key names (DESIGN §5): the only shared state between targets, controller and operator."""
+"""Redis key names (ARCHITECTURE.md §5): the only shared state between targets, controller and operator."""
 
 from __future__ import annotations
 

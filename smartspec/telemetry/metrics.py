@@ -1,4 +1,4 @@
-"""The target's metrics (names from DESIGN §5) as OpenTelemetry instruments, readable as Prometheus text.
+"""The target's metrics (the names dashboards and alerts use) as OpenTelemetry instruments, read as Prometheus text.
 
 Each service instance owns its MeterProvider and Prometheus registry (no process globals), so
 several servers in one process — as in the tests — never mix their numbers. Counters are named

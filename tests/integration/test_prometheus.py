@@ -1,4 +1,4 @@
-"""Real Prometheus scrapes a real target and controller; every metric DESIGN §5 names has a sample."""
+"""Real Prometheus scrapes a real target and controller; every metric in smartspec/telemetry/metrics.py has a sample."""
 
 from __future__ import annotations
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from smartspec.cli.bench import command_line
 from smartspec.loadtest import workloads
 from smartspec.loadtest.loadgen import parse_trace
 from smartspec.loadtest.plots import binned
 from smartspec.loadtest.stack import step_rows, window_stats
 from smartspec.loadtest.sweep import LoadSweepConfig, Point, Sweep, SweepError, parse_policies, parse_rates
-from smartspec.cli.bench import command_line
 from smartspec.sim.report import RequestRecord
 
 

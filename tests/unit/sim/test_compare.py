@@ -107,6 +107,19 @@ def test_closed_loop_table_pairs_by_request_index_and_skips_failures() -> None:
     assert row["ratio_of_means"] == pytest.approx(18.0 / 19.3)
 
 
+def test_the_closed_loops_cross_fit_best_static_is_chosen_on_the_other_half_of_the_requests() -> None:
+    # fixed:3 wins the even requests and fixed:5 the odd ones; fixed:3 has the lower mean over all of them.
+    lat = {"goodput": (10.0, 10.0, 10.0, 10.0), "fixed:3": (9.0, 12.0, 9.0, 12.0), "fixed:5": (12.0, 9.5, 12.0, 9.5)}
+    records = [rec(p, x, seq=i, phase="closed-loop") for p, xs in lat.items() for i, x in enumerate(xs)]
+    rows = {r["static"]: r for r in compare.closed_loop_table(records)}
+    hindsight, cross = rows["best static"], rows["best static (cross-fit)"]
+    assert hindsight["selected"] == "fixed:3 (hindsight)"
+    assert hindsight["ratio"] == pytest.approx(math.sqrt(10 / 9 * 10 / 12))
+    # Even requests against the odd half's winner (fixed:5, 12 s there), odd ones against fixed:3 (12 s there).
+    assert cross["selected"] == "fixed:5 / fixed:3 (chosen on the other half)" and cross["n"] == 4
+    assert (cross["ratio"], cross["lo95"], cross["hi95"]) == pytest.approx((10 / 12,) * 3)
+
+
 def test_loaded_table_over_traces_with_selected_best_and_every_static() -> None:
     records = []
     trace_means = {"goodput": (9.0, 8.5, 8.8), "fixed:3": (10.0, 8.0, 8.0), "fixed:5": (7.0, 9.0, 9.5)}

@@ -61,8 +61,8 @@ def test_the_simulator_runs_counted_phases_and_pauses() -> None:
 
 def test_both_clis_read_the_same_string_as_the_same_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     """`smartspec bench sweep --trace` and `smartspec sim sweep --trace`, through their argument handling."""
-    from bench import sweep as bench_sweep
     from smartspec.cli.main import main
+    from smartspec.loadtest import sweep as bench_sweep
     from smartspec.sim import output as sim_output
     from smartspec.sim import sweep as sim_sweep
 
