@@ -1,21 +1,30 @@
-"""A small Kubernetes REST client on aiohttp: get/create/merge-patch/delete of the few kinds the operator owns.
+"""The operator's Kubernetes client: the `kubernetes` client's asyncio port, server-side apply for owned objects.
 
-It authenticates with the `kopf.ConnectionInfo` kopf's login produced (service account, kubeconfig or a
-plain URL), so the operator has one source of credentials. `apply` is idempotent: it remembers what it
-last applied in an annotation, patches only when the desired object changed, and sends `null` for
-fields that were dropped from the desired object (a JSON merge patch alone would leave them behind).
+Credentials come from kopf's login (`kopf.ConnectionInfo`: service account, kubeconfig or a plain URL), so the
+operator has one source of them. Objects the operator owns converge by server-side apply under the field
+manager `smartspec-operator`: the API server records which manager set which field, removes a field the
+operator stopped applying, and answers 409 when another manager (someone's `kubectl edit`, an autoscaler) owns
+a field the operator would set to a different value. That conflict is raised as `ApplyConflict` and reported
+in the SpeculativeService's status; the operator never forces (nothing it applies is a field it must take
+from someone else), so a person's deliberate change is not silently overwritten.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import ssl
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import aiohttp
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
 
-LAST_APPLIED = "smartspec.io/last-applied"
+FIELD_MANAGER = "smartspec-operator"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the body goes as JSON
+MERGE_PATCH = "application/merge-patch+json"
 Outcome = Literal["created", "patched", "unchanged"]
 
 _PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "configmaps", "Secret": "secrets",
@@ -24,6 +33,7 @@ _PLURALS = {"Deployment": "deployments", "Service": "services", "ConfigMap": "co
 _API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1",
                  "NetworkPolicy": "networking.k8s.io/v1",
                  "SpeculativeService": "smartspec.io/v1alpha1", "SpeculationPolicy": "smartspec.io/v1alpha1"}
+_AS_JSON = {code: "object" for code in (200, 201, 202)}  # the client hands the decoded JSON back as is
 
 
 class KubeError(Exception):
@@ -32,6 +42,7 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status or 'unreachable'}: {message}")
         self.status = status
+        self.message = message
 
     @property
     def temporary(self) -> bool:
@@ -51,6 +62,19 @@ class NotOwned(KubeError):
         return False
 
 
+class ApplyConflict(KubeError):
+    """Another field manager owns a field the operator applies, with another value: reported, not forced.
+    It lasts until that manager lets the field go (or the spec agrees with it), so retrying at once is pointless;
+    the status daemon applies again on its converge interval."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, f"field conflict: {message}")
+
+    @property
+    def temporary(self) -> bool:
+        return False
+
+
 def path(kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     api_version = _API_VERSIONS[kind]
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
@@ -63,49 +87,88 @@ def path(kind: str, namespace: str, name: str | None = None, subresource: str | 
 
 
 class Kube:
+    """get / create / merge-patch / server-side apply / delete of the kinds the operator touches."""
+
     def __init__(self, timeout_s: float = 10.0) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
         self.info: Any = None  # kopf.ConnectionInfo
-        self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool = True
+        self._client: ApiClient | None = None
+        self._stale: list[ApiClient] = []  # replaced by a re-login; closed from the event loop
+        self._pem_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def use(self, info: Any) -> None:
         """Adopt credentials from kopf's login (called again when kopf re-authenticates)."""
         self.info = info
-        self._ssl = _ssl_context(info)
+        if self._client is not None:
+            self._stale.append(self._client)
+            self._client = None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for client in [*self._stale, *([self._client] if self._client is not None else [])]:
+            await client.close()
+        self._stale, self._client = [], None
+        if self._pem_dir is not None:
+            self._pem_dir.cleanup()
+            self._pem_dir = None
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if self.info is not None:
-            headers |= self.info.as_http_headers()  # bearer token or basic auth, as kopf sends it
-        return headers
-
-    async def request(self, method: str, url_path: str, body: Any = None,
-                      content_type: str | None = None) -> dict[str, Any] | None:
+    async def _api(self) -> ApiClient:
         if self.info is None:
             raise KubeError(0, "not logged in to the Kubernetes API yet")
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
-        data = None if body is None else json.dumps(body)
+        while self._stale:
+            await self._stale.pop().close()
+        if self._client is None:
+            client = ApiClient(self._configuration(self.info))
+            client.user_agent = FIELD_MANAGER
+            for header, value in self.info.as_http_headers().items():  # bearer token or basic auth, as kopf
+                client.set_default_header(header, value)
+            self._client = client
+        return self._client
+
+    def _configuration(self, info: Any) -> Configuration:
+        conf = Configuration(host=info.server.rstrip("/"))
+        conf.verify_ssl = not info.insecure
+        conf.ssl_ca_cert = self._pem(info.ca_path, info.ca_data, "ca.crt")
+        conf.cert_file = self._pem(info.certificate_path, info.certificate_data, "client.crt")
+        conf.key_file = self._pem(info.private_key_path, info.private_key_data, "client.key")
+        if info.proxy_url:
+            conf.proxy = info.proxy_url
+        return conf
+
+    def _pem(self, file: Any, data: str | bytes | None, name: str) -> str | None:
+        """A path the TLS layer can load: the given file, or the given data written to a private file (the
+        Python TLS stack loads certificates and keys from files only; kopf does the same for its own)."""
+        if file:
+            return os.fsdecode(file)
+        if not data:
+            return None
+        raw = data.encode() if isinstance(data, str) else data
+        pem = raw if raw.lstrip().startswith(b"-----") else base64.b64decode(raw)
+        if self._pem_dir is None:
+            self._pem_dir = tempfile.TemporaryDirectory(prefix="smartspec-operator-")  # mode 0700
+        target = os.path.join(self._pem_dir.name, name)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        return target
+
+    async def request(self, method: str, url_path: str, body: Any = None, content_type: str | None = None,
+                      query: Iterable[tuple[str, str]] = ()) -> dict[str, Any] | None:
+        """One API call: the decoded JSON answer, None for a GET or DELETE of nothing; KubeError otherwise."""
+        client = await self._api()
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
         try:
-            async with self._session.request(method, self.info.server.rstrip("/") + url_path, data=data,
-                                             headers=self._headers(content_type if body is not None else None),
-                                             ssl=self._ssl) as resp:
-                text = await resp.text()
-                if resp.status == 404 and method in ("GET", "DELETE"):
-                    return None
-                if resp.status >= 400:
-                    raise KubeError(resp.status, f"{method} {url_path}: {_message(text)}")
-                return json.loads(text) if text.strip() else {}
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            out = await client.call_api(url_path, method, query_params=list(query), header_params=headers,
+                                        body=body, response_types_map=_AS_JSON, auth_settings=[],
+                                        _return_http_data_only=True, _request_timeout=self.timeout_s)
+        except ApiException as exc:
+            if exc.status == 404 and method in ("GET", "DELETE"):
+                return None
+            raise KubeError(exc.status or 0, f"{method} {url_path}: {_message(exc.body)}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise KubeError(0, f"{method} {url_path}: {exc!r}") from None
+        return out if isinstance(out, dict) else {}
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.request("GET", path(kind, namespace, name))
@@ -115,60 +178,54 @@ class Kube:
         until the garbage collector has removed what it owns (for a Deployment: its pods)."""
         body = None if propagation is None else {"apiVersion": "v1", "kind": "DeleteOptions",
                                                  "propagationPolicy": propagation}
-        return await self.request("DELETE", path(kind, namespace, name), body, "application/json") is not None
+        return await self.request("DELETE", path(kind, namespace, name), body) is not None
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
                     subresource: str | None = None) -> dict[str, Any] | None:
-        return await self.request("PATCH", path(kind, namespace, name, subresource), patch,
-                                  "application/merge-patch+json")
+        """A JSON merge patch (the operator's writes to its own custom resources' status)."""
+        return await self.request("PATCH", path(kind, namespace, name, subresource), patch, MERGE_PATCH,
+                                  query=[("fieldManager", FIELD_MANAGER)])
 
     async def apply(self, desired: dict[str, Any], owner_uid: str | None = None) -> Outcome:
-        """Create `desired`, or bring the live object to it; returns what happened. With `owner_uid`, an
-        existing object that this owner does not own is refused (NotOwned), not overwritten."""
+        """Server-side apply `desired` (the whole object the operator wants: what it leaves out that it applied
+        before is removed); returns what happened. With `owner_uid`, an existing object that this owner does not
+        own is refused (NotOwned), not taken over. A field another manager owns: ApplyConflict."""
         kind, meta = desired["kind"], desired["metadata"]
-        wanted = json.dumps(desired, sort_keys=True)
-        body = json.loads(wanted)  # a copy we may annotate
-        body["metadata"].setdefault("annotations", {})[LAST_APPLIED] = wanted
-        live = await self._live_or_create(kind, meta["namespace"], meta["name"], lambda: body)
+        namespace, name = meta["namespace"], meta["name"]
+        live = await self.get(kind, namespace, name)
+        if live is not None and owner_uid is not None:
+            _check_owner(live, kind, namespace, name, owner_uid)
+        try:
+            out = await self.request("PATCH", path(kind, namespace, name), desired, APPLY_PATCH,
+                                     query=[("fieldManager", FIELD_MANAGER), ("force", "false")])
+        except KubeError as exc:
+            if exc.status == 409:
+                raise ApplyConflict(exc.message) from None
+            raise
         if live is None:
             return "created"
-        if owner_uid is not None:
-            _check_owner(live, kind, meta["namespace"], meta["name"], owner_uid)
-        previous = (live.get("metadata", {}).get("annotations") or {}).get(LAST_APPLIED)
-        if previous == wanted:
-            return "unchanged"
-        patch = _with_removals(json.loads(previous) if previous else {}, body)
-        await self.patch(kind, meta["namespace"], meta["name"], patch)
-        return "patched"
+        # The API server writes (and moves resourceVersion) only when the apply changed something.
+        before = live.get("metadata", {}).get("resourceVersion")
+        return "unchanged" if (out or {}).get("metadata", {}).get("resourceVersion") == before else "patched"
 
     async def create_once(self, kind: str, namespace: str, name: str, make: Callable[[], dict[str, Any]],
                           owner_uid: str) -> Outcome:
         """Create `make()` if absent, else leave the live object as it is (a generated Secret keeps its keys
-        across reconciles; `make` runs only when one is created). No last-applied annotation: for a Secret
-        it would hold the secret in plain text."""
-        live = await self._live_or_create(kind, namespace, name, make)
+        across reconciles; `make` runs only when one is created)."""
+        live = await self.get(kind, namespace, name)
         if live is None:
-            return "created"
+            try:
+                await self.request("POST", path(kind, namespace), make(), query=[("fieldManager", FIELD_MANAGER)])
+                return "created"
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                # Created meanwhile (the create handler and the status daemon both converge): that one is live.
+                live = await self.get(kind, namespace, name)
+                if live is None:
+                    raise
         _check_owner(live, kind, namespace, name, owner_uid)
         return "unchanged"
-
-    async def _live_or_create(self, kind: str, namespace: str, name: str,
-                              make: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        """The live object, or None once `make()` is created in its place."""
-        live = await self.get(kind, namespace, name)
-        if live is not None:
-            return live
-        try:
-            await self.request("POST", path(kind, namespace), make(), "application/json")
-            return None
-        except KubeError as exc:
-            if exc.status != 409:
-                raise
-            # Created meanwhile (the create handler and the status daemon both converge): that one is live.
-            live = await self.get(kind, namespace, name)
-            if live is None:
-                raise
-            return live
 
 
 def _check_owner(live: dict[str, Any], kind: str, namespace: str, name: str, owner_uid: str) -> None:
@@ -178,23 +235,9 @@ def _check_owner(live: dict[str, Any], kind: str, namespace: str, name: str, own
                        "rename one of them")
 
 
-def _with_removals(previous: Any, desired: Any) -> Any:
-    """`desired` plus `None` for every key `previous` set that `desired` no longer has (merge-patch deletes)."""
-    if not isinstance(previous, dict) or not isinstance(desired, dict):
-        return desired
-    out = {k: _with_removals(previous.get(k), v) for k, v in desired.items()}
-    for k in previous.keys() - desired.keys():
-        out[k] = None
-    return out
-
-
-def _message(text: str) -> str:
+def _message(body: Any) -> str:
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     try:
         return str(json.loads(text).get("message") or text)[:500]
     except (ValueError, AttributeError):
         return text[:500]
-
-
-def _ssl_context(info: Any) -> ssl.SSLContext | bool:
-    # kopf builds the context (CA, client certificate, insecure) the same way for its own watches.
-    return info.as_ssl_context() if info.server.startswith("https") else True

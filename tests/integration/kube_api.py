@@ -3,8 +3,10 @@
 kmock stores objects and serves discovery, list, watch, create, merge-patch, delete and finalizers.
 On top of it (kmock's docs invite subclassing for "special" fields) this adds what a real API server
 does and the operator depends on: server-set `uid`, `creationTimestamp`, `resourceVersion`, and
-`generation` bumped on spec changes only; and CRD admission for smartspec kinds (defaults, schema
-and CEL rules from the chart's CRDs via tests.crd_admission) answering 422 Invalid like the real one.
+`generation` bumped on spec changes only; CRD admission for smartspec kinds (defaults, schema
+and CEL rules from the chart's CRDs via tests.crd_admission) answering 422 Invalid like the real one;
+and server-side apply with per-manager field ownership (tests.server_side_apply): create-or-merge,
+removal of fields a manager stopped applying, 409 Conflict on another manager's field.
 It has no garbage collector and no Deployment controller: tests act as the latter by patching
 Deployment status, and assert owner references for the former.
 """
@@ -24,6 +26,7 @@ import jsonpatch
 import kmock
 from kmock._internal import apps, enums, k8s
 
+from tests import server_side_apply as ssa
 from tests.crd_admission import GROUP_VERSION, Invalid, admit
 
 RESOURCES = {
@@ -76,6 +79,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def _handle(self, request: Any) -> Any:
         res = request.resource
+        if res is not None and request.name and _content_type(request).startswith("application/apply-patch"):
+            return await self._apply(request)
         if res is not None and isinstance(request.data, list) and request.action == enums.action.UPDATE:
             # A JSON patch (kopf removes finalizers so): its `test` ops fail with 422 as in the API server
             # (kmock would answer 500), and the write moves resourceVersion on like any other.
@@ -105,20 +110,61 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             admitted = admit(data)
             data.clear()
             data.update(admitted)
+        self._server_fields(data, request.namespace)
+        ssa.with_owners(data, ssa.update(None, data, _manager(request)))
+
+    def _server_fields(self, data: dict[str, Any], namespace: str | None) -> None:
         meta = data.setdefault("metadata", {})
-        meta.setdefault("namespace", request.namespace) if request.namespace else None
+        meta.setdefault("namespace", namespace) if namespace else None
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta["generation"] = 1
         meta["resourceVersion"] = str(next(self._versions))
 
-    def _on_update(self, request: Any) -> None:
+    async def _apply(self, request: Any) -> Any:
+        """Server-side apply: create or merge under the request's field manager, or 409 on a conflict."""
+        manager, data = request.params.get("fieldManager"), request.data
+        if not manager:
+            return await self._render_error(k8s.KubernetesError(
+                status=422, reason="Invalid", message="fieldManager is required for apply requests"))
+        if not isinstance(data, dict) or (data.get("metadata") or {}).get("name") != request.name \
+                or not data.get("apiVersion") or not data.get("kind"):
+            return await self._render_error(k8s.KubernetesError(
+                status=400, reason="BadRequest", message="an apply body is a whole object with apiVersion, "
+                "kind and the name of the URL"))
+        key = (request.resource, request.namespace, request.name)
+        exists = key in self.objects and not self.objects[key].deleted
+        live = _plain(self.objects[key]) if exists else None
+        try:
+            new = ssa.apply(live, data, manager, force=request.params.get("force") in ("true", "True", "1"))
+        except ssa.Conflict as exc:
+            return await self._render_error(k8s.KubernetesError(status=409, reason="Conflict", message=str(exc)))
+        data.clear()
+        if live is None:  # apply creates: store it the way a POST would, then answer as for a no-op update
+            self._server_fields(new, request.namespace)
+            async with self._lock:
+                if key in self._objects:  # deleted earlier: a new incarnation, as kmock's own create does
+                    self._objects[key].create(new)
+                else:
+                    self._objects[key] = new
+                await self._buses[request.resource].put({"type": "ADDED", "object": self._objects[key].raw})
+        elif new != live:
+            data.update(_removals(live, new))
+            try:
+                self._on_update(request, owners_done=True)
+            except Invalid as exc:
+                return await self._render_error(k8s.KubernetesError(status=422, reason="Invalid", message=str(exc)))
+        return await super()._handle(request)
+
+    def _on_update(self, request: Any, owners_done: bool = False) -> None:
         key = (request.resource, request.namespace, request.name)
         if key not in self.objects or self.objects[key].deleted:
             return  # kmock answers 404
         live = _plain(self.objects[key])
         data = request.data
         subresource = request.url.path.rstrip("/").rsplit("/", 1)[-1] == "status"
+        if not subresource and not owners_done:
+            ssa.with_owners(data, ssa.update(live, data, _manager(request)))
         meta = data.setdefault("metadata", {})
         meta["resourceVersion"] = str(next(self._versions))
         if subresource:
@@ -130,6 +176,16 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             merged["spec"] = admitted["spec"]
         if merged.get("spec") != live.get("spec"):
             meta["generation"] = int(live.get("metadata", {}).get("generation") or 1) + 1
+
+
+def _content_type(request: Any) -> str:
+    return next((v for k, v in request.headers.items() if k.lower() == "content-type"), "") or ""
+
+
+def _manager(request: Any) -> str:
+    """The request's field manager: the fieldManager parameter, else the client's name (as the API server)."""
+    agent = next((v for k, v in request.headers.items() if k.lower() == "user-agent"), "") or "unknown"
+    return str(request.params.get("fieldManager") or agent.split("/", 1)[0])
 
 
 async def _snapshot(emulator: ApiServer) -> list[Any]:
@@ -190,8 +246,10 @@ class KubeApi:
         return None if r.status_code == 404 else r.raise_for_status().json()
 
     def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default",
-              sub: str | None = None) -> httpx.Response:
+              sub: str | None = None, manager: str | None = None) -> httpx.Response:
+        """A merge patch; `manager` names its field manager (else the API server takes the client's name)."""
         return self.client.patch(self.path(kind, namespace, name, sub), json=patch,
+                                 params={"fieldManager": manager} if manager else None,
                                  headers={"Content-Type": "application/merge-patch+json"})
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> httpx.Response:
