@@ -94,6 +94,7 @@ class Controller:
         self.version = 0
         self.status: ControllerStatus | None = None
         self.redis_ok = True
+        self._republish = False  # Redis came back: it may have restarted empty, so publish again at once
         self._last_id = (0, 0)  # newest stream entry ingested
         self._points_counted = 0  # OTLP data points already added to the counter
         self._tasks: list[asyncio.Task[None]] = []
@@ -212,6 +213,7 @@ class Controller:
     def _redis_up(self) -> None:
         if not self.redis_ok:
             log.info("controller: Redis is back")
+            self._republish = True
         self.redis_ok = True
 
     def _redis_down(self, exc: BaseException) -> None:
@@ -303,7 +305,9 @@ class Controller:
 
     def _changed(self, spec: PolicySpec, cost: dict[str, Any], pri: dict[str, list[float]], now: float) -> bool:
         d = self.doc
-        if d is None or now - d.issued_at >= self.settings.refresh_fraction * (d.expires_at - d.issued_at):
+        if d is None or self._republish:
+            return True
+        if now - d.issued_at >= self.settings.refresh_fraction * (d.expires_at - d.issued_at):
             return True
         if (d.mode, d.max_k, d.fixed_k, d.hysteresis, d.per_request_override) != (
                 spec.mode, spec.max_k, spec.fixed_k, spec.hysteresis, spec.per_request_override.allowed):
@@ -345,7 +349,7 @@ class Controller:
             return doc
         if self.publish_error is not None:
             log.info("controller: publishing again")
-        self.version, self.doc, self.publish_error = doc.version, doc, None
+        self.version, self.doc, self.publish_error, self._republish = doc.version, doc, None, False
         log.info("controller: published policy v%d (%s, K=%d, cost model %s)", doc.version, doc.mode, doc.max_k,
                  cost.get("name"))
         return doc
