@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--closed-loop", type=int, default=0, metavar="N",
                    help="also run N requests one at a time per policy (same prompts, same order): light load, "
                         "ratios paired per request with a t-interval")
+    s.add_argument("--interleave", action="store_true",
+                   help="start every policy's stack at once and send each closed-loop request, each (rate, trace) and "
+                        "the dynamic trace to every policy in turn (a random order per round), so that host drift "
+                        "falls on both sides of each ratio; needs the memory of all stacks at once")
     s.add_argument("--cv", type=float, default=1.0,
                    help="coefficient of variation of inter-arrival times: 1 = Poisson (default), >1 bursty (gamma)")
     s.add_argument("--trace", help="also run a dynamic trace per policy: comma-separated phases DURATIONs@RATE, "
@@ -122,7 +126,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     cfg = sweep.LoadSweepConfig(
         policies=policies, rates=rates, out=args.out or sweep.default_out(tag),
         requests=args.requests if args.duration_s is not None else (args.requests or 20), duration_s=args.duration_s,
-        traces=args.traces, closed_loop=args.closed_loop,
+        traces=args.traces, closed_loop=args.closed_loop, interleave=args.interleave,
         workload=args.workload, max_tokens=args.max_tokens, cv=args.cv, trace=trace, trace_text=args.trace or "",
         models=args.models, dtype=args.dtype, max_batch_size=args.max_batch_size, draft_method=args.draft_method,
         controller=args.controller == "on", emulate_acceptance=alpha, warmup=args.warmup, seed=args.seed,

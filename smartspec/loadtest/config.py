@@ -15,7 +15,7 @@ from smartspec.loadtest.loadgen import Phase
 DEFAULT_POLICIES = "off,fixed:1,fixed:3,fixed:5,fixed:7,goodput"
 ADAPTIVE_MODES = ("goodput", "goodput-uniform")  # `smartspec up --policy` modes that choose k from load
 # Settings an older results folder's sweep.json lacks, and what that folder ran (for --resume).
-LEGACY_SETTINGS: dict[str, Any] = {"traces": 1, "closed_loop": 0}
+LEGACY_SETTINGS: dict[str, Any] = {"traces": 1, "closed_loop": 0, "interleave": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +94,7 @@ class LoadSweepConfig:
     duration_s: float | None = None  # arrivals during this long per rate and trace
     traces: int = 1  # independent arrival traces per rate, every policy on the same ones
     closed_loop: int = 0  # requests of the closed-loop point (0: none)
+    interleave: bool = False  # every policy's stack up at once, requests and traces sent to them in turn
     workload: str = "humaneval"
     max_tokens: int | None = None  # None: the workload's default
     cv: float = 1.0  # inter-arrival coefficient of variation (1: Poisson)

@@ -33,7 +33,8 @@ from smartspec.loadtest.workloads import Workload
 from smartspec.sim.report import CLOSED_LOOP_PHASE, RequestRecord
 from smartspec.sim.trace import Phase, parse_trace
 
-__all__ = ["Arrival", "LoadSpec", "Phase", "parse_trace", "run_closed_loop", "run_load", "trace_arrivals"]
+__all__ = ["Arrival", "LoadSpec", "Phase", "load_client", "parse_trace", "run_closed_loop", "run_load", "send_one",
+           "trace_arrivals"]
 
 # ---------------------------------------------------------------------------------------------
 # Arrivals
@@ -287,12 +288,12 @@ async def served_model(client: httpx.AsyncClient, base_url: str) -> str:
     return str(resp.json()["data"][0]["id"])
 
 
-def _client(spec: LoadSpec) -> httpx.AsyncClient:
+def load_client(spec: LoadSpec) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)  # never queue in the client
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s, connect=30.0))
 
 
-async def _send_one(client: httpx.AsyncClient, url: str, spec: LoadSpec, model: str, i: int, a: Arrival,
+async def send_one(client: httpx.AsyncClient, url: str, spec: LoadSpec, model: str, i: int, a: Arrival,
                     t0: float) -> RequestRecord:
     rec = spec.record(i, a)
     try:
@@ -307,7 +308,7 @@ async def run_load(base_url: str, spec: LoadSpec, schedule: Sequence[Arrival], *
     """Send request i at schedule[i].t (open loop) and return one record per request, in send order."""
     from tqdm import tqdm
 
-    async with _client(spec) as client:
+    async with load_client(spec) as client:
         model = model or await served_model(client, base_url)
         url = f"{base_url}/v1/chat/completions"
         bar = tqdm(total=len(schedule), desc=desc or spec.policy, file=sys.stderr, unit="req",
@@ -316,7 +317,7 @@ async def run_load(base_url: str, spec: LoadSpec, schedule: Sequence[Arrival], *
 
         async def one(i: int, a: Arrival) -> RequestRecord:
             nonlocal errors
-            rec = await _send_one(client, url, spec, model, i, a, t0)
+            rec = await send_one(client, url, spec, model, i, a, t0)
             errors += rec.error is not None
             bar.set_postfix(errors=errors, refresh=False)
             bar.update(1)
@@ -343,7 +344,7 @@ async def run_closed_loop(base_url: str, spec: LoadSpec, count: int, *, progress
     in order: every policy serves the same requests alone, so their latencies pair up request by request."""
     from tqdm import tqdm
 
-    async with _client(spec) as client:
+    async with load_client(spec) as client:
         model = model or await served_model(client, base_url)
         url = f"{base_url}/v1/chat/completions"
         out: list[RequestRecord] = []
@@ -351,7 +352,7 @@ async def run_closed_loop(base_url: str, spec: LoadSpec, count: int, *, progress
         with tqdm(total=count, desc=desc or spec.policy, file=sys.stderr, unit="req", disable=not progress,
                   dynamic_ncols=True) as bar:
             for i in range(count):
-                out.append(await _send_one(client, url, spec, model, i, Arrival(0.0, 0.0, CLOSED_LOOP_PHASE), t0))
+                out.append(await send_one(client, url, spec, model, i, Arrival(0.0, 0.0, CLOSED_LOOP_PHASE), t0))
                 bar.update(1)
         return out
 

@@ -49,7 +49,10 @@ def _load_text(sw: Sweep) -> str:
     parts = []
     if c.closed_loop:
         parts.append(f"Closed loop: {c.closed_loop} requests one at a time (the next is sent when the previous "
-                     "finished), the same prompts in the same order for every policy.")
+                     "finished), the same prompts in the same order for every policy"
+                     + (", interleaved: request i went to every policy, in a random order drawn per round, before "
+                        "request i + 1 went to any (the closed-loop `wall_s` is the time the policy was serving)."
+                        if c.interleave else "."))
     if c.rates:
         traces = (f"{c.traces} independent arrival traces per rate (trace r seeded by seed, rate and r, prompts "
                   "drawn per trace too), every policy on the same traces" if c.traces > 1 else
@@ -149,7 +152,10 @@ def write_readme(sw: Sweep) -> None:
         f"Policies: {', '.join(labels)}; controller "
         f"{'on' if c.controller else 'off (targets use their local policy)'}"
         f"{'; `+controller` labels run with the controller' if any('+' in p for p in labels) else ''}."
-        " The stack is restarted for every policy.", "",
+        + (" Interleaved (`--interleave`): every policy's stack was up for the whole run, idle except while "
+           "serving its own requests; each round of the closed loop, each (rate, trace) and the dynamic trace went "
+           "to every policy in turn (a random order per round), so the two sides of a ratio ran minutes apart on "
+           "the same machine." if c.interleave else " The stack is restarted for every policy."), "",
     ]
     lines += _comparison_section(sw)
     lines += _latency_sections(sw)

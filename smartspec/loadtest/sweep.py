@@ -142,7 +142,7 @@ class Sweep:
                 "max_batch_size": c.max_batch_size, "draft_method": c.draft_method, "requests": c.requests,
                 "duration_s": c.duration_s, "cv": c.cv, "seed": c.seed, "trace": c.trace_text,
                 "emulate_acceptance": c.emulate_acceptance, "synthetic_words": c.synthetic_words,
-                "traces": c.traces, "closed_loop": c.closed_loop}
+                "traces": c.traces, "closed_loop": c.closed_loop, "interleave": c.interleave}
 
     def _done(self, policy: str) -> bool:
         c = self.cfg
@@ -351,4 +351,8 @@ class Sweep:
 
 
 def run_sweep(cfg: LoadSweepConfig, command: str) -> Path:
+    if cfg.interleave:
+        from smartspec.loadtest.interleave import InterleavedSweep
+
+        return InterleavedSweep(cfg, command).run()
     return Sweep(cfg, command).run()

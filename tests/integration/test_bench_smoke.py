@@ -1,11 +1,13 @@
 """`smartspec bench sweep` end to end on tiny models: two policies (a stack restart each), a closed loop, two rates on
 two arrival traces each, a dynamic trace; every request finishes, and the results folder holds its CSVs (with the
-paired and over-trace ratios), plots and README."""
+paired and over-trace ratios), plots and README. With --interleave, both stacks up at once and the same requests sent to
+each in turn."""
 
 from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +105,36 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
 
     assert not sweep_processes(), "the sweep left stack processes behind"
     assert elapsed < 120, f"the smoke sweep took {elapsed:.0f}s"
+
+
+def test_interleaved_sweep_sends_each_round_to_every_policy_before_the_next(tmp_path: Path) -> None:
+    """--interleave: both stacks up at once; closed-loop request i reaches both policies before request i + 1 reaches
+    either, and each (rate, trace) runs on both before the next starts; one request in flight at a time."""
+    out = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SMARTSPEC_STACK_FILE": str(tmp_path / "unused-stack.json")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "smartspec.cli.main", "bench", "sweep", "--models", "tiny", "--workload", "synthetic",
+         "--dtype", "float32", "--max-batch-size", "8", "--policies", "off,goodput", "--rates", "4",
+         "--requests", "3", "--traces", "2", "--closed-loop", "4", "--max-tokens", "8", "--warmup", "1",
+         "--interleave", "--out", str(out), "--no-progress", "--ready-timeout-s", "120"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    closed = sorted(read_csv(out / "closed_records.csv"), key=lambda r: r.arrival_s)
+    assert all(r.error is None and r.completion_tokens == 8 for r in closed)
+    assert [r.seq for r in closed] == [0, 0, 1, 1, 2, 2, 3, 3]  # round by round, both policies in each
+    assert all({r.policy for r in closed[i:i + 2]} == {"off", "goodput"} for i in range(0, 8, 2))
+    for a, b in itertools.pairwise(closed):  # one request at a time across both stacks
+        assert b.arrival_s >= a.arrival_s + (a.e2e_s or 0)
+
+    with (out / "points.csv").open() as f:
+        points = [p for p in csv.DictReader(f) if p["kind"] == "rate"]
+    spans = sorted((float(p["start_unix"]), float(p["end_unix"]), int(p["trace"]), p["policy"]) for p in points)
+    assert [t for _, _, t, _ in spans] == [0, 0, 1, 1]  # trace 0 on both, then trace 1 on both
+    assert {p for *_, p in spans[:2]} == {p for *_, p in spans[2:]} == {"off", "goodput"}
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans))  # never two stacks under load at once
+    assert len(read_csv(out / "records.csv")) == 12
+    readme = (out / "README.md").read_text()
+    assert "Interleaved (`--interleave`)" in readme and "### Closed loop (light load), paired per request" in readme
+    assert json.loads((out / "sweep.json").read_text())["interleave"] is True
+    assert not sweep_processes(), "the sweep left stack processes behind"
