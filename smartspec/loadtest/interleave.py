@@ -27,19 +27,26 @@ from smartspec.loadtest.sweep import Sweep
 from smartspec.sim.report import CLOSED_LOOP_PHASE, RequestRecord
 
 GIB = 2**30
-MEMORY_MARGIN = 1 * GIB  # left free after the last stack: the page cache and the sweep itself need some
+# Left free after the last stack starts: its memory grows while it serves, and the sweep needs some. Measured:
+# three real-pair stacks at max batch 32 with 3.6 GiB available (the mapped weights included) stalled on memory
+# more than half the time (/proc/pressure/memory) and their steps ran several times slower.
+MEMORY_MARGIN = 2 * GIB
 
 
 def mem_available() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is none)."""
+    """What a new stack can have, in bytes: MemAvailable less the mapped file pages (the stacks' memory-mapped
+    weights, which MemAvailable counts as reclaimable but every forward reads); None where the kernel does not say."""
+    fields: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                name, _, rest = line.partition(":")
+                fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
         return None
-    return None
+    if "MemAvailable" not in fields:
+        return None
+    return max(0, fields["MemAvailable"] - fields.get("Mapped", 0))
 
 
 def memory_shortfall(per_stack: int, available: int | None, *, started: int, total: int) -> str | None:
@@ -49,7 +56,8 @@ def memory_shortfall(per_stack: int, available: int | None, *, started: int, tot
         return None
     return (f"--interleave keeps every policy's stack up at once: {total} stacks need about "
             f"{total * per_stack / GIB:.1f} GiB, and with {started} up only {available / GIB:.1f} GiB is available; "
-            "interleave fewer policies per run (--resume adds the others to the same folder)")
+            "interleave fewer policies per run (--resume adds the others to the same folder) or lower --max-batch-size "
+            "(each target preallocates its KV cache for that many sequences)")
 
 
 @dataclasses.dataclass

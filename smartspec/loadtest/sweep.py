@@ -304,6 +304,11 @@ class Sweep:
         for r in rows:
             pts = [p for p in self.points if p.kind == "closed" and p.policy == r["policy"]]
             r["mean_k"], r["mean_batch"], r["wall_s"] = pooled(pts) if pts else (math.nan, math.nan, math.nan)
+            # One request at a time: tokens over the time the policy was serving (an interleaved loop's span
+            # also holds the other policies' requests).
+            ok = [x for x in self.closed_records if x.policy == r["policy"] and x.error is None and x.e2e_s]
+            busy = sum(float(x.e2e_s or 0.0) for x in ok)
+            r["tokens_per_s"] = sum(x.completion_tokens for x in ok) / busy if busy > 0 else math.nan
         return rows
 
     def trace_summary(self) -> list[dict[str, Any]]:

@@ -283,6 +283,19 @@ def test_closed_loop_and_traces_reach_the_pass_fail_table_and_readme(tmp_path: P
     assert (tmp_path / "closed_records.csv").exists()
 
 
+def test_closed_loop_throughput_counts_only_the_time_the_policy_was_serving(tmp_path: Path) -> None:
+    # Interleaved: the two policies' requests alternate, so each one's span also holds the other's requests.
+    sw = _sweep(tmp_path, policies=parse_policies("off,goodput"), rates=[], closed_loop=2)
+    t = 0.0
+    for i in range(2):
+        for policy, e2e in (("off", 8.0), ("goodput", 4.0)):
+            sw.closed_records.append(RequestRecord(policy, 0.0, "synthetic", t, 0.5, e2e, completion_tokens=64,
+                                                   phase="closed-loop", seq=i))
+            t += e2e
+    rows = {r["policy"]: r for r in sw.closed_summary()}
+    assert rows["off"]["tokens_per_s"] == 128 / 16 and rows["goodput"]["tokens_per_s"] == 128 / 8
+
+
 @pytest.mark.parametrize("args", [["--traces", "0"], ["--closed-loop", "-1"], ["--rates", "none"],
                                   ["--trace", "1@60,bad"], ["--policies", "goodput-magic"]])
 def test_cli_refuses_bad_new_flags(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
