@@ -18,7 +18,6 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from smartspec.loadtest.config import Point, PolicyArm
 from smartspec.loadtest.loadgen import Arrival, load_client, run_load, seeded_rng, send_one
@@ -74,26 +73,10 @@ class LiveArm:
 class InterleavedSweep(Sweep):
     """`smartspec bench sweep --interleave`: the same files as Sweep, the policies run side by side in time."""
 
-    def run(self) -> Path:
-        out = self.cfg.out
-        out.mkdir(parents=True, exist_ok=True)
-        if self.cfg.resume:
-            self._load_previous()  # a policy done earlier is kept; the others interleave among themselves
-        if self.log_dir is None:
-            import tempfile
-
-            self._tmp_logs = tempfile.TemporaryDirectory(prefix="smartspec-bench-logs-")
-            self.log_dir = Path(self._tmp_logs.name)
-        try:
-            arms = [p for p in self.cfg.policies if not self._done(p.label)]
-            if arms:
-                self._run_arms(arms)
-            self.save()
-            self.write_readme()
-        finally:
-            if self._tmp_logs is not None:
-                self._tmp_logs.cleanup()
-        return out
+    def run_pending(self, arms: Sequence[PolicyArm]) -> None:
+        """The policies not done yet (a resumed run keeps the others), side by side in time."""
+        if arms:
+            self._run_arms(arms)
 
     def _run_arms(self, arms: Sequence[PolicyArm]) -> None:
         c = self.cfg

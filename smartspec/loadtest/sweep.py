@@ -189,17 +189,19 @@ class Sweep:
             self._tmp_logs = tempfile.TemporaryDirectory(prefix="smartspec-bench-logs-")
             self.log_dir = Path(self._tmp_logs.name)
         try:
-            for policy in self.cfg.policies:
-                if self._done(policy.label):
-                    continue
-                self.run_policy(policy)
-                self.save()
+            self.run_pending([p for p in self.cfg.policies if not self._done(p.label)])
             self.save()
             self.write_readme()
         finally:
             if self._tmp_logs is not None:
                 self._tmp_logs.cleanup()
         return out
+
+    def run_pending(self, arms: Sequence[PolicyArm]) -> None:
+        """The policies not done yet, one after another (a stack each); saved after each."""
+        for policy in arms:
+            self.run_policy(policy)
+            self.save()
 
     def run_policy(self, policy: PolicyArm) -> None:
         assert self.log_dir is not None
