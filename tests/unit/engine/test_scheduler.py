@@ -184,10 +184,17 @@ def test_the_draft_deadline_follows_the_predicted_draft_time_and_a_miss_is_recor
         sch.step()
     assert seq.output_ids == hf_greedy(tiny_llama.target, prompt, 16)  # misses cost speculation, never output
     spec = [st for st in sink.records if st.draft_deadline_s is not None]
-    # Each speculating step waited 3 x the draft time the cost model predicts for k = 3 at batch 1,
-    # doubled right after a miss (every other call misses here).
+    # Each speculating step waited 3 x the draft time the cost model predicts for k = 3 at batch 1 (3e-4 s),
+    # stretched by the slowest actual/predicted ratio of the timely drafts so far (this tiny draft takes
+    # milliseconds, so the stretch is large) and doubled right after a miss (every other call misses here).
     assert waits == [st.draft_deadline_s for st in spec]
-    assert waits == pytest.approx([3.0 * 3 * 1e-4 * (2 if i % 2 == 0 and i > 0 else 1) for i in range(len(waits))])
+    predicted, ratios, expected = 3e-4, [], []
+    for i, st in enumerate(spec):
+        expected.append(3.0 * predicted * max([1.0, *ratios]) * (2 if i % 2 == 0 and i > 0 else 1))
+        if not st.missed_ks:
+            ratios.append(st.draft_s / predicted)
+    assert waits == pytest.approx(expected)
+    assert max(ratios) > 1 and sch.draft_slowness == pytest.approx(max(ratios))
     missed = [st for st in spec if st.missed_ks]
     assert missed and all(st.ks == [0] and st.missed_ks == [3] and st.predicted_step_s for st in missed)
     sample = sample_of(missed[0])
@@ -201,6 +208,9 @@ def test_a_missed_deadline_doubles_the_next_one_until_a_draft_arrives() -> None:
     assert cfg.for_draft(0.3) == pytest.approx(0.6)
     assert [cfg.for_draft(0.3, n) for n in (1, 2, 3)] == pytest.approx([1.2, 2.4, 4.8])
     assert cfg.for_draft(0.3, 4) == 5.0 and cfg.for_draft(0.01) == 0.25
+    # Drafts that took up to 1.5x their prediction lately stretch the deadline so; faster ones never shorten it.
+    assert cfg.for_draft(0.3, 0, 1.5) == pytest.approx(0.9) and cfg.for_draft(0.3, 1, 1.5) == pytest.approx(1.8)
+    assert cfg.for_draft(0.3, 0, 0.5) == pytest.approx(0.6)
 
 
 def test_refits_keep_speculating_steps_after_the_policy_stopped_speculating(tiny_llama: Any) -> None:
