@@ -122,8 +122,8 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
         if name in labels:
             label, agree = labels[name], ""
         else:
-            acc = f" (acceptance {accepted[name] / drafted[name]:.2f})" if drafted[name] else " (target only)"
-            label, agree = f"smartspec {name}{acc}", f"{same[name]}/{len(prompts)} prompts"
+            shown = f" (acceptance {accepted[name] / drafted[name]:.2f})" if drafted[name] else " (target only)"
+            label, agree = f"smartspec {name}{shown}", f"{same[name]}/{len(prompts)} prompts"
         rows.append(f"| {label} | {toks[name]} | {tps[name]:.2f} | {tps[name] / assisted:.2f} "
                     f"| {tps[name] / base:.2f} | {agree} |")
     print("\n".join(rows), flush=True)

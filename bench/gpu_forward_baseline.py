@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -32,7 +33,7 @@ def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-def hf_step_ms(model: torch.nn.Module, batch: int, context: int, steps: int) -> float:
+def hf_step_ms(model: Any, batch: int, context: int, steps: int) -> float:
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=DEVICE)
     cache = DynamicCache()
     with torch.inference_mode():
@@ -49,7 +50,7 @@ def hf_step_ms(model: torch.nn.Module, batch: int, context: int, steps: int) -> 
     return 1000 * median(times[2:])
 
 
-def engine_step_ms(model: torch.nn.Module, batch: int, context: int, steps: int) -> float:
+def engine_step_ms(model: Any, batch: int, context: int, steps: int) -> float:
     runner = ModelRunner(model, num_slots=batch, max_len=context + steps + 8)
     engine = SpecEngine(runner, None, eos_token_ids=(), max_k=0)
     for sid in range(batch):

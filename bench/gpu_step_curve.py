@@ -127,10 +127,10 @@ def main() -> None:
     fitted = fit_cost_model(samples, prior=PRESETS["h100-llama8b"], pads_to_max_k=True,
                             name=f"{args.target}+{args.draft}-{args.dtype}-{device_name}")
     best = {b: max((r for r in rows if r["batch"] == b), key=lambda r: r["goodput_at_alpha"])["k"] for b in batches}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cost_model.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
-    (out / "steps.json").write_text(json.dumps(rows, indent=1) + "\n")
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cost_model.json").write_text(json.dumps(fitted.to_dict(), indent=1) + "\n")
+    (folder / "steps.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = [f"# Step time vs batch and k: {args.target} target + {args.draft} draft, random weights, {args.dtype}",
              "", f"Device: {device_name}; torch {torch.__version__}; context {args.context} tokens per request; "
              f"median of {args.steps} steps after {args.warmup} warm-up; models built in {build_s:.0f} s.",
@@ -143,7 +143,7 @@ def main() -> None:
     lines += ["", "Best k per batch size at this α (max goodput): "
               + ", ".join(f"batch {b}: k = {k}" for b, k in best.items()), "",
               f"Fitted cost model (R² {fitted.r2}): `cost_model.json` (load with --cost-model in `smartspec sim`).", ""]
-    (out / "README.md").write_text("\n".join(lines))
+    (folder / "README.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

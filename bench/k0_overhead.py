@@ -14,6 +14,7 @@ import argparse
 import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,7 +25,7 @@ from smartspec.engine.builder import EngineSpec, build_engine
 from smartspec.engine.sampling import SamplingParams
 
 
-def plain_steps(model: torch.nn.Module, prompts: torch.Tensor, steps: int) -> list[float]:
+def plain_steps(model: Any, prompts: torch.Tensor, steps: int) -> list[float]:
     import time
 
     from transformers import DynamicCache

@@ -88,7 +88,7 @@ def parts_of(pid: int) -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             continue
         words = [c.decode(errors="replace") for c in cmd if c]
-        name = next((w for w in ("serve-target", "serve-draft", "controller") if w in words), None)
+        name: str | None = next((w for w in ("serve-target", "serve-draft", "controller") if w in words), None)
         name = name or ("redis-server" if words and "redis-server" in words[0] else Path(words[0]).name)
         out[name.replace("serve-", "")] = int(stat.parent.name)
     return out
@@ -180,7 +180,7 @@ class Run:
         return {"capacity": cap, "rate": rate, "load_s": took}
 
 
-def pct(xs: list[float], q: float) -> float:
+def pct(xs: list[float], q: int) -> float:
     return statistics.quantiles(xs, n=100)[q - 1] if len(xs) >= 2 else (xs[0] if xs else float("nan"))
 
 

@@ -15,6 +15,7 @@ import argparse
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -36,7 +37,7 @@ def cpu_flags() -> str:
     return ", ".join(flags) or "none of avx2/avx512/amx"
 
 
-def widths_ms(role: str, dtype: str, repeats: int) -> dict[int, float]:
+def widths_ms(role: Literal["target", "draft"], dtype: str, repeats: int) -> dict[int, float]:
     model = load_model(str(model_path(ModelSettings(), role)), dtype=dtype)
     runner = ModelRunner(model, num_slots=1, max_len=CONTEXT + 64)
     runner.add(0)

@@ -16,6 +16,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy.adapter import json_to_cel
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "helm" / "smartspec" / "crds"
 GROUP_VERSION = "smartspec.io/v1alpha1"
@@ -84,7 +85,7 @@ def _program(rule: str) -> Any:
 def _cel(value: Any, node: dict[str, Any], path: str) -> list[str]:
     errors = []
     for check in node.get("x-kubernetes-validations", []):
-        if not _program(check["rule"]).evaluate({"self": celpy.json_to_cel(value)}):
+        if not _program(check["rule"]).evaluate({"self": json_to_cel(value)}):
             errors.append(f"{(path + check.get('fieldPath', '')).lstrip('.') or '<root>'}: "
                           f"{check.get('message', 'failed rule: ' + check['rule'])}")
     if isinstance(value, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from numbers import Integral
+from typing import SupportsInt
 
 from smartspec.errors import InvalidRequest
 
@@ -18,12 +19,12 @@ MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_POLICY_EXPIRY_S = 86_400  # the CRD's bound on policyExpirySeconds; a document never lives longer
 
 
-def cap_k(k: int, *bounds: int | None) -> int:
+def cap_k(k: SupportsInt, *bounds: SupportsInt | None) -> int:
     """`k` within every bound given (None: that bound does not apply), never below 0."""
     return max(0, min([int(k), *(int(b) for b in bounds if b is not None)]))
 
 
-def within(k: int, *bounds: int | None) -> bool:
+def within(k: object, *bounds: SupportsInt | None) -> bool:
     """Whether `k` is an integer that `cap_k` leaves as it is (for checks that reject instead of clamping)."""
     return isinstance(k, Integral) and not isinstance(k, bool) and cap_k(k, *bounds) == k
 

@@ -106,7 +106,7 @@ MAX_CLASSES = 64  # acceptance classes per record (as in a policy document)
 MAX_NAME = 253  # a replica name (a DNS name: pod names are at most this)
 
 
-def decode(fields: Mapping[str | bytes, str | bytes]) -> StepRecord:
+def decode(fields: Mapping[str, str | bytes] | Mapping[bytes, str | bytes]) -> StepRecord:
     raw: dict[str, Any] = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                            for k, v in fields.items()}
     if raw.get("v") != str(SCHEMA_VERSION):

@@ -74,7 +74,7 @@ def _removals(old: Any, new: Any) -> Any:
     return out
 
 
-class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
+class ApiServer(kmock.KubernetesEmulator):
     _versions = itertools.count(1)
 
     async def _handle(self, request: Any) -> Any:
@@ -244,6 +244,12 @@ class KubeApi:
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
         r = self.client.get(self.path(kind, namespace, name))
         return None if r.status_code == 404 else r.raise_for_status().json()
+
+    def existing(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+        """`get` for an object the test expects to be there (fails the test if it is not)."""
+        obj = self.get(kind, name, namespace)
+        assert obj is not None, f"no {kind} {namespace}/{name}"
+        return obj
 
     def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default",
               sub: str | None = None, manager: str | None = None) -> httpx.Response:

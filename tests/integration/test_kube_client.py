@@ -62,7 +62,7 @@ def test_a_field_someone_else_set_is_a_conflict_not_an_overwrite(api: KubeApi) -
     with pytest.raises(ApplyConflict, match=r'conflict with "someone": \.data\.a') as exc:
         run(api, body)
     assert not exc.value.temporary  # reported, not retried at once
-    assert api.get("ConfigMap", "c2")["data"] == {"a": "mine"}
+    assert api.existing("ConfigMap", "c2")["data"] == {"a": "mine"}
 
 
 def test_an_object_of_another_owner_is_refused_and_untouched(api: KubeApi) -> None:
@@ -72,7 +72,7 @@ def test_an_object_of_another_owner_is_refused_and_untouched(api: KubeApi) -> No
         await kube.apply(config_map("c3", a="ours"), owner_uid="u-1")
     with pytest.raises(NotOwned, match="not owned by this SpeculativeService"):
         run(api, body)
-    assert api.get("ConfigMap", "c3")["data"] == {"a": "theirs"}
+    assert api.existing("ConfigMap", "c3")["data"] == {"a": "theirs"}
 
 
 def test_create_once_keeps_what_exists_and_errors_carry_the_status(api: KubeApi) -> None:
@@ -87,7 +87,7 @@ def test_create_once_keeps_what_exists_and_errors_carry_the_status(api: KubeApi)
             return [*made, missing, gone, exc.status]
         return [*made, missing, gone, None]
     assert run(api, body) == ["created", "unchanged", None, False, 404]
-    assert api.get("ConfigMap", "c4")["data"] == {"a": "1"}
+    assert api.existing("ConfigMap", "c4")["data"] == {"a": "1"}
 
 
 def test_unreachable_and_not_logged_in_are_temporary_errors(api: KubeApi) -> None:

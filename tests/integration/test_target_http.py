@@ -48,7 +48,7 @@ def test_chat_streaming_with_the_openai_client(stack: Stack, tiny_svc_models: di
     tok = tiny_svc_models["pair"].tokenizer
     messages = [{"role": "user", "content": "Write a haiku about caches."}]
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused")
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,  # type: ignore[call-overload]
                                             stream=True, stream_options={"include_usage": True},
                                             extra_body={"ignore_eos": True})
     chunks = list(stream)

@@ -92,7 +92,8 @@ def test_controller_fit_predicts_held_out_steps(loop_thread: LoopThread, small_s
         time.sleep(3 * ctl.settings.interval_s)
         fitted, fit = ctl.online_model, ctl.last_fit
         assert fitted.name == "online" and fit is not None
-        assert published(client).cost_model_fitted  # targets now take the controller's model
+        doc = published(client)
+        assert doc is not None and doc.cost_model_fitted  # targets now take the controller's model
         status = json.loads(client.get(status_key("smartspec")))["cost_model"]["last_fit"]
         print(f"controller's own held-out check: error {fit.error_in_force:.1%} ({fit.reason}), "
               f"R² {fit.holdout_r2}")

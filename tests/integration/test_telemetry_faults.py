@@ -168,7 +168,7 @@ def test_a_restarted_controller_resumes_the_stream_and_never_reuses_a_version(fa
             stats = StepStats(step_id=i, batch_size=2, num_prefills=0, ks=[2, 2], num_proposed_per_pos=[2, 2],
                               num_accepted_per_pos=[2, 1], num_emitted=5, context_tokens=40, num_forwards=1,
                               real_tokens=6, padded_tokens=6, draft_s=0.01, verify_s=0.02, overhead_s=0.001)
-            client.xadd(steps_key("smartspec"), records.encode(stats, "r0", time.time()))  # type: ignore[arg-type]
+            client.xadd(steps_key("smartspec"), records.encode(stats, "r0", time.time()))
 
     ctl = start_controller(loop, redis_server.url)
     try:

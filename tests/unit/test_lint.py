@@ -1,4 +1,4 @@
-"""The tree passes its linters: ruff over every Python folder, mypy (strict, pyproject) over the packages."""
+"""The tree passes its linters: ruff and mypy (strict, pyproject) over every Python folder."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_ruff_passes_on_every_python_folder() -> None:
     assert out.returncode == 0, out.stdout[-4000:]
 
 
-def test_mypy_passes_on_every_package() -> None:
-    # The packages the services run from (pyproject's [tool.mypy] packages); tests/ and bench/ are not typed yet.
+def test_mypy_passes_on_every_python_folder() -> None:
+    # pyproject's [tool.mypy] files: the services' packages, tests/, bench/ and scripts/.
     out = subprocess.run([str(BIN / "mypy")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-4000:]

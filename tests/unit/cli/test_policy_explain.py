@@ -29,7 +29,7 @@ def test_human_table_and_per_position_acceptance(capsys: pytest.CaptureFixture[s
 
 def test_fit_from_step_records(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "steps.jsonl"
-    lines = []
+    lines: list[str] = []
     for b in range(1, 30):
         for k in (0, 2, 4):
             verify = 0.05 + 0.002 * b * (k + 1)

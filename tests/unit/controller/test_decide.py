@@ -74,7 +74,8 @@ def test_a_new_regime_is_learned_within_a_few_refits() -> None:
     for i in range(30):
         w.add(record(TRUTH, 16, int(rng.integers(0, 6)), 400 + i, rng))
     again = decide.refit(w, model.model, 0.25, 8)
-    assert again is not None and again.adopted, again.reason
+    assert again is not None
+    assert again.adopted, again.reason
     at16 = [s for s in w.samples if s.shape.batch == 16]
     from smartspec.policy.cost_model import relative_error
     assert relative_error(again.model, at16) < 0.1 < relative_error(model.model, at16)

@@ -15,12 +15,13 @@ from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import RefitConfig, Scheduler, sample_of
 from smartspec.engine.sinks import MemorySink
 from smartspec.policy.cost_model import default_cost_model, relative_error
+from smartspec.policy.modes import Mode
 from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 from tests.conftest import hf_greedy
 from tests.unit.engine.test_engine import PROMPTS
 
 
-def build(pair: Any, mode: str = "goodput", slots: int = 4) -> tuple[Scheduler, MemorySink]:
+def build(pair: Any, mode: Mode = "goodput", slots: int = 4) -> tuple[Scheduler, MemorySink]:
     runner = ModelRunner(pair.target, num_slots=slots, max_len=256)
     draft = DraftModelProposer(ModelRunner(pair.draft, num_slots=slots, max_len=264), runner.vocab_size)
     sink = MemorySink()
@@ -45,7 +46,7 @@ def test_calibration_times_every_shape_fits_them_and_leaves_nothing_behind(tiny_
     engine = sch.engine
     assert not engine.seqs and not engine.has_unfinished
     assert not any(engine.runner.has(sid) for sid in range(2**62, 2**62 + 5))
-    assert not engine.proposer.runner.has(2**62)
+    assert isinstance(engine.proposer, DraftModelProposer) and not engine.proposer.runner.has(2**62)
     assert sch.policy.acceptance.prior()[0] == sch.policy.acceptance.config.prior[0]
     assert sch.steps == 0
 

@@ -27,6 +27,7 @@ def run(e: SpecEngine, k: int, max_tokens: int = 60) -> tuple[list[int], int, in
     while e.has_unfinished:
         out = e.step({sid: k for sid in e.running})
         emitted.append(len(out.emitted.get(0, [])))
+        assert out.stats is not None
         proposed += sum(out.stats.num_proposed_per_pos)
         accepted += sum(out.stats.num_accepted_per_pos)
         for sid in out.finished:

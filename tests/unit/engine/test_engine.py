@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -116,6 +117,9 @@ def test_misbehaving_proposer_cannot_change_the_output(tiny_llama: Any) -> None:
                 Proposal([7, 7], torch.full((2, 259), 1 / 259)),  # well-formed but useless
             ]
             return {r.seq_id: bad[(self.n + i) % len(bad)] for i, r in enumerate(requests)}
+
+        def unseen(self, seq_id: int, token_ids: Sequence[int]) -> int:
+            return 0
 
         def release(self, seq_id: int) -> None:
             return None

@@ -10,7 +10,7 @@ import torch
 from smartspec.engine.runner import ModelRunner, RowInput
 from smartspec.errors import CapacityExceeded, UnknownSequence, UnsupportedModel
 
-TOL = dict(atol=1e-4, rtol=1e-4)
+TOL: dict[str, Any] = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def full_logits(model: Any, tokens: list[int]) -> torch.Tensor:

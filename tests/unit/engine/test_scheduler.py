@@ -188,7 +188,7 @@ def test_the_draft_deadline_follows_the_predicted_draft_time_and_a_miss_is_recor
     # stretched by the slowest actual/predicted ratio of the timely drafts so far (this tiny draft takes
     # milliseconds, so the stretch is large) and doubled right after a miss (every other call misses here).
     assert waits == [st.draft_deadline_s for st in spec]
-    predicted, ratios, expected = 3e-4, [], []
+    predicted, ratios, expected = 3e-4, list[float](), list[float]()
     for i, st in enumerate(spec):
         expected.append(3.0 * predicted * max([1.0, *ratios]) * (2 if i % 2 == 0 and i > 0 else 1))
         if not st.missed_ks:

@@ -26,7 +26,7 @@ def test_cap_k_takes_every_bound_given_and_never_goes_below_zero() -> None:
 def test_within_is_what_cap_k_leaves_alone() -> None:
     assert within(0, 4) and within(4, 4) and within(np.int64(3), 4)
     assert not within(5, 4) and not within(-1, 4)
-    assert not within(True, 4) and not within(2.0, 4)  # type: ignore[arg-type]  # not integers
+    assert not within(True, 4) and not within(2.0, 4)  # not integers
 
 
 def test_a_request_max_k_beyond_the_engine_k_is_an_invalid_request_naming_the_field() -> None:

@@ -155,9 +155,9 @@ def test_one_step_in_explore_every_runs_the_other_side() -> None:
     assert ks == [5, 5, 5, 5, 0] * 2  # the cost model gets k = 0 steps at this batch size too
     near = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=5, probe_every=0), NEAR,
                              low_acceptance())
-    ks = [near.choose(batch([8, 8])).ks for _ in range(10)]
+    chosen = [near.choose(batch([8, 8])).ks for _ in range(10)]
     # ... and k > 0 steps, one request at a time (never the whole batch catching up at once)
-    assert [sum(k > 0 for k in d.values()) for d in ks] == [0, 0, 0, 0, 1] * 2
+    assert [sum(k > 0 for k in d.values()) for d in chosen] == [0, 0, 0, 0, 1] * 2
     never = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=5, explore_every=0), CHEAP)
     assert all(max(never.choose(batch([8])).ks.values()) == 5 for _ in range(10))
     with pytest.raises(ValueError, match="explore_every"):
