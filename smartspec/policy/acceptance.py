@@ -16,6 +16,14 @@ all requests of the same class, or a configured value before any data) the poste
 
 so a young request follows the prior and an old one its own history. γ (per-step decay of a
 request's own counts) keeps the estimate tracking drift; γ = 1 is a plain Beta-Bernoulli update.
+
+How much a request's own history is worth is a property of the workload, so m is learnt per class
+(empirical Bayes by prediction): before each step's outcomes update a request's counts, every m of
+a small grid predicts them, and the class uses the m whose predictions had the lowest decayed log
+loss. Where requests differ (one accepts 0.9, another 0.3) the smallest m wins; where they do not, and
+a rejection says little about the next step, a large one does (on the real pair one rejection at
+position 3 in the first step of half the HumanEval requests held them at k = 2 for 4-8 steps with
+m = 4, while every later step of those requests accepted everything).
 The survival s_ij = Π_{l≤j} ĉ_il is the probability that drafts 1 … j all pass, and the expected
 tokens a step emits at k is E_i(k) = 1 + Σ_{j≤k} s_ij (the +1 is the recovered or bonus token).
 A geometric α is the special case c_ij = α for every j.
@@ -40,10 +48,19 @@ class AcceptanceConfig:
     # (with 0.7, a cold target on the real pair, at 0.98 acceptance, stayed at k = 0); an optimistic
     # one costs a few steps of speculation before the pooled estimate takes over.
     prior: tuple[float, ...] = (0.9,)
-    prior_strength: float = 4.0  # pseudo-trials per position
+    prior_strength: float = 4.0  # pseudo-trials per position, until the class has data to choose one
+    # Candidate strengths m learnt per class from how well each predicted the requests' next steps
+    # (empty: always `prior_strength`). None below 4: the positions a small m's estimates stop testing
+    # are the ones that would show it wrong (replayed on the real pair, m fell to 1 and one early
+    # rejection held requests at k = 2 for 20 steps).
+    strength_grid: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0, 64.0)
     decay: float = 0.97  # per-step decay of a request's own counts (memory ≈ 1 / (1 − decay) steps)
     pooled_decay: float = 0.999  # decay of the pooled (class) counts per step
     pooled_min_trials: float = 20.0  # pooled data needed before it replaces the configured prior
+
+    def __post_init__(self) -> None:
+        if self.prior_strength <= 0 or any(not m > 0 for m in self.strength_grid):
+            raise ValueError(f"prior strengths must be > 0, got {self.prior_strength} and {self.strength_grid}")
 
     def prior_vector(self) -> np.ndarray:
         p = np.asarray(self.prior, dtype=float)
@@ -59,6 +76,8 @@ class _Pool:
     accepted: np.ndarray
     tested: np.ndarray
     prior: np.ndarray  # configured (or controller-published) prior for this class
+    loss: np.ndarray  # decayed log loss of each candidate prior strength's predictions
+    scored: float = 0.0  # decayed number of predictions scored (trials after a request's first)
 
 
 @dataclass
@@ -120,6 +139,7 @@ class AcceptanceTracker:
         pos = np.arange(self.config.max_k)[None, :]
         tested = (pos < np.minimum(k, a + 1)[:, None]).astype(float)  # through the first rejection
         passed = (pos < a[:, None]).astype(float)
+        self._score(rows, tested, passed)
         gamma = self.config.decay
         self._tested[rows] = gamma * self._tested[rows] + tested
         self._accepted[rows] = gamma * self._accepted[rows] + passed
@@ -137,7 +157,42 @@ class AcceptanceTracker:
             step[klass] = [[int(x) for x in t[:width]], [int(x) for x in p[:width]]]
         return step
 
+    def _score(self, rows: np.ndarray, tested: np.ndarray, passed: np.ndarray) -> None:
+        """Charge every candidate prior strength the log loss of its prediction of these outcomes."""
+        grid = np.asarray(self.config.strength_grid, dtype=float)
+        if grid.size == 0:
+            return
+        own_n, own_a = self._tested[rows], self._accepted[rows]
+        informed = tested * (own_n > 0)  # a request's first trial at a position is predicted alike by every m
+        if not informed.any():
+            return
+        classes = [self._class_of[r] for r in rows]
+        for klass in set(classes):
+            idx = [i for i, c in enumerate(classes) if c == klass]
+            pi = self.prior(klass)
+            m = grid[:, None, None]
+            pred = np.clip((own_a[idx] + m * pi) / (own_n[idx] + m), 1e-6, 1 - 1e-6)  # [G, n, K]
+            ok, seen = passed[idx], informed[idx]
+            loss = -(seen * (ok * np.log(pred) + (1 - ok) * np.log1p(-pred))).sum(axis=(1, 2))
+            pool = self._pool(klass)
+            g = self.config.pooled_decay
+            pool.loss = g * pool.loss + loss
+            pool.scored = g * pool.scored + float(seen.sum())
+
     # -- estimates ------------------------------------------------------------------------
+    def strength(self, klass: str = DEFAULT_CLASS) -> float:
+        """m for the class: the candidate with the lowest loss once enough predictions were scored."""
+        pool = self._pool(klass)
+        grid = self.config.strength_grid
+        if not grid or pool.scored < self.config.pooled_min_trials:
+            return self.config.prior_strength
+        best = int(np.argmin(pool.loss))
+        # Ties (nothing told the candidates apart yet) keep the configured strength.
+        configured = [i for i, m in enumerate(grid) if m == self.config.prior_strength]
+        if configured and pool.loss[best] >= pool.loss[configured[0]] - 1e-9:
+            return self.config.prior_strength
+        return float(grid[best])
+
     def prior(self, klass: str = DEFAULT_CLASS) -> np.ndarray:
         """π: the pooled per-position estimate where it has enough trials, carried forward to deeper
         positions that lack them; the configured prior before any position has enough."""
@@ -153,16 +208,21 @@ class AcceptanceTracker:
 
     def conditional(self, seq_ids: Sequence[int]) -> np.ndarray:
         """ĉ [B, K]: posterior mean conditional acceptance per request and position."""
-        m = self.config.prior_strength
         rows = np.array([self._row.get(sid, -1) for sid in seq_ids], dtype=int)
         classes = [self._class_of[r] if r >= 0 else DEFAULT_CLASS for r in rows]
         priors = {klass: self.prior(klass) for klass in set(classes)}
-        pi = np.stack([priors[c] for c in classes]) if len(priors) > 1 else np.tile(
-            next(iter(priors.values()), self._pool(DEFAULT_CLASS).prior), (len(rows), 1))
+        strengths = {klass: self.strength(klass) for klass in priors}
+        if len(priors) > 1:
+            pi = np.stack([priors[c] for c in classes])
+            m = np.array([strengths[c] for c in classes])[:, None]
+        else:
+            only = next(iter(priors), DEFAULT_CLASS)
+            pi = np.tile(priors.get(only, self._pool(DEFAULT_CLASS).prior), (len(rows), 1))
+            m = np.full((len(rows), 1), strengths.get(only, self.config.prior_strength))
         known = rows >= 0
         out = pi.copy()
         r = rows[known]
-        out[known] = (self._accepted[r] + m * pi[known]) / (self._tested[r] + m)
+        out[known] = (self._accepted[r] + m[known] * pi[known]) / (self._tested[r] + m[known])
         return out
 
     def untested(self, seq_ids: Sequence[int]) -> np.ndarray:
@@ -184,7 +244,8 @@ class AcceptanceTracker:
         pool = self._pools.get(klass)
         if pool is None:
             k = self.config.max_k
-            pool = self._pools[klass] = _Pool(np.zeros(k), np.zeros(k), self.config.prior_vector())
+            pool = self._pools[klass] = _Pool(np.zeros(k), np.zeros(k), self.config.prior_vector(),
+                                              np.zeros(len(self.config.strength_grid)))
         return pool
 
     def _grow(self) -> None:

@@ -98,8 +98,12 @@ class SimEngine(RequestTable):
             raise InvalidRequest(f"request {seq_id} is not in the simulated workload")
         seq = Sequence.create(seq_id, prompt_ids, params)
         seq.stats.arrival_s = self.clock.now
-        rng = np.random.default_rng([self.seed, seq_id])
-        self._truth[seq_id] = _Truth(req.accept, rng.random(params.max_tokens).tolist())
+        if req.agreement:  # replayed: u_t = 0 passes and 1 fails at any rate in (0, 1)
+            u = [0.0 if ok else 1.0 for ok in req.agreement[: params.max_tokens]]
+            self._truth[seq_id] = _Truth((0.5,), u + [0.0] * (params.max_tokens - len(u)))
+        else:
+            rng = np.random.default_rng([self.seed, seq_id])
+            self._truth[seq_id] = _Truth(req.accept, rng.random(params.max_tokens).tolist())
         return self._enqueue(seq)
 
     def _forget(self, seq_id: int) -> None:

@@ -24,6 +24,9 @@ class SimRequest:
     accept: tuple[float, ...]  # conditional acceptance per draft position (the truth the engine draws from)
     rate: float  # offered load of its phase, requests/s
     phase: str = ""
+    # Recorded draft/target agreement per output position (smartspec.sim.replay): when given, a draft at
+    # output position t passes iff agreement[t] (positions past its end pass), and `accept` is not drawn from.
+    agreement: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)

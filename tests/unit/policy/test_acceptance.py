@@ -83,3 +83,55 @@ def test_rows_are_reused_and_grow() -> None:
     tracker.add(500)
     assert 500 in tracker and 0 not in tracker
     assert tracker.survival([1, 500, 12345]).shape == (3, 2)  # unknown ids get the prior
+
+
+def run_class(tracker: AcceptanceTracker, rates: list[float], klass: str, rng: np.random.Generator,
+              steps: int = 12, k: int = 4, first_id: int = 0) -> None:
+    """Requests of one class, one per rate in `rates` (its per-position acceptance), `steps` steps each at k."""
+    for i, rate in enumerate(rates):
+        sid = first_id + i
+        tracker.add(sid, klass)
+        for _ in range(steps):
+            draws = rng.random(k) < rate
+            tracker.observe([sid], [k], [int(np.cumprod(draws).sum())])
+        tracker.remove(sid)
+
+
+def test_prior_strength_is_learnt_from_how_much_a_request_differs_from_its_class() -> None:
+    rng = np.random.default_rng(1)
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=4, prior=(0.7,)))
+    assert tracker.strength("alike") == tracker.strength("apart") == 4.0  # nothing scored yet: the configured m
+    run_class(tracker, [0.85] * 60, "alike", rng)  # every request the same: its own rejections are noise
+    run_class(tracker, [0.97, 0.25] * 30, "apart", rng, first_id=1000)  # requests differ: their history tells
+    assert tracker.strength("alike") >= 16.0
+    assert tracker.strength("apart") == 4.0
+    # the learnt m is what a request's estimate uses: one rejection moves an "alike" request less
+    for sid, klass in ((1, "alike"), (2, "apart")):
+        tracker.add(sid, klass)
+        tracker.observe([sid], [4], [0])
+    est = tracker.conditional([1, 2])[:, 0]
+    drop = tracker.prior("alike")[0] - est[0], tracker.prior("apart")[0] - est[1]
+    assert drop[0] < drop[1] / 2
+
+
+def test_a_fixed_prior_strength_when_the_grid_is_empty() -> None:
+    rng = np.random.default_rng(2)
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=4, prior_strength=4.0, strength_grid=()))
+    run_class(tracker, [0.85] * 40, "default", rng)
+    assert tracker.strength() == 4.0
+
+
+def test_one_early_rejection_in_a_class_where_they_do_not_recur_keeps_deep_drafts_likely() -> None:
+    """The real pair's HumanEval pattern: half the requests reject draft 3 of their first step, then accept
+    everything; with m = 4 that held them at k = 2 for 4-8 steps (ĉ_3 fell from 0.96 to 0.77)."""
+    tracker = AcceptanceTracker(AcceptanceConfig(max_k=8))
+    for sid in range(40):
+        tracker.add(sid)
+        tracker.observe([sid], [8], [2 if sid % 2 else 8])
+        for _ in range(6):
+            tracker.observe([sid], [8], [8])
+        tracker.remove(sid)
+    assert tracker.strength() >= 16.0
+    tracker.add(99)
+    tracker.observe([99], [8], [2])
+    assert tracker.conditional([99])[0, 2] > 0.85
