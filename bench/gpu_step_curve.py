@@ -26,7 +26,8 @@ from smartspec.engine.proposers.draft_model import DraftModelProposer
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import sample_of
-from smartspec.policy.cost_model import PRESETS, fit_cost_model
+from smartspec.policy.cost_fit import fit_cost_model
+from smartspec.policy.cost_model import PRESETS
 
 # Public architecture shapes (the models' config.json): Llama-3.1-8B and Llama-3.2-1B.
 SHAPES: dict[str, dict[str, Any]] = {

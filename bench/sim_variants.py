@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hysteresis 1.3": {"mode": "goodput", "hysteresis": 1.3},
     "no upward exploration": {"mode": "goodput", "explore_up_batch": 0},
     "goodput-uniform": {"mode": "goodput-uniform"},
+    "probe every 4": {"mode": "goodput", "probe_every": 4},
 }
 
 

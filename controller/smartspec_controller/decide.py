@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from smartspec.policy.cost_model import CostModel, StepSample, StepShape, fit_cost_model, plausible, r_squared
-from smartspec.policy.cost_model import relative_error as rel_err
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, r_squared
+from smartspec.policy.cost_fit import relative_error as rel_err
+from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.policy.cost_model import resolve as resolve_preset
 from smartspec.policy.document import PolicySpec
 from smartspec.policy.selection import expected_total, select_goodput

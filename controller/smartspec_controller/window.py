@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smartspec.policy.cost_model import StepSample
+from smartspec.policy.cost_fit import StepSample
 from smartspec.policy.limits import MAX_K_LIMIT
 from smartspec.telemetry.records import StepRecord
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import CostModel, fit_cost_model, load_cost_model
+from smartspec.policy.cost_fit import fit_cost_model
+from smartspec.policy.cost_model import CostModel, load_cost_model
 from smartspec.policy.limits import MAX_K_LIMIT, within
 from smartspec.policy.selection import goodput, select_goodput
 from smartspec.telemetry.records import BadRecord, read_jsonl

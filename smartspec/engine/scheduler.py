@@ -24,7 +24,8 @@ from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import StepEngine, StepOutput, StepPlan, StepStats
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
-from smartspec.policy.cost_model import CostModel, StepSample, StepShape, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.policy.in_force import PolicyInForce
 from smartspec.policy.limits import cap_k, within
 from smartspec.policy.policy import BatchRequest, Decision, SpeculationPolicy

@@ -208,6 +208,34 @@ class AcceptanceTracker:
 
     def conditional(self, seq_ids: Sequence[int]) -> np.ndarray:
         """ĉ [B, K]: posterior mean conditional acceptance per request and position."""
+        return self._posterior(seq_ids)[0]
+
+    def optimistic_survival(self, seq_ids: Sequence[int], z: float = 0.75) -> np.ndarray:
+        """s [B, K] at the hopeful end of what is known, per position the lower of two hopes, each an estimate
+        plus z·√(c(1 − c)/(n + 1)): the request's own (its posterior, n = its trials + m) and its class's (the
+        pooled counts on the configured prior, n = pooled trials + m, before any gate on trials). What a trial
+        step may hope for (policy probes): hope shrinks as the request or its class learns. A position past
+        the deepest one its class has enough trials at hopes no more than that one (drafts that fail early
+        say little of deep positions; without the cap a class at 0.8 was probed at k = 8 again and again)."""
+        mean, trials = self._posterior(seq_ids)
+        rows = [self._row.get(sid, -1) for sid in seq_ids]
+        pools = [self._pool(self._class_of[r] if r >= 0 else DEFAULT_CLASS) for r in rows]
+        m = self.config.prior_strength
+        n_class = np.array([p.tested for p in pools]).reshape(mean.shape)
+        c_class = np.array([(p.accepted + m * p.prior) / (p.tested + m) for p in pools]).reshape(mean.shape)
+
+        def hope(c: np.ndarray, n: np.ndarray) -> np.ndarray:
+            return c + z * np.sqrt(c * (1 - c) / (n + 1))
+
+        upper = np.minimum(hope(mean, trials), hope(c_class, n_class + m))
+        enough = n_class >= self.config.pooled_min_trials
+        last = np.maximum.accumulate(np.where(enough, np.arange(mean.shape[1]), -1), axis=1)
+        carried = np.take_along_axis(upper, np.maximum(last, 0), axis=1)
+        upper = np.where((last >= 0) & ~enough, np.minimum(upper, carried), upper)
+        return np.cumprod(np.clip(upper, 0.0, 1 - 1e-6), axis=1)
+
+    def _posterior(self, seq_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ĉ, n) [B, K]: posterior mean and its trials (the request's own plus the prior strength m)."""
         rows = np.array([self._row.get(sid, -1) for sid in seq_ids], dtype=int)
         classes = [self._class_of[r] if r >= 0 else DEFAULT_CLASS for r in rows]
         priors = {klass: self.prior(klass) for klass in set(classes)}
@@ -221,9 +249,11 @@ class AcceptanceTracker:
             m = np.full((len(rows), 1), strengths.get(only, self.config.prior_strength))
         known = rows >= 0
         out = pi.copy()
+        trials = np.broadcast_to(m, out.shape).copy()
         r = rows[known]
         out[known] = (self._accepted[r] + m[known] * pi[known]) / (self._tested[r] + m[known])
-        return out
+        trials[known] += self._tested[r]
+        return out, trials
 
     def untested(self, seq_ids: Sequence[int]) -> np.ndarray:
         """[B, K] True where the request's class has too few pooled trials at that position to trust."""

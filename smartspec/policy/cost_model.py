@@ -17,12 +17,19 @@ Features of a step with B verified requests, per-request k_i, M = max k_i, S = �
 
 Times are seconds. `draft_fraction` / `overhead_fraction` add that fraction of the verify time
 when speculating (how the published n-gram presets model draft and overhead).
+
+`verify_rows` corrects the linear verify time per row count of the padded verify forward, B·(M + 1):
+matrix kernels switch paths at row counts, so the measured verify time is a staircase, not a line (the
+real pair in float32 on an AVX2 CPU, batch 1: 0.34 / 0.64 / 0.95 / 0.95 / 0.99 / 1.10 / 1.06 / 0.88 /
+1.20 s at widths 1 … 9). A line through that priced width 9 below width 8's true cost, and goodput ran
+k = 8 where k = 7 was 8 % faster. Each fit learns the factor measured / linear of every row count it
+saw, shrunk toward the prior's factor; row counts it never saw keep the prior's (1 when none).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +51,8 @@ VERIFY_FEATURES = ("const", "spec", "batch", "batched_tokens", "context_tokens",
 PREFILL_FEATURES = ("prefill_tokens", "prefill_padded_tokens")  # fitted apart: see _fit_verify
 DRAFT_FEATURES = ("spec", "spec_batch", "max_k", "draft_tokens", "spec_context_tokens", "draft_catchup_tokens")
 OVERHEAD_FEATURES = ("const", "batch", "draft_tokens")
+MAX_ROW_FACTORS = 4096  # entries in `verify_rows` a document may carry: max batch 256 × width 16
+ROW_FACTOR_RANGE = (0.25, 4.0)  # a verify this far off the line is a broken fit, not a kernel switch
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,8 @@ class CostModel:
     pads_to_max_k: bool = True
     r2: float | None = None  # of the total step time, on the samples it was fitted to
     samples: int = 0
+    # measured / linear verify time per row count B·(M + 1) of a decode verify (module docstring); padded only
+    verify_rows: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for part in (self.verify, self.draft, self.overhead):
@@ -119,12 +130,23 @@ class CostModel:
             if unknown:
                 raise ValueError(f"unknown cost-model features {sorted(unknown)}; known: {', '.join(FEATURES)}")
 
+    def row_factor(self, rows: Any) -> Any:
+        """The `verify_rows` factor of a row count, or of an array of them (1 where none was measured)."""
+        r = np.asarray(rows, dtype=float)
+        if not self.verify_rows or not self.pads_to_max_k:
+            return np.ones_like(r) if r.ndim else 1.0
+        f = np.array([self.verify_rows.get(round(float(x)), 1.0) for x in r.ravel()]).reshape(r.shape)
+        return f if f.ndim else float(f)
+
     def components(self, shape: StepShape) -> tuple[float, float, float]:
         return self._parts(shape.features(self.pads_to_max_k))
 
     def _parts(self, feats: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         """(draft, verify, overhead) of scalar features, or of arrays of them (`decode_curve`)."""
         verify = _dot(self.verify, feats)
+        if self.verify_rows and self.pads_to_max_k:  # the prefill part is priced per token; the rest per row count
+            prefill = sum((self.verify.get(n, 0.0) * feats[n] for n in PREFILL_FEATURES), 0.0)
+            verify = prefill + (verify - prefill) * self.row_factor(feats["batched_tokens"])
         spec = feats["spec"]
         draft = _dot(self.draft, feats) + spec * self.draft_fraction * verify
         overhead = _dot(self.overhead, feats) + spec * self.overhead_fraction * verify
@@ -156,18 +178,21 @@ class CostModel:
         return self._catchup_s_per_token
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name, "verify": dict(self.verify), "draft": dict(self.draft),
             "overhead": dict(self.overhead), "draft_fraction": self.draft_fraction,
             "overhead_fraction": self.overhead_fraction, "pads_to_max_k": self.pads_to_max_k,
             "r2": self.r2, "samples": self.samples,
         }
+        if self.verify_rows:  # JSON keys are strings
+            out["verify_rows"] = {str(rows): f for rows, f in sorted(self.verify_rows.items())}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CostModel:
         """Static coefficients (e.g. a JSON file or a policy document); seconds per feature unit."""
         known = {"name", "verify", "draft", "overhead", "draft_fraction", "overhead_fraction",
-                 "pads_to_max_k", "r2", "samples"}
+                 "pads_to_max_k", "r2", "samples", "verify_rows"}
         extra = set(data) - known
         if extra:
             raise ValueError(f"unknown cost-model keys {sorted(extra)}")
@@ -184,6 +209,7 @@ class CostModel:
                 pads_to_max_k=bool(data.get("pads_to_max_k", True)),
                 r2=None if data.get("r2") is None else float(data["r2"]),
                 samples=int(data.get("samples", 0)),
+                verify_rows=_row_factors(data.get("verify_rows", {})),
             )
         except (TypeError, AttributeError) as exc:  # e.g. `"verify": [1]` or `"const": null`: bad input, not a bug
             raise ValueError(f"malformed cost model: {exc}") from None
@@ -195,6 +221,25 @@ def _fraction(name: str, value: Any) -> float:
     if not 0.0 <= v <= 10.0:  # also false for NaN
         raise ValueError(f"cost-model {name} must be in [0, 10], got {value!r}")
     return v
+
+
+def _row_factors(table: Any) -> dict[int, float]:
+    """`verify_rows` from a document: at most MAX_ROW_FACTORS positive row counts, factors in ROW_FACTOR_RANGE."""
+    if not isinstance(table, Mapping):
+        raise ValueError(f"cost-model verify_rows must map row counts to factors, got {type(table).__name__}")
+    if len(table) > MAX_ROW_FACTORS:
+        raise ValueError(f"cost-model verify_rows has {len(table)} entries; at most {MAX_ROW_FACTORS}")
+    out = {}
+    lo, hi = ROW_FACTOR_RANGE
+    for rows, factor in table.items():
+        try:
+            r, f = int(rows), float(factor)
+        except (TypeError, ValueError):
+            raise ValueError(f"cost-model verify_rows entry {rows!r}: {factor!r} is not row count: number") from None
+        if r < 1 or not lo <= f <= hi:  # also false for NaN
+            raise ValueError(f"cost-model verify_rows entry {rows!r}: row counts are >= 1, factors in [{lo}, {hi}]")
+        out[r] = f
+    return out
 
 
 def _coefficients(part_name: str, part: Any) -> dict[str, float]:
@@ -211,6 +256,12 @@ def _coefficients(part_name: str, part: Any) -> dict[str, float]:
     if negative:  # fits never produce them (see SIGNED_FEATURES); a document that has them was not fitted
         raise ValueError(f"cost-model coefficients must not be negative: {negative}")
     return values
+
+
+# Coefficients that may be negative: the per-request verify term (the published fits have one; the
+# padding model absorbs part of it). Every other feature is a cost, and a negative cost lets the
+# policy buy "free" speculation — or price k = 0 above its true cost — where the samples never went.
+SIGNED_FEATURES = frozenset({"batch"})
 
 
 # -- presets --------------------------------------------------------------------------------
@@ -296,162 +347,3 @@ def resolve(name_or_model: str | CostModel) -> CostModel:
         return PRESETS[name_or_model]
     except KeyError:
         raise ValueError(f"unknown cost model {name_or_model!r}; presets: default, {', '.join(PRESETS)}") from None
-
-
-# -- fitting --------------------------------------------------------------------------------
-_HUBER_PASSES = 4
-_HUBER_K = 1.345
-
-
-@dataclass(frozen=True)
-class StepSample:
-    """A measured step: its shape and the seconds each component took."""
-
-    shape: StepShape
-    draft_s: float
-    verify_s: float
-    overhead_s: float
-    # The draft work asked for when it differs from what was verified: a step whose drafts missed the
-    # deadline verified at k = 0 but waited draft_s for drafts of this shape (so fits learn the stall).
-    draft_shape: StepShape | None = None
-
-    @property
-    def total_s(self) -> float:
-        return self.draft_s + self.verify_s + self.overhead_s
-
-    def predicted_s(self, model: CostModel) -> float:
-        """What `model` says this step should have taken (drafts of the shape asked for, if they missed)."""
-        if self.draft_shape is None:
-            return model.step_time(self.shape)
-        _, verify, overhead = model.components(self.shape)
-        return model.components(self.draft_shape)[0] + verify + overhead
-
-
-def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
-    """Mean absolute error of predicted step times, relative to the mean step time."""
-    actual = np.array([s.total_s for s in samples])
-    predicted = np.array([s.predicted_s(model) for s in samples])
-    return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
-
-
-def r_squared(actual: np.ndarray, predicted: np.ndarray) -> float:
-    ss_tot = float(np.sum((actual - actual.mean()) ** 2))
-    if ss_tot <= 0:
-        return float("nan")
-    return 1.0 - float(np.sum((actual - predicted) ** 2)) / ss_tot
-
-
-# Coefficients that may be negative: the per-request verify term (the published fits have one; the
-# padding model absorbs part of it). Every other feature is a cost, and a negative cost lets the
-# policy buy "free" speculation — or price k = 0 above its true cost — where the samples never went.
-SIGNED_FEATURES = frozenset({"batch"})
-
-
-def _fit_part(
-    x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
-    signed: frozenset[str] = SIGNED_FEATURES,
-) -> dict[str, float]:
-    """Huber-weighted least squares with a small ridge toward the prior, in column-scaled space,
-    with every cost coefficient kept >= 0 (active set: pin the most negative to 0, refit the rest).
-
-    Directions the samples never vary (e.g. k always 0) keep their prior coefficients instead
-    of taking arbitrary values, so the fit never extrapolates into nonsense; a few iteratively
-    reweighted passes keep one stalled step (a GC pause, a noisy neighbour) from steering it.
-    """
-    pinned: set[int] = set()
-    while True:
-        theta = _huber_ridge(x, y, names, prior, ridge, pinned)
-        bad = [i for i, n in enumerate(names) if n not in signed and i not in pinned and theta[i] < 0]
-        if not bad:
-            return {n: float(t) for n, t in zip(names, theta, strict=True)}
-        pinned.add(min(bad, key=lambda i: theta[i] * max(float(np.abs(x[:, i]).max()), 1e-12)))
-
-
-def _huber_ridge(x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
-                 pinned: set[int]) -> np.ndarray:
-    free = [i for i in range(len(names)) if i not in pinned]
-    theta = np.zeros(len(names))
-    if not free:
-        return theta
-    xf = x[:, free]
-    scale = np.abs(xf).max(axis=0)
-    scale[scale == 0] = 1.0
-    xs = xf / scale
-    p = np.array([max(prior.get(names[i], 0.0), 0.0) if names[i] not in SIGNED_FEATURES else prior.get(names[i], 0.0)
-                  for i in free]) * scale
-    lam = np.sqrt(ridge * max(len(y), 1))
-    weights = np.ones(len(y))
-    theta_s = p
-    for _ in range(_HUBER_PASSES):
-        w = np.sqrt(weights)[:, None]
-        a = np.vstack([xs * w, lam * np.eye(len(free))])
-        b = np.concatenate([y * w[:, 0], lam * p])
-        theta_s, *_ = np.linalg.lstsq(a, b, rcond=None)
-        resid = np.abs(xs @ theta_s - y)
-        spread = 1.4826 * float(np.median(resid)) or 1e-12
-        weights = np.minimum(1.0, _HUBER_K * spread / np.maximum(resid, 1e-12))
-    theta[free] = theta_s / scale
-    return theta
-
-
-def fit_cost_model(
-    samples: Sequence[StepSample], prior: CostModel | None = None, *, pads_to_max_k: bool = True,
-    ridge: float = 1e-3, name: str = "fitted",
-) -> CostModel:
-    """Fit draft, verify and overhead separately from measured steps; R² is of the total step time."""
-    if not samples:
-        raise ValueError("no step samples to fit")
-    prior = prior or default_cost_model()
-    feats = [s.shape.features(pads_to_max_k) for s in samples]
-    draft_feats = [(s.draft_shape or s.shape).features(pads_to_max_k) for s in samples]
-
-    def matrix(names: Sequence[str], rows: Sequence[int], of: list[dict[str, float]] = feats) -> np.ndarray:
-        return np.array([[of[i][n] for n in names] for i in rows], dtype=float)
-
-    everything = list(range(len(samples)))
-    spec_rows = [i for i in everything if draft_feats[i]["spec"] > 0]
-    verify = _fit_verify(matrix, everything, np.array([s.verify_s for s in samples]), feats, prior.verify, ridge)
-    overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
-                         OVERHEAD_FEATURES, prior.overhead, ridge)
-    draft = dict(prior.draft)
-    if spec_rows:  # draft time is 0 by construction at k = 0; fit it on speculating steps only
-        draft_s = np.array([samples[i].draft_s for i in spec_rows])
-        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows, draft_feats), draft_s, DRAFT_FEATURES, prior.draft, ridge)
-    model = CostModel(name, verify=verify, draft=draft, overhead=overhead, pads_to_max_k=pads_to_max_k)
-    predicted = np.array([s.predicted_s(model) for s in samples])
-    actual = np.array([s.total_s for s in samples])
-    return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
-
-
-def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: list[dict[str, float]],
-                prior: Mapping[str, float], ridge: float) -> dict[str, float]:
-    """Decode terms on the steps without prefill, then the prefill terms on what those leave of the rest.
-
-    Fitted together, a prefill (seconds, once per request) is an outlier among hundreds of decode steps
-    (tenths of a second) to the Huber weights, and its coefficients stayed near the prior: admission
-    steps were predicted 20× too short on the real pair."""
-    decode_names = [n for n in VERIFY_FEATURES if n not in PREFILL_FEATURES]
-    decode = [i for i in rows if feats[i]["prefill_tokens"] == 0]
-    admit = [i for i in rows if feats[i]["prefill_tokens"] > 0]
-    out = {n: prior.get(n, 0.0) for n in VERIFY_FEATURES}
-    if decode:
-        out.update(_fit_part(matrix(decode_names, decode), y[decode], decode_names, prior, ridge))
-    if admit:
-        coef = np.array([out[n] for n in decode_names])
-        rest = y[admit] - matrix(decode_names, admit) @ coef
-        out.update(_fit_part(matrix(PREFILL_FEATURES, admit), rest, PREFILL_FEATURES, prior, ridge))
-    return out
-
-
-def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
-    """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
-    uniform k at the batch sizes and contexts seen: where the policy will ask."""
-    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
-    probe = {seen[0], seen[len(seen) // 2], seen[-1]}
-    for batch, ctx in probe:
-        for k in range(max_k + 1):
-            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
-            total = sum(parts)
-            if total <= 0 or min(parts) < -0.05 * total:
-                return False
-    return True

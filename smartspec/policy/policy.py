@@ -46,9 +46,10 @@ class PolicyConfig:
     # Requests waiting to be admitted are delayed by a longer step without benefiting from it: raise the
     # price of step time by 1 + waiting / (running + waiting).
     queue_weight: bool = False
-    # A request held at k = 0 for `probe_every` steps drafts one token to refresh its estimate — one
-    # request per step (the one with the least catch-up), and only where the probe costs less than the
-    # hysteresis (never a batch-wide verify pad or a large catch-up for one data point).
+    # A request held at k = 0 for `probe_every` steps drafts again to refresh its estimate — one request
+    # per step (the one with the least catch-up), at the k that pays best if its acceptance is at the
+    # hopeful end of what is known, and only where that hope would beat the step's rate by the hysteresis
+    # twice (policy._trial; never a batch-wide verify pad or a large catch-up for a hope that small).
     probe_every: int = 16
     # For the cost model: one decision in `explore_every` runs the other side — k = 0 for the batch if the
     # policy speculates (cheap: one token of catch-up each next step), else one request (the least
@@ -122,10 +123,12 @@ class SpeculationPolicy:
             self.acceptance = AcceptanceTracker(replace(self.acceptance.config, max_k=self.config.max_k))
         self._zero_streak: dict[int, int] = {}
         self._all_accepted: dict[int, int] = {}  # seq_id -> k whose drafts all passed last step
+        self._probed: set[int] = set()  # requests probed in the last decision
         self._decisions = 0  # adaptive decisions with something to decide (for exploration)
 
     def forget(self, seq_id: int) -> None:
         self._zero_streak.pop(seq_id, None)
+        self._probed.discard(seq_id)
         self._all_accepted.pop(seq_id, None)
         self.acceptance.remove(seq_id)
 
@@ -236,6 +239,7 @@ class SpeculationPolicy:
             return expected_total(survival, k) / t if t > 0 else 0.0
         return g(ks) * self.config.hysteresis >= g(base)
 
+
     def _explore_up(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray,
                     batch: int) -> np.ndarray:
         """After all k drafts passed, try k + 1 while the request's class has too few trials there to trust."""
@@ -250,23 +254,66 @@ class SpeculationPolicy:
 
     def _probe(self, ids: list[int], ks: np.ndarray, caps: np.ndarray, survival: np.ndarray, curve: StepCurve,
                catchup: CatchUp, pending: np.ndarray) -> tuple[np.ndarray, int]:
-        """k = 0 is not sticky: a request held at 0 for `probe_every` steps drafts one token (see PolicyConfig)."""
+        """k = 0 is not sticky: a request held at 0 for `probe_every` steps drafts again (see PolicyConfig)."""
         every = self.config.probe_every
         streaks = np.array([0 if k > 0 else self._zero_streak.get(sid, 0) + 1
                             for sid, k in zip(ids, ks, strict=True)], dtype=int)
         probes = 0
+        # A probe whose drafts all passed is repeated next step: one success moves a cautious estimate only
+        # a little (0.90 to 0.92 per position), and `every` steps apart a request ends before the evidence
+        # adds up (replayed: requests ran at k = 0 between successful k = 7 probes for 60 steps).
+        again = np.array([sid in self._probed and sid in self._all_accepted for sid in ids], dtype=bool)
+        self._probed = set()
         if every:
-            due = np.flatnonzero((streaks >= every) & (caps > 0) & (ks == 0))
+            due = np.flatnonzero(((streaks >= every) | again) & (caps > 0) & (ks == 0))
             if due.size:
                 pick = int(due[np.argmin(pending[due])])
-                trial = ks.copy()
-                trial[pick] = 1
-                if self._affordable(trial, ks, survival, curve, catchup):
+                trial = self._trial(ids, pick, ks, caps, survival, curve, catchup)
+                if trial is not None:
                     ks, probes = trial, 1
                     streaks[pick] = 0
+                    self._probed = {ids[pick]}
         for sid, streak in zip(ids, streaks, strict=True):
             self._zero_streak[sid] = int(streak)
         return ks, probes
+
+    def _trial(self, ids: list[int], pick: int, ks: np.ndarray, caps: np.ndarray, survival: np.ndarray,
+               curve: StepCurve, catchup: CatchUp) -> np.ndarray | None:
+        """`ks` with request `pick` at the k that is best if its acceptance is at the hopeful end of what is known
+        (AcceptanceTracker.optimistic_survival), if under that hope its extra tokens per extra second beat the
+        step's rate by the hysteresis, twice; else None. A probe's point is to change the steady decision, as a
+        confirmed hope then would; one that could not is not run (one draft token "because it is cheap" cost
+        2 % against `off` where nothing paid: simulated, 40 requests at acceptance 0.8 on a CPU-shaped cost,
+        once a first probe had caught the draft up).
+
+        Not k = 1 always: where a width-2 verify costs 2-3× a decode (CPUs; the cost model's row factors) one
+        draft token never pays while seven do at 0.99 acceptance, so a k = 1 probe is never affordable and a
+        request held at 0 by a cautious prior would never learn what it accepts (replayed on the real pair in
+        float32: goodput stayed at k = 0, 1.15× slower than fixed:7). Hope shrinks with trials, so a request
+        whose drafts fail is soon probed at small k or not at all."""
+        hopeful = survival.copy()
+        hopeful[pick] = self.acceptance.optimistic_survival([ids[pick]])[0, : survival.shape[1]]
+
+        def tokens_time(k: np.ndarray) -> tuple[float, float]:
+            return expected_total(hopeful, k), curve.time(k, hopeful, catchup)
+
+        base_e, base_t = tokens_time(ks)
+        best, best_g = None, 0.0
+        for k in range(1, int(caps[pick]) + 1):
+            trial = ks.copy()
+            trial[pick] = k
+            e, t = tokens_time(trial)
+            if t > 0 and e / t > best_g:
+                best, best_g, best_e, best_t = trial, e / t, e, t
+        if best is None or base_t <= 0:
+            return None
+        h, rate = self.config.hysteresis, base_e / base_t
+        # The request's hoped-for extra tokens per extra second must beat the step's rate by the hysteresis twice
+        # over: once for a confirmed hope to change the steady decision, once for what the probe itself costs
+        # and wastes when the hope fails (its draft catch-up, the repeats). Once only, probes at k = 1 on an
+        # acceptance of 0.8 where one draft just breaks even cost 2.7 % against `off` (simulated, 20 requests).
+        extra_t = best_t - base_t
+        return best if extra_t <= 0 or (best_e - base_e) / extra_t >= h * h * rate else None
 
     def _explore(self, ks: np.ndarray, survival: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp,
                  pending: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import CostModel, StepSample, default_cost_model, fit_cost_model, r_squared
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, r_squared
+from smartspec.policy.cost_model import CostModel, default_cost_model
 from smartspec.sim.acceptance import AcceptanceProfile
 from smartspec.telemetry.records import BadRecord, StepRecord, decode, read_jsonl
 

@@ -117,9 +117,11 @@ def _profile(sched: Scheduler[SimEngine], by_id: dict[int, SimRequest], engine: 
              clock: VirtualClock) -> None:
     """The target's start-up calibration, in virtual time, on requests whose drafts are all rejected
     (the real profile's prompts are random tokens)."""
-    count = sum({min(b, engine.max_batch) for b in cfg.batches if b > 0})
-    for sid in range(FIRST_ID, FIRST_ID + count):
-        by_id[sid] = SimRequest(sid, 0.0, cfg.prompt_tokens, 1, (0.0,) * max(engine.max_k, 1), 0.0, "calibration")
+    first = FIRST_ID
+    for batch, prompt_tokens in cfg.plan(engine.max_batch):
+        for sid in range(first, first + batch):
+            by_id[sid] = SimRequest(sid, 0.0, prompt_tokens, 1, (0.0,) * max(engine.max_k, 1), 0.0, "calibration")
+        first += batch
     calibrate(sched, vocab_size=1, max_batch=engine.max_batch, config=cfg, clock=clock)
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smartspec.policy.cost_model import StepSample, StepShape
+from smartspec.policy.cost_fit import StepSample
+from smartspec.policy.cost_model import StepShape
 from smartspec.policy.limits import MAX_K_LIMIT, MAX_POLICY_VERSION
 from smartspec.telemetry.keys import SCHEMA_VERSION
 

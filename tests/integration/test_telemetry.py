@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from smartspec.policy.cost_model import DRAFT_FEATURES, VERIFY_FEATURES, StepSample, r_squared, relative_error
+from smartspec.policy.cost_fit import StepSample, r_squared, relative_error
+from smartspec.policy.cost_model import DRAFT_FEATURES, VERIFY_FEATURES
 from smartspec.telemetry import records
 from smartspec.telemetry.keys import status_key, steps_key
 from smartspec_controller import decide

@@ -41,7 +41,7 @@ class TargetSettings(BaseSettings):
     hysteresis: float = Field(1.1, ge=1.0)
     cost_model: str = Field("default", description="default, a preset name, or a JSON coefficients file")
     calibrate_s: float = Field(
-        30.0, ge=0, description="before serving, time steps at k = 0 … K for up to this long and start from the "
+        45.0, ge=0, description="before serving, time steps at k = 0 … K for up to this long and start from the "
         "cost model fitted to them (only with the default cost model and a connected draft; 0: off)")
     emulate_acceptance: float | None = Field(
         None, ge=0.0, le=1.0, description="EXPERIMENTS ONLY: accept each draft token with this probability instead "

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from smartspec.policy.cost_model import CostModel, StepSample, StepShape, default_cost_model
+from smartspec.policy.cost_fit import StepSample
+from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
 from smartspec.policy.document import parse_spec
 from smartspec.policy.selection import expected_total
 from smartspec.telemetry.records import StepRecord
@@ -77,7 +78,7 @@ def test_a_new_regime_is_learned_within_a_few_refits() -> None:
     assert again is not None
     assert again.adopted, again.reason
     at16 = [s for s in w.samples if s.shape.batch == 16]
-    from smartspec.policy.cost_model import relative_error
+    from smartspec.policy.cost_fit import relative_error
     assert relative_error(again.model, at16) < 0.1 < relative_error(model.model, at16)
 
 

@@ -1,19 +1,11 @@
-"""Cost model: published presets, least-squares fitting with R², static coefficients."""
+"""Cost model: published presets, static coefficients, the decode curve, per-row verify factors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from smartspec.policy.cost_model import (
-    PRESETS,
-    CostModel,
-    StepSample,
-    StepShape,
-    default_cost_model,
-    fit_cost_model,
-    resolve,
-)
+from smartspec.policy.cost_model import PRESETS, CostModel, StepShape, resolve
 from smartspec.policy.selection import goodput
 
 # reference/paper-smartspec.md §4.3: goodput (tok/s) at α = 0.7, 1000 context tokens per request.
@@ -27,51 +19,6 @@ def test_as_coded_preset_reproduces_the_published_table(batch: int) -> None:
     for k, expected in PAPER_TABLE[batch].items():
         got = goodput(surv, np.full(batch, k), cost, context_tokens=1000 * batch)
         assert round(got) == expected
-
-
-def test_fit_recovers_coefficients_and_reports_r2() -> None:
-    truth = CostModel("truth", verify={"const": 0.05, "batched_tokens": 0.002, "context_tokens": 1e-6},
-                      draft={"spec": 0.003, "max_k": 0.02, "draft_tokens": 0.001},
-                      overhead={"const": 0.001, "batch": 1e-5}, pads_to_max_k=True)
-    rng = np.random.default_rng(0)
-    samples = []
-    for _ in range(300):
-        b = int(rng.integers(1, 33))
-        ks = rng.integers(0, 6, size=b) * (rng.random() < 0.7)
-        shape = StepShape(b, int(rng.integers(10, 800)) * b, int(ks.max()), int(ks.sum()))
-        d, v, o = truth.components(shape)
-        noise = rng.normal(1.0, 0.02, 3)
-        samples.append(StepSample(shape, d * noise[0], v * noise[1], o * noise[2]))
-    fitted = fit_cost_model(samples)
-    assert fitted.r2 is not None and fitted.r2 > 0.98 and fitted.samples == 300
-    held_out = [StepShape(16, 8000, 4, 40), StepShape(1, 300, 8, 8), StepShape(32, 20000, 0, 0)]
-    for shape in held_out:
-        assert fitted.step_time(shape) == pytest.approx(truth.step_time(shape), rel=0.05)
-
-
-def test_prefill_is_fitted_apart_so_rare_long_admission_steps_are_not_outliers() -> None:
-    # As on the real pair at light load: ~60 decode steps of 0.15 s per admission of 13 s (a 180-token prompt
-    # at 70 ms a token), most admissions alone (batch 0). Fitted together, Huber weighs the admissions out.
-    truth = CostModel("truth", verify={"const": 0.14, "batched_tokens": 0.003, "context_tokens": 2e-6,
-                                       "prefill_tokens": 0.07, "prefill_padded_tokens": 0.002})
-    rng = np.random.default_rng(1)
-    samples = []
-    for i in range(600):
-        prompt = int(rng.integers(80, 260)) if i % 60 == 0 else 0
-        b = 0 if prompt and rng.random() < 0.8 else 1
-        shape = StepShape(b, int(rng.integers(100, 400)) * b, 0, 0, prompt, 0, prompt)
-        samples.append(StepSample(shape, 0.0, truth.components(shape)[1] * rng.normal(1.0, 0.03), 0.0))
-    fitted = fit_cost_model(samples, default_cost_model())
-    for shape in (StepShape(0, 0, 0, 0, 180, 0, 180), StepShape(1, 300, 0, 0), StepShape(1, 250, 0, 0, 120, 0, 120)):
-        assert fitted.step_time(shape) == pytest.approx(truth.step_time(shape), rel=0.08)
-
-
-def test_directions_the_samples_never_vary_keep_their_prior() -> None:
-    prior = default_cost_model()
-    samples = [StepSample(StepShape(b, 100 * b, 0, 0), 0.0, 0.01 + 0.001 * b, 0.0005) for b in range(1, 40)]
-    fitted = fit_cost_model(samples, prior)
-    assert fitted.draft == prior.draft  # never speculated: nothing to learn about drafting
-    assert fitted.step_time(StepShape(8, 800, 0, 0)) == pytest.approx(0.01 + 0.008 + 0.0005, rel=0.05)
 
 
 def test_static_coefficients_round_trip_and_errors() -> None:
@@ -97,7 +44,7 @@ def test_decode_curve_prices_every_k_vector_as_step_time_does(name: str, pads: b
     """α[M] + β[M]·S is the model itself at the decode shape, not an approximation (the policy's hot path)."""
     from dataclasses import replace
 
-    cost = replace(resolve(name), pads_to_max_k=pads)
+    cost = replace(resolve(name), pads_to_max_k=pads, verify_rows={2: 1.3, 9: 0.8, 28: 1.6, 32 * 9: 1.1})
     rng = np.random.default_rng(0)
     for batch, context in ((1, 50), (7, 3_000), (32, 40_000)):
         alpha, beta = cost.decode_curve(batch, context, 8)
@@ -105,3 +52,29 @@ def test_decode_curve_prices_every_k_vector_as_step_time_does(name: str, pads: b
             ks = rng.integers(0, 9, size=batch)
             m, s = int(ks.max()), int(ks.sum())
             assert alpha[m] + beta[m] * s == pytest.approx(cost.step_time(StepShape(batch, context, m, s)), rel=1e-12)
+
+
+def test_row_factors_scale_the_decode_verify_only_and_round_trip() -> None:
+    base = CostModel("rows", verify={"const": 0.3, "batched_tokens": 0.1, "prefill_tokens": 0.01},
+                     draft={"draft_tokens": 0.1}, verify_rows={9: 1.5})
+    assert base.components(StepShape(1, 10, 8, 8))[1] == pytest.approx(1.5 * (0.3 + 0.9))
+    assert base.components(StepShape(1, 10, 7, 7))[1] == pytest.approx(0.3 + 0.8)  # no factor: the line
+    # A prefill in the same step is priced per token, not scaled by the decode rows' factor.
+    assert base.components(StepShape(1, 10, 8, 8, prefill_tokens=100))[1] == pytest.approx(1.5 * 1.2 + 1.0)
+    assert CostModel.from_dict(base.to_dict()) == base
+    assert "verify_rows" not in CostModel("plain", verify={"const": 1.0}).to_dict()
+    ragged = CostModel("ragged", verify=base.verify, verify_rows={9: 1.5}, pads_to_max_k=False)
+    assert ragged.components(StepShape(1, 10, 8, 8))[1] == pytest.approx(1.2)  # rows vary with Σk: not used
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ([1.0], "must map row counts"),
+    ({"nine": 1.0}, "not row count"),
+    ({"0": 1.0}, "row counts are >= 1"),
+    ({"9": 40.0}, "factors in"),
+    ({"9": float("nan")}, "factors in"),
+    ({str(r): 1.0 for r in range(1, 5000)}, "at most 4096"),
+])
+def test_row_factors_from_a_document_are_bounded(table: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CostModel.from_dict({"verify": {"const": 0.1}, "verify_rows": table})

@@ -30,6 +30,7 @@ def test_modes_and_caps() -> None:
 # With acceptance 0.3 speculation pays a little, but less than the 1.1 hysteresis: k = 0, and one
 # request's probe costs less than the hysteresis.
 NEAR = CostModel("near", verify={"const": 0.1}, draft={"draft_tokens": 0.02})
+MID = CostModel("mid", verify={"const": 0.1, "batched_tokens": 0.002}, draft={"draft_tokens": 0.005})
 
 
 def low_acceptance() -> AcceptanceTracker:
@@ -37,15 +38,17 @@ def low_acceptance() -> AcceptanceTracker:
 
 
 def test_k0_is_not_sticky_requests_are_reprobed_one_at_a_time() -> None:
+    # MID: at 0.3 no request pays for a draft (0.3 tokens for 11 ms where the step's rate × h asks 31 tokens/s);
+    # at its hope (0.45 on a prior of strength 4 and no trials) one would: worth a probe.
     tracker = low_acceptance()
-    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), NEAR, tracker)
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), MID, tracker)
     reqs = [BatchRequest(i, 8, 100, pending_catchup=p, remaining=50) for i, p in enumerate([30, 0, 10])]
     for r in reqs:
         tracker.add(r.seq_id)
     probed = []
     for _ in range(12):
         d = pol.choose(reqs)
-        assert sum(k > 0 for k in d.ks.values()) <= 1 and d.probes == sum(d.ks.values())
+        assert sum(k > 0 for k in d.ks.values()) <= 1 and d.probes == sum(k > 0 for k in d.ks.values())
         probed.append(next((sid for sid, k in d.ks.items() if k), None))
     # Each becomes due after 4 steps at 0; one per step, the least catch-up first.
     assert probed[:3] == [None] * 3 and probed[3:6] == [1, 2, 0]
@@ -63,11 +66,15 @@ def test_probes_ride_along_in_steps_that_speculate_anyway() -> None:
     pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), CHEAP, tracker)
     tracker.add(0)
     tracker.add(1)
-    for _ in range(50):  # request 0 accepts everything, request 1 nothing
+    for _ in range(16):  # request 0 accepts everything, request 1 nothing
         tracker.observe([0, 1], [8, 8], [8, 0])
     ks = [pol.choose(batch([8, 8])).ks for _ in range(8)]
     assert all(k[0] > 0 for k in ks)
-    assert [k[1] for k in ks] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert [k[1] for k in ks] == [0, 0, 0, 1, 0, 0, 0, 1]  # a draft token on hope, in a step padded anyway
+    # After 30 failures in a row not even hope says a draft would pay: it is no longer probed.
+    for _ in range(14):
+        tracker.observe([0, 1], [8, 8], [8, 0])
+    assert all(pol.choose(batch([8, 8])).ks[1] == 0 for _ in range(8))
 
 
 def test_no_speculation_in_steps_that_admit_prompts() -> None:
@@ -171,7 +178,38 @@ def test_a_request_far_behind_is_still_probed_with_its_catch_up_spread() -> None
     pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=4, explore_every=0), model, low_acceptance())
     req = [BatchRequest(0, 8, 300, pending_catchup=300, remaining=200)]
     ks = [pol.choose(req).ks[0] for _ in range(8)]
-    assert ks == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert [k > 0 for k in ks] == [False, False, False, True] * 2
+
+
+# Verify seconds per width 1 … 9 of the real pair in float32 on an AVX2 CPU (a staircase: cost_model.py).
+STAIRS = CostModel("stairs", verify={"const": 1.0}, draft={"draft_tokens": 0.13},
+                   verify_rows=dict(enumerate((0.34, 0.64, 0.95, 0.95, 0.99, 1.10, 1.06, 0.88, 1.20), start=1)))
+
+
+def test_probes_try_the_k_that_could_pay_where_one_draft_never_does() -> None:
+    # One draft token costs 1.9× a decode here and never pays; seven pay at ≥ 0.95 acceptance, which the cautious
+    # 0.9 prior does not promise. Probed at k = 1 the request would stay at 0 forever; probed where its hope
+    # lies, it accepts everything, and a few probes later it runs k = 7 (the fastest k on this staircase).
+    tracker = AcceptanceTracker(AcceptanceConfig(prior=(0.9,)))
+    pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=8, explore_every=0), STAIRS, tracker)
+    tracker.add(1)
+    chosen = []
+    for step in range(80):
+        k = pol.choose([BatchRequest(1, 8, 100 + step, remaining=500)]).ks[1]
+        chosen.append(k)
+        if k:
+            pol.observe({1: (k, k)})
+    assert chosen[0] == 0 and max(chosen[:8]) >= 5  # held at 0 by the prior, then probed wide
+    assert chosen[-20:] == [7] * 20
+    # A request whose drafts all fail loses hope: its probes stop (k = 1 never pays; wider ones fail).
+    tracker.add(2)
+    failed = []
+    for step in range(200):
+        k = pol.choose([BatchRequest(2, 8, 100 + step, remaining=500)]).ks[2]
+        failed.append(k)
+        if k:
+            pol.observe({2: (k, 0)})
+    assert sum(k > 0 for k in failed[:100]) > 0 and not any(failed[100:])
 
 
 def test_the_tracker_covers_every_position_up_to_k() -> None:

@@ -15,7 +15,8 @@ import pytest
 from smartspec.cli import sim as sim_cli
 from smartspec.engine.sinks import MemorySink
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_model import PRESETS, CostModel, relative_error
+from smartspec.policy.cost_fit import relative_error
+from smartspec.policy.cost_model import PRESETS, CostModel
 from smartspec.sim.acceptance import parse_acceptance
 from smartspec.sim.calibrate import fit_cost, recorded_acceptance
 from smartspec.sim.policies import PolicyKnobs, build_policy

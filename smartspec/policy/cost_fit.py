@@ -1,0 +1,204 @@
+"""Fitting the step-time cost model to measured steps: the linear parts, the per-row verify factors, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from smartspec.policy.cost_model import (
+    DRAFT_FEATURES,
+    MAX_ROW_FACTORS,
+    OVERHEAD_FEATURES,
+    PREFILL_FEATURES,
+    ROW_FACTOR_RANGE,
+    SIGNED_FEATURES,
+    VERIFY_FEATURES,
+    CostModel,
+    StepShape,
+    default_cost_model,
+)
+
+_HUBER_PASSES = 4
+_HUBER_K = 1.345
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """A measured step: its shape and the seconds each component took."""
+
+    shape: StepShape
+    draft_s: float
+    verify_s: float
+    overhead_s: float
+    # The draft work asked for when it differs from what was verified: a step whose drafts missed the
+    # deadline verified at k = 0 but waited draft_s for drafts of this shape (so fits learn the stall).
+    draft_shape: StepShape | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.draft_s + self.verify_s + self.overhead_s
+
+    def predicted_s(self, model: CostModel) -> float:
+        """What `model` says this step should have taken (drafts of the shape asked for, if they missed)."""
+        if self.draft_shape is None:
+            return model.step_time(self.shape)
+        _, verify, overhead = model.components(self.shape)
+        return model.components(self.draft_shape)[0] + verify + overhead
+
+
+def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
+    """Mean absolute error of predicted step times, relative to the mean step time."""
+    actual = np.array([s.total_s for s in samples])
+    predicted = np.array([s.predicted_s(model) for s in samples])
+    return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
+
+
+def r_squared(actual: np.ndarray, predicted: np.ndarray) -> float:
+    ss_tot = float(np.sum((actual - actual.mean()) ** 2))
+    if ss_tot <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((actual - predicted) ** 2)) / ss_tot
+
+
+def _fit_part(
+    x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
+    signed: frozenset[str] = SIGNED_FEATURES,
+) -> dict[str, float]:
+    """Huber-weighted least squares with a small ridge toward the prior, in column-scaled space,
+    with every cost coefficient kept >= 0 (active set: pin the most negative to 0, refit the rest).
+
+    Directions the samples never vary (e.g. k always 0) keep their prior coefficients instead
+    of taking arbitrary values, so the fit never extrapolates into nonsense; a few iteratively
+    reweighted passes keep one stalled step (a GC pause, a noisy neighbour) from steering it.
+    """
+    pinned: set[int] = set()
+    while True:
+        theta = _huber_ridge(x, y, names, prior, ridge, pinned)
+        bad = [i for i, n in enumerate(names) if n not in signed and i not in pinned and theta[i] < 0]
+        if not bad:
+            return {n: float(t) for n, t in zip(names, theta, strict=True)}
+        pinned.add(min(bad, key=lambda i: theta[i] * max(float(np.abs(x[:, i]).max()), 1e-12)))
+
+
+def _huber_ridge(x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapping[str, float], ridge: float,
+                 pinned: set[int]) -> np.ndarray:
+    free = [i for i in range(len(names)) if i not in pinned]
+    theta = np.zeros(len(names))
+    if not free:
+        return theta
+    xf = x[:, free]
+    scale = np.abs(xf).max(axis=0)
+    scale[scale == 0] = 1.0
+    xs = xf / scale
+    p = np.array([max(prior.get(names[i], 0.0), 0.0) if names[i] not in SIGNED_FEATURES else prior.get(names[i], 0.0)
+                  for i in free]) * scale
+    lam = np.sqrt(ridge * max(len(y), 1))
+    weights = np.ones(len(y))
+    theta_s = p
+    for _ in range(_HUBER_PASSES):
+        w = np.sqrt(weights)[:, None]
+        a = np.vstack([xs * w, lam * np.eye(len(free))])
+        b = np.concatenate([y * w[:, 0], lam * p])
+        theta_s, *_ = np.linalg.lstsq(a, b, rcond=None)
+        resid = np.abs(xs @ theta_s - y)
+        spread = 1.4826 * float(np.median(resid)) or 1e-12
+        weights = np.minimum(1.0, _HUBER_K * spread / np.maximum(resid, 1e-12))
+    theta[free] = theta_s / scale
+    return theta
+
+
+def fit_cost_model(
+    samples: Sequence[StepSample], prior: CostModel | None = None, *, pads_to_max_k: bool = True,
+    ridge: float = 1e-3, name: str = "fitted",
+) -> CostModel:
+    """Fit draft, verify and overhead separately from measured steps; R² is of the total step time."""
+    if not samples:
+        raise ValueError("no step samples to fit")
+    prior = prior or default_cost_model()
+    feats = [s.shape.features(pads_to_max_k) for s in samples]
+    draft_feats = [(s.draft_shape or s.shape).features(pads_to_max_k) for s in samples]
+
+    def matrix(names: Sequence[str], rows: Sequence[int], of: list[dict[str, float]] = feats) -> np.ndarray:
+        return np.array([[of[i][n] for n in names] for i in rows], dtype=float)
+
+    everything = list(range(len(samples)))
+    spec_rows = [i for i in everything if draft_feats[i]["spec"] > 0]
+    verify = _fit_verify(matrix, everything, np.array([s.verify_s for s in samples]), feats, prior.verify, ridge)
+    overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
+                         OVERHEAD_FEATURES, prior.overhead, ridge)
+    draft = dict(prior.draft)
+    if spec_rows:  # draft time is 0 by construction at k = 0; fit it on speculating steps only
+        draft_s = np.array([samples[i].draft_s for i in spec_rows])
+        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows, draft_feats), draft_s, DRAFT_FEATURES, prior.draft, ridge)
+    model = CostModel(name, verify=verify, draft=draft, overhead=overhead, pads_to_max_k=pads_to_max_k)
+    if pads_to_max_k:
+        model = replace(model, verify_rows=fit_row_factors(model, samples, prior.verify_rows))
+    predicted = np.array([s.predicted_s(model) for s in samples])
+    actual = np.array([s.total_s for s in samples])
+    return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+
+
+def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: list[dict[str, float]],
+                prior: Mapping[str, float], ridge: float) -> dict[str, float]:
+    """Decode terms on the steps without prefill, then the prefill terms on what those leave of the rest.
+
+    Fitted together, a prefill (seconds, once per request) is an outlier among hundreds of decode steps
+    (tenths of a second) to the Huber weights, and its coefficients stayed near the prior: admission
+    steps were predicted 20× too short on the real pair."""
+    decode_names = [n for n in VERIFY_FEATURES if n not in PREFILL_FEATURES]
+    decode = [i for i in rows if feats[i]["prefill_tokens"] == 0]
+    admit = [i for i in rows if feats[i]["prefill_tokens"] > 0]
+    out = {n: prior.get(n, 0.0) for n in VERIFY_FEATURES}
+    if decode:
+        out.update(_fit_part(matrix(decode_names, decode), y[decode], decode_names, prior, ridge))
+    if admit:
+        coef = np.array([out[n] for n in decode_names])
+        rest = y[admit] - matrix(decode_names, admit) @ coef
+        out.update(_fit_part(matrix(PREFILL_FEATURES, admit), rest, PREFILL_FEATURES, prior, ridge))
+    return out
+
+
+# How many steps' worth of belief the prior's factor of a row count carries: half of one, so the start-up
+# profile's two steps of a width replace 80 % of it (the policy may never run that width again to correct it),
+# while one stalled step still moves it only two thirds of the way.
+_ROW_PRIOR_STEPS = 0.5
+
+
+def fit_row_factors(model: CostModel, samples: Sequence[StepSample], prior: Mapping[int, float]) -> dict[int, float]:
+    """`verify_rows` for `model`'s linear verify: per row count of the decode steps (no prefill), the median
+    log ratio measured / linear, shrunk toward the prior's factor; row counts not in `samples` keep the prior's."""
+    linear = replace(model, verify_rows={})
+    logs: dict[int, list[float]] = {}
+    lo, hi = ROW_FACTOR_RANGE
+    for s in samples:
+        if s.shape.prefill_tokens or s.shape.batch < 1 or s.verify_s <= 0:
+            continue
+        predicted = linear.components(s.shape)[1]
+        if predicted > 0:
+            rows = s.shape.batch * (s.shape.max_k + 1)
+            logs.setdefault(rows, []).append(float(np.log(np.clip(s.verify_s / predicted, lo, hi))))
+    out = dict(prior)
+    for rows, values in logs.items():
+        n = len(values)
+        start = np.log(prior.get(rows, 1.0))
+        out[rows] = float(np.exp((n * float(np.median(values)) + _ROW_PRIOR_STEPS * start) / (n + _ROW_PRIOR_STEPS)))
+    if len(out) > MAX_ROW_FACTORS:  # keep the row counts the samples saw, then the smallest
+        keep = sorted(out, key=lambda r: (r not in logs, r))[:MAX_ROW_FACTORS]
+        out = {r: out[r] for r in keep}
+    return {r: round(f, 6) for r, f in sorted(out.items())}
+
+
+def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
+    """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
+    uniform k at the batch sizes and contexts seen: where the policy will ask."""
+    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
+    probe = {seen[0], seen[len(seen) // 2], seen[-1]}
+    for batch, ctx in probe:
+        for k in range(max_k + 1):
+            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
+            total = sum(parts)
+            if total <= 0 or min(parts) < -0.05 * total:
+                return False
+    return True
