@@ -186,29 +186,29 @@ STAIRS = CostModel("stairs", verify={"const": 1.0}, draft={"draft_tokens": 0.13}
                    verify_rows=dict(enumerate((0.34, 0.64, 0.95, 0.95, 0.99, 1.10, 1.06, 0.88, 1.20), start=1)))
 
 
+def run_alone(pol: SpeculationPolicy, seq_id: int, steps: int, passes: bool) -> list[int]:
+    """k chosen for one request, step after step, whose drafts all pass (or all fail)."""
+    pol.acceptance.add(seq_id)
+    chosen = []
+    for step in range(steps):
+        k = pol.choose([BatchRequest(seq_id, 8, 100 + step, remaining=500)]).ks[seq_id]
+        chosen.append(k)
+        if k:
+            pol.observe({seq_id: (k, k if passes else 0)})
+    return chosen
+
+
 def test_probes_try_the_k_that_could_pay_where_one_draft_never_does() -> None:
     # One draft token costs 1.9× a decode here and never pays; seven pay at ≥ 0.95 acceptance, which the cautious
     # 0.9 prior does not promise. Probed at k = 1 the request would stay at 0 forever; probed where its hope
     # lies, it accepts everything, and a few probes later it runs k = 7 (the fastest k on this staircase).
     tracker = AcceptanceTracker(AcceptanceConfig(prior=(0.9,)))
     pol = SpeculationPolicy(PolicyConfig(mode="goodput", probe_every=8, explore_every=0), STAIRS, tracker)
-    tracker.add(1)
-    chosen = []
-    for step in range(80):
-        k = pol.choose([BatchRequest(1, 8, 100 + step, remaining=500)]).ks[1]
-        chosen.append(k)
-        if k:
-            pol.observe({1: (k, k)})
+    chosen = run_alone(pol, 1, 80, passes=True)
     assert chosen[0] == 0 and max(chosen[:8]) >= 5  # held at 0 by the prior, then probed wide
     assert chosen[-20:] == [7] * 20
     # A request whose drafts all fail loses hope: its probes stop (k = 1 never pays; wider ones fail).
-    tracker.add(2)
-    failed = []
-    for step in range(200):
-        k = pol.choose([BatchRequest(2, 8, 100 + step, remaining=500)]).ks[2]
-        failed.append(k)
-        if k:
-            pol.observe({2: (k, 0)})
+    failed = run_alone(pol, 2, 200, passes=False)
     assert sum(k > 0 for k in failed[:100]) > 0 and not any(failed[100:])
 
 
