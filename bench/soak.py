@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import httpx
 from bench.common import quiet, write_report
 from smartspec.cli.up import free_port
 from smartspec.loadtest.loadgen import poisson_arrivals, request_body, send
+from smartspec.loadtest.stack import terminate
 from smartspec.loadtest.workloads import humaneval, synthetic
 from smartspec.sim.report import RequestRecord, write_csv
 
@@ -105,12 +105,7 @@ def rss_mb(pid: int) -> float | None:
 
 
 def stop(stack: Stack) -> None:
-    if stack.proc.poll() is None:
-        stack.proc.send_signal(signal.SIGTERM)
-        try:
-            stack.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            stack.proc.kill()
+    terminate(stack.proc)
     stack.tmp.cleanup()
 
 

@@ -51,6 +51,24 @@ def _finite(xs: Sequence[float]) -> list[float]:
     return [x if isinstance(x, float | int) and math.isfinite(x) else math.nan for x in xs]
 
 
+def _save_rate_panels(fig: Any, axes: Any, ylabels: Sequence[str], rates: Sequence[float], out: Path, name: str,
+                      title: str) -> str:
+    """Label a row of per-rate panels alike (rate on a log x axis), save the figure as `name`; returns the name."""
+    import matplotlib.pyplot as plt
+
+    for ax, what in zip(axes, ylabels, strict=True):
+        ax.set_xlabel("request rate (req/s)")
+        ax.set_ylabel(what)
+        ax.grid(True, alpha=0.3)
+        _log_x(ax, rates)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def write_all(sweep: Sweep, out: Path) -> list[str]:
     """Write every plot the sweep has data for; returns the file names."""
     import matplotlib
@@ -73,35 +91,17 @@ def write_all(sweep: Sweep, out: Path) -> list[str]:
             axes[0].errorbar(x, _finite([r["mean_s"] for r in rs]), yerr=_finite([r["ci95_s"] for r in rs]),
                              label=policy, capsize=3, **_style(policy))
             axes[1].plot(x, _finite([r["p99_s"] for r in rs]), label=policy, **_style(policy))
-        for ax, what in zip(axes, ("mean latency (s), 95% CI", "p99 latency (s)"), strict=True):
-            ax.set_xlabel("request rate (req/s)")
-            ax.set_ylabel(what)
-            ax.grid(True, alpha=0.3)
-            _log_x(ax, rates)
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"End-to-end latency vs rate — {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_rate.png", dpi=110)
-        plt.close(fig)
-        names.append("latency_vs_rate.png")
+        names.append(_save_rate_panels(fig, axes, ("mean latency (s), 95% CI", "p99 latency (s)"), rates, out,
+                                       "latency_vs_rate.png", f"End-to-end latency vs rate — {title}"))
 
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
         for policy, rs in policies.items():
             x = [float(r["rate"]) for r in rs]
             axes[0].plot(x, _finite([r["tokens_per_s"] for r in rs]), label=policy, **_style(policy))
             axes[1].plot(x, _finite([r["mean_k"] for r in rs]), label=policy, **_style(policy))
-        axes[0].set_ylabel("output tokens/s")
-        axes[1].set_ylabel("mean k per running request (target steps)")
-        for ax in axes:
-            ax.set_xlabel("request rate (req/s)")
-            ax.grid(True, alpha=0.3)
-            _log_x(ax, rates)
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"Throughput and chosen k vs rate — {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_vs_rate.png", dpi=110)
-        plt.close(fig)
-        names.append("throughput_vs_rate.png")
+        names.append(_save_rate_panels(fig, axes, ("output tokens/s", "mean k per running request (target steps)"),
+                                       rates, out, "throughput_vs_rate.png",
+                                       f"Throughput and chosen k vs rate — {title}"))
 
     adaptive = list(dict.fromkeys(s["policy"] for s in sweep.steps if is_adaptive(s["policy"])))
     if adaptive:

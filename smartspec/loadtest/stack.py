@@ -26,6 +26,17 @@ class SweepError(RuntimeError):
     """The sweep cannot go on (a stack did not start or died, bad arguments, a results folder that does not match)."""
 
 
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
+    """SIGTERM (`smartspec up` drains its parts on it), then SIGKILL if it has not exited in `timeout_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,13 +103,8 @@ class LocalStack:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.tmp.cleanup()
 
 

@@ -100,6 +100,19 @@ def step_time(cost: CostModel, ks: np.ndarray, context_tokens: int, survival: np
     return StepCurve.of(cost, len(ks), context_tokens, int(ks.max(initial=0))).time(ks, survival, catchup)
 
 
+def _frame(survival: np.ndarray, caps: np.ndarray, cost: CostModel, context_tokens: int,
+           curve: StepCurve | None) -> tuple[np.ndarray, StepCurve, float, float, np.ndarray]:
+    """What every selection starts from: caps within K, the step curve, the k = 0 step time and rate, and the
+    survival made non-increasing along k (an estimate may wobble; the exact rule needs it monotone)."""
+    batch = survival.shape[0]
+    caps = np.clip(caps, 0, survival.shape[1]).astype(int)
+    curve = curve or StepCurve.of(cost, batch, context_tokens, int(caps.max(initial=0)))
+    t0 = float(curve.alpha[0])
+    g0 = batch / t0 if t0 > 0 else 0.0
+    surv = np.minimum.accumulate(np.clip(survival, 0.0, 1.0), axis=1) if batch else survival
+    return caps, curve, t0, g0, surv
+
+
 def select_goodput(
     survival: np.ndarray,  # [B, K] P(drafts 1..j all accepted) per request
     caps: np.ndarray,  # [B] per-request upper bound on k (0 … K)
@@ -115,13 +128,9 @@ def select_goodput(
     """The best k⃗ for the decode step (see the module docstring); all zeros unless it pays."""
     batch = survival.shape[0]
     zeros = np.zeros(batch, dtype=int)
-    caps = np.clip(caps, 0, survival.shape[1]).astype(int)
-    curve = curve or StepCurve.of(cost, batch, context_tokens, int(caps.max(initial=0)))
-    t0 = float(curve.alpha[0])
-    g0 = batch / t0 if t0 > 0 else 0.0
+    caps, curve, t0, g0, surv = _frame(survival, caps, cost, context_tokens, curve)
     if batch == 0 or t0 <= 0:
         return Selection(zeros, g0, g0, t0)
-    surv = np.minimum.accumulate(np.clip(survival, 0.0, 1.0), axis=1)  # guard monotonicity
     catchup = catchup or CatchUp.none(batch)
     lam = hysteresis * price_weight * g0
     best, best_t = zeros, t0
@@ -178,12 +187,8 @@ def select_uniform(
     authors' code decides; k = 0 unless the best beats it by the hysteresis."""
     batch = survival.shape[0]
     zeros = np.zeros(batch, dtype=int)
-    caps = np.clip(caps, 0, survival.shape[1]).astype(int)
-    curve = curve or StepCurve.of(cost, batch, context_tokens, int(caps.max(initial=0)))
-    t0 = float(curve.alpha[0])
-    g0 = batch / t0 if t0 > 0 else 0.0
+    caps, curve, t0, g0, surv = _frame(survival, caps, cost, context_tokens, curve)
     best, best_g, best_t = zeros, g0 * hysteresis, t0
-    surv = np.minimum.accumulate(np.clip(survival, 0.0, 1.0), axis=1) if batch else survival
     for k in range(1, min(int(caps.max(initial=0)), len(curve.alpha) - 1) + 1):
         ks = np.minimum(caps, k).astype(int)
         t = curve.time(ks, surv, catchup)
