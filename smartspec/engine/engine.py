@@ -91,6 +91,8 @@ class SpecEngine(RequestTable):
         pending = sum(self.draft_pending(s) for s in running) if self.proposer is not None else 0
 
         proposals, invalid, draft_s, missed = self._propose(running, k_want, plan.draft_deadline_s)
+        graphs = getattr(self.runner, "graph_stats", None)
+        hits_before = graphs.hits if graphs is not None else 0
         t_v = time.perf_counter()
         scored, firsts, forwards = self._score(running, prefill, proposals)
         verdicts = verify_rows(scored) if scored else []
@@ -111,6 +113,7 @@ class SpecEngine(RequestTable):
             num_emitted=sum(len(v) for v in out.emitted.values()),
             context_tokens=context,
             num_forwards=len(forwards),
+            graph_forwards=graphs.hits - hits_before if graphs is not None else 0,
             real_tokens=sum(f.real_tokens for f in forwards),
             padded_tokens=sum(f.padded_tokens for f in forwards),
             draft_s=draft_s,
@@ -253,7 +256,7 @@ class SpecEngine(RequestTable):
         self, verify_rows_in: list[RowInput], prefill_rows: list[RowInput]
     ) -> list[tuple[ForwardOutput, list[RowInput]]]:
         groups = [g for g in (verify_rows_in, prefill_rows) if g]
-        if len(groups) == 2:
+        if len(groups) == 2 and self.runner.mixes_prefill:
             w_v = max(len(r.token_ids) for r in verify_rows_in)
             w_p = max(len(r.token_ids) for r in prefill_rows)
             together = (len(verify_rows_in) + len(prefill_rows)) * max(w_v, w_p)

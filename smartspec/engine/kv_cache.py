@@ -9,6 +9,10 @@ runner's 4D mask never lets a query see them — so rejecting drafts costs nothi
 
 Slots are kept dense (`0 … num_active-1`): freeing a slot moves the last active one into the hole,
 so a forward over all running sequences reads the cache as a zero-copy view.
+
+A fixed-shape step (graph_step.py) writes every cell of its padded `[B, W]` grid instead of only the
+real tokens, through a `StaticPlan`: a pad cell lands on its own row's dead position `len + w`, which
+is why each slot may carry `headroom` positions past `max_len`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ class WritePlan:
     src_row: torch.Tensor  # [N] batch row of each valid new token
     src_col: torch.Tensor  # [N] column (within the padded width) of each valid new token
     kv_len: int  # keys read per row: max over rows of committed_len + width
+
+
+@dataclass
+class StaticPlan:
+    """A fixed-shape step's writes: slot b takes grid row b, cell (b, w) goes to position positions[b, w].
+
+    `positions` is a buffer the step fills in place, so a captured graph reads the same storage at replay.
+    """
+
+    rows: torch.Tensor  # [B, W] long: b in every column
+    positions: torch.Tensor  # [B, W] long: committed_len_b + w, filled by the step
+    batch: int  # slots 0 … batch-1 are read and written
+    kv_len: int  # keys read per row (the bucket's, ≥ every row's committed_len + W)
 
 
 class SlotLayer(CacheLayerMixin):
@@ -61,6 +78,10 @@ class SlotLayer(CacheLayerMixin):
         if plan is None:
             raise RuntimeError("SlotKVCache used outside ModelRunner.forward (no write plan set)")
         k_store, v_store = self.k_store, self.v_store
+        if isinstance(plan, StaticPlan):  # every grid cell, pads included, onto unique positions
+            k_store[plan.rows, :, plan.positions] = key_states.permute(0, 2, 1, 3)
+            v_store[plan.rows, :, plan.positions] = value_states.permute(0, 2, 1, 3)
+            return k_store[: plan.batch, :, : plan.kv_len], v_store[: plan.batch, :, : plan.kv_len]
         k_store[plan.write_slot, :, plan.write_pos] = key_states[plan.src_row, :, plan.src_col]
         v_store[plan.write_slot, :, plan.write_pos] = value_states[plan.src_row, :, plan.src_col]
         if plan.slot_range is not None:
@@ -82,12 +103,14 @@ class SlotLayer(CacheLayerMixin):
 class SlotKVCache(Cache):
     """KV storage for up to `num_slots` sequences of up to `max_len` tokens each."""
 
-    def __init__(self, config: Any, num_slots: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, config: Any, num_slots: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 headroom: int = 0) -> None:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         num_heads = int(text_config.num_attention_heads)
         num_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or num_heads)
         head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // num_heads)
-        shape = (num_slots, num_kv_heads, max_len, head_dim)
+        # `headroom` dead positions past max_len: where a fixed-shape step's pad cells write (module docstring).
+        shape = (num_slots, num_kv_heads, max_len + headroom, head_dim)
         # Zeros, not empty: masked positions are multiplied by 0 in attention, and 0 * NaN garbage is NaN.
         self.slot_layers = [
             SlotLayer(self, torch.zeros(shape, dtype=dtype, device=device),
@@ -98,7 +121,7 @@ class SlotKVCache(Cache):
         self.num_slots = num_slots
         self.max_len = max_len
         self.lengths: list[int] = []  # committed length of each active slot; len() == active slots
-        self.plan: WritePlan | None = None
+        self.plan: WritePlan | StaticPlan | None = None
 
     @property
     def num_active(self) -> int:

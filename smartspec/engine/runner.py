@@ -69,7 +69,11 @@ def check_supported(model: Any, max_len: int) -> None:
 class ModelRunner:
     """Holds one model and a slot KV cache for up to `num_slots` concurrent sequences."""
 
-    def __init__(self, model: Any, *, num_slots: int, max_len: int) -> None:
+    # Whether prompts may share a forward with verify rows (the engine then pads them together); a runner
+    # with fixed-shape verify steps says no, so verifies keep their shape.
+    mixes_prefill = True
+
+    def __init__(self, model: Any, *, num_slots: int, max_len: int, kv_headroom: int = 0) -> None:
         limit = int(getattr(model.config, "max_position_embeddings", max_len) or max_len)
         self.max_len = min(max_len, limit)
         check_supported(model, self.max_len)
@@ -79,13 +83,13 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        self.cache = SlotKVCache(model.config, num_slots, self.max_len, self.dtype, self.device)
+        self.cache = SlotKVCache(model.config, num_slots, self.max_len, self.dtype, self.device, headroom=kv_headroom)
         self._slot_of: dict[int, int] = {}
         self._seq_of_slot: list[int] = []
         self._pending: dict[int, int] = {}  # seq_id -> tokens appended by the last forward, uncommitted
         params = inspect.signature(self.base.forward).parameters
         # transformers 5.x renames `past_key_values` to `cache`; use whichever this version takes.
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # -- sequence bookkeeping -------------------------------------------------------------
     @property
@@ -172,7 +176,7 @@ class ModelRunner:
                 attention_mask=mask.to(dev),
                 position_ids=position_ids.to(dev),
                 use_cache=True,
-                **{self._cache_kw: self.cache},
+                **{self.cache_kw: self.cache},
             ).last_hidden_state  # [B, W, hidden]
         finally:
             self.cache.plan = None

@@ -77,6 +77,9 @@ class DraftModelProposer:
         if not live:
             return {}
 
+        chained = self._chain(live)
+        if chained is not None:
+            return chained
         tokens: dict[int, list[int]] = {req.seq_id: [] for req, _, _ in live}
         probs: dict[int, list[torch.Tensor]] = {req.seq_id: [] for req, _, _ in live}
         narrow = [item for item in live if len(item[2]) <= NARROW_ROW_TOKENS]
@@ -96,6 +99,33 @@ class DraftModelProposer:
         for req, _, pending in live:
             q = torch.stack(probs[req.seq_id]) if probs[req.seq_id] else None
             out[req.seq_id] = Proposal(tokens[req.seq_id], q, fed_tokens=len(pending))
+        return out
+
+    def _chain(self, live: list[tuple[ProposeRequest, int, list[int]]]) -> dict[int, Proposal] | None:
+        """Greedy drafting as one replayed chain (GraphRunner.chain) when every live sequence is in this call,
+        greedy, with a short catch-up; None: draft step by step below. Rows run to the largest k and each keeps
+        its own k drafts: its KV keeps what it fed plus its first k - 1 drafts, as the step-by-step path does."""
+        chain = getattr(self.runner, "chain", None)
+        if chain is None or len(live) != self.runner.num_sequences:
+            return None
+        if any(not req.params.greedy or len(pending) > NARROW_ROW_TOKENS for req, _, pending in live):
+            return None
+        steps = max(k for _, k, _ in live)
+        drafted = chain([RowInput(req.seq_id, pending, 1) for req, _, pending in live], steps)
+        if drafted is None:
+            return None
+        out: dict[int, Proposal] = {}
+        vocab = self.target_vocab_size
+        for (req, k, pending), row in zip(live, drafted.tolist(), strict=True):
+            if any(t >= vocab for t in row[:k]):  # an id the target cannot score: redo this call step by step
+                for other, _, _ in live:
+                    self.runner.commit(other.seq_id, 0)
+                return None
+            self.runner.commit(req.seq_id, len(pending) + k - 1)
+            track = self._tracks[req.seq_id]
+            track.cached.extend(pending + row[: k - 1])
+            track.confirmed = len(track.cached) - (k - 1)
+            out[req.seq_id] = Proposal(row[:k], None, fed_tokens=len(pending))
         return out
 
     def _reconcile(self, seq_id: int, track: _Track, token_ids: Sequence[int]) -> list[int]:
