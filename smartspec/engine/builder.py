@@ -7,18 +7,22 @@ remote draft) and the draft service (a proposer without an engine) all go throug
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from smartspec.engine.engine import SpecEngine
+from smartspec.engine.graph_runner import GraphRunner
+from smartspec.engine.graph_step import BucketConfig
 from smartspec.engine.proposers.base import Proposer
-from smartspec.engine.proposers.draft_model import DraftModelProposer
+from smartspec.engine.proposers.draft_model import NARROW_ROW_TOKENS, DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.steps import AdmissionLimits
 from smartspec.models.loading import check_pair, load_model, load_tokenizer
 
 NGRAM = "ngram"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +37,23 @@ class EngineSpec:
     max_k: int = 8
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no budget)
     emulate_acceptance: float | None = None  # experiments only: drafts accepted at random (engine/emulation.py)
+    graphs: str = "auto"  # replay verify steps as graphs: auto (on CUDA), on, off
+
+
+def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto", max_k: int = 8,
+                buckets: BucketConfig | None = None) -> ModelRunner:
+    """The target's runner: a GraphRunner where `graphs` is on (auto: on CUDA), else the eager one."""
+    if graphs not in ("auto", "on", "off"):
+        raise ValueError(f"graphs must be auto, on or off, got {graphs!r}")
+    device = next(model.parameters()).device
+    if graphs == "off" or (graphs == "auto" and device.type != "cuda"):
+        return ModelRunner(model, num_slots=num_slots, max_len=max_len)
+    cfg = buckets or BucketConfig()
+    cfg = BucketConfig(cfg.batch_sizes, max_k + 1, cfg.kv_sizes, cfg.max_cells)  # widths 1 … K + 1
+    runner = GraphRunner(model, num_slots=num_slots, max_len=max_len, buckets=cfg)
+    log.info("graph runner on %s: batch sizes %s, widths 1-%d, KV lengths %s", device, cfg.batch_sizes, max_k + 1,
+             cfg.kv_sizes)
+    return runner
 
 
 def eos_ids(tokenizer: Any, model: Any) -> set[int]:
@@ -50,13 +71,14 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
 
 def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, target_vocab: int | None = None,
                    q_top_k: int | None = None, ngram_max: int = 4, ngram_min: int = 2,
-                   model: Any = None) -> tuple[Proposer, ModelRunner | None]:
+                   model: Any = None, graphs: str = "auto", max_k: int = 8) -> tuple[Proposer, ModelRunner | None]:
     """The proposer for `draft` ('ngram' or a model folder; `model` if already loaded) and its runner (None for
     n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own)."""
     if draft == NGRAM:
         return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
-    runner = ModelRunner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
-                         max_len=max_len)
+    # With graphs, greedy drafting replays one chain: a catch-up of up to 4 tokens, then one token at a time.
+    runner = make_runner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
+                         max_len=max_len, graphs=graphs, max_k=max(max_k, NARROW_ROW_TOKENS - 1))
     vocab = runner.vocab_size if target_vocab is None else target_vocab
     return DraftModelProposer(runner, vocab, q_top_k=q_top_k), runner
 
@@ -75,10 +97,11 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
     if spec.draft not in (None, NGRAM):
         check_pair(tokenizer, load_tokenizer(spec.draft))  # before loading any weights: fail fast
     target = load_model(spec.target, spec.dtype)
-    runner = ModelRunner(target, num_slots=spec.num_slots, max_len=spec.max_len)
+    runner = make_runner(target, num_slots=spec.num_slots, max_len=spec.max_len, graphs=spec.graphs, max_k=spec.max_k)
     proposer: Proposer | None = None
     if spec.draft is not None:
         # The draft holds the same tokens as the target plus up to max_k drafts in flight.
         proposer, _ = draft_proposer(spec.draft, dtype=spec.dtype, num_slots=spec.num_slots,
-                                     max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size)
+                                     max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size,
+                                     graphs=spec.graphs, max_k=spec.max_k)
     return assemble_engine(runner, target, tokenizer, proposer, spec), tokenizer

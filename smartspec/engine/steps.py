@@ -44,6 +44,7 @@ class StepStats:
     # Drafts asked for that missed the deadline: the step verified at k = 0 after waiting draft_s.
     missed_ks: list[int] = field(default_factory=list)
     predicted_step_s: float | None = None  # what the policy's cost model expected (set by the scheduler)
+    graph_forwards: int = 0  # of num_forwards, those that replayed a captured step (engine/graph_runner.py)
     calibration: bool = False  # a start-up profile step (engine/calibration.py): for cost-model fits only
     # Set by the scheduler: per workload class, [tested, accepted] counts per draft position
     # (tested = reached, i.e. every earlier draft passed), for the controller's acceptance priors.

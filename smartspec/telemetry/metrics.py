@@ -87,6 +87,9 @@ class TargetMetrics:
         self.draft_suspensions = m.create_counter("smartspec_draft_suspensions", unit="1",
                                                   description="Times the draft was left alone after missing "
                                                   "deadlines in a row (k = 0 until a probe answers in time)")
+        self.forwards = m.create_counter("smartspec_target_forwards", unit="1",
+                                         description="Target forwards by path: graph (a captured step replayed) "
+                                         "or eager")
         self.requests_shed = m.create_counter("smartspec_requests_shed", unit="1",
                                               description="Requests refused with 429 because running + waiting "
                                               "were at the limit")
@@ -111,6 +114,8 @@ class TargetMetrics:
             self.policy_rejected.add(0, {"reason": reason})
         self.records_dropped.add(0)
         self.records_written.add(0)
+        for path in ("graph", "eager"):
+            self.forwards.add(0, {"path": path})
         self._running = 0
         self._waiting = 0
 
@@ -125,6 +130,8 @@ class TargetMetrics:
         for k in stats.ks:
             self.spec_length.record(k)
         self.generation_tokens.add(stats.num_emitted)
+        self.forwards.add(stats.graph_forwards, {"path": "graph"})
+        self.forwards.add(stats.num_forwards - stats.graph_forwards, {"path": "eager"})
         for phase, seconds in (("draft", stats.draft_s), ("verify", stats.verify_s), ("overhead", stats.overhead_s),
                                ("total", stats.step_s)):
             self.step_duration.record(seconds, {"phase": phase})

@@ -12,7 +12,8 @@ context_tokens, draft_catchup_tokens, proposed_per_pos / accepted_per_pos (JSON 
 draft_s, verify_s, overhead_s, decision_s, policy_version; and, optional (older targets omit them):
 prefill_padded_tokens, pending_catchup_tokens (Σ context the draft had not seen), draft_deadline_s,
 missed_max_k / missed_sum_k (the drafts asked for when they missed the deadline; 0 otherwise),
-predicted_step_s (what the policy's cost model expected) and calibration ("1" on start-up profile steps).
+predicted_step_s (what the policy's cost model expected), calibration ("1" on start-up profile steps) and
+graph_forwards (forwards that replayed a captured step; written when > 0).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FIELDS = (
 # Written by this version, read when present (records of older targets lack them).
 OPTIONAL_FIELDS = (
     "prefill_padded_tokens", "pending_catchup_tokens", "missed_max_k", "missed_sum_k", "draft_deadline_s",
-    "predicted_step_s", "calibration",
+    "predicted_step_s", "calibration", "graph_forwards",
 )
 
 
@@ -63,6 +64,7 @@ def encode(stats: StepStats, replica: str, ts: float) -> dict[str, str]:
         **({} if stats.draft_deadline_s is None else {"draft_deadline_s": f"{stats.draft_deadline_s:.6g}"}),
         **({} if stats.predicted_step_s is None else {"predicted_step_s": f"{stats.predicted_step_s:.6g}"}),
         **({"calibration": "1"} if stats.calibration else {}),
+        **({"graph_forwards": str(stats.graph_forwards)} if stats.graph_forwards else {}),
     }
 
 

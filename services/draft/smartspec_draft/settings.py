@@ -24,6 +24,8 @@ class DraftSettings(BaseSettings):
     max_len: int = Field(4096, ge=16, description="tokens per sequence, drafts included")
     max_k: int = Field(8, ge=1, le=MAX_K_LIMIT, description="most draft tokens per sequence per step")
     q_top_k: int = Field(64, ge=1, description="support of the q sent per draft token when sampling")
+    graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="draft greedy requests as one replayed graph chain (auto: on CUDA)")
     auth_token_file: str | None = Field(
         None, description="file of tokens a caller (the target) must present, one per line (a mounted Secret); "
         "without one the draft serves only on a loopback host")

@@ -14,9 +14,9 @@ import uvicorn
 
 from smartspec import tls
 from smartspec.auth import ApiKeys, keys_for, read_token
-from smartspec.engine.builder import EngineSpec, assemble_engine
+from smartspec.engine.builder import EngineSpec, assemble_engine, make_runner
 from smartspec.engine.calibration import CalibrationConfig, calibrate
-from smartspec.engine.runner import ModelRunner
+from smartspec.engine.graph_step import BucketConfig
 from smartspec.engine.scheduler import DeadlineConfig, Scheduler
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from smartspec.policy.cost_model import load_cost_model
@@ -88,7 +88,9 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     name = settings.served_model_name or Path(settings.model).name
     telemetry = Telemetry(settings, name)
     metrics = telemetry.metrics
-    runner = ModelRunner(model, num_slots=settings.max_batch_size, max_len=settings.max_len)
+    runner = make_runner(model, num_slots=settings.max_batch_size, max_len=settings.max_len, graphs=settings.graphs,
+                         max_k=settings.max_k, buckets=BucketConfig(tuple(settings.graph_batch_sizes),
+                                                                    kv_sizes=tuple(settings.graph_kv_sizes)))
     fingerprint = tokenizer_fingerprint(tokenizer)
     draft = None
     if settings.draft_address:

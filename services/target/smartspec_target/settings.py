@@ -35,6 +35,14 @@ class TargetSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
     max_len: int = Field(4096, ge=16, description="tokens per request (prompt + output)")
     max_prefill_tokens: int | None = Field(None, ge=1, description="prompt tokens prefilled per step")
+    graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay verify steps as captured graphs (auto: on CUDA); prefill and shapes past the "
+        "largest bucket run eagerly")
+    graph_batch_sizes: list[int] = Field(
+        [1, 2, 4, 8, 16, 24, 32, 48, 64], min_length=1, description="batch sizes that get a graph (a batch runs in "
+        "the smallest that holds it)")
+    graph_kv_sizes: list[int] = Field([256, 512, 1024, 2048, 4096], min_length=1,
+                                      description="KV lengths that get a graph (per request, rounded up)")
     policy: Mode = "goodput"
     max_k: int = Field(8, ge=0, le=MAX_K_LIMIT)
     fixed_k: int = Field(3, ge=0, le=MAX_K_LIMIT)

@@ -40,7 +40,7 @@ def test_decode_round_trip() -> None:
 def test_new_fields_round_trip_and_a_missed_deadline_prices_the_drafts_asked_for() -> None:
     st = stats()
     st.ks, st.missed_ks, st.predicted_step_s, st.pending_catchup_tokens = [0, 0, 0], [4, 0, 2], 0.25, 37
-    st.prefill_padded_tokens, st.draft_deadline_s, st.calibration = 20, 0.5, True
+    st.prefill_padded_tokens, st.draft_deadline_s, st.calibration, st.graph_forwards = 20, 0.5, True, 1
     entry = records.encode(st, "pod-a", ts=1.0)
     assert set(entry) == set(records.FIELDS) | set(records.OPTIONAL_FIELDS)
     rec = records.decode(entry)
