@@ -176,7 +176,7 @@ def main() -> None:
     target, draft = real_pair_paths()
     engine, tok = build_engine(EngineSpec(target, draft, dtype=args.dtype, num_slots=max(args.batches),
                                           max_len=1024, max_k=max(args.ks)))
-    body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy, chat prompts.\n"]
+    body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy.\n"]
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
                  *step_grid(engine, tok, args.batches, args.ks), ""]
