@@ -171,12 +171,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat the batch-1 comparison this many times")
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--prompt-kind", choices=["chat", "code", "both"], default="both")
+    ap.add_argument("--draft-head-vocab", type=int, default=None,
+                    help="the draft drafts only among the first N token ids and the EOS ids (engine/head.py)")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
     engine, tok = build_engine(EngineSpec(target, draft, dtype=args.dtype, num_slots=max(args.batches),
-                                          max_len=1024, max_k=max(args.ks)))
-    body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy.\n"]
+                                          max_len=1024, max_k=max(args.ks), draft_head_vocab=args.draft_head_vocab))
+    head = f"; the draft's head over the first {args.draft_head_vocab} ids and EOS" if args.draft_head_vocab else ""
+    body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy{head}.\n"]
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
                  *step_grid(engine, tok, args.batches, args.ks), ""]
@@ -184,7 +187,8 @@ def main() -> None:
         body += [f"## Batch 1, {kind} prompts: tokens/s over {args.rounds} x {args.prompts} prompts x up to "
                  f"{args.tokens} tokens\n", *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind)]
     text = "\n".join(body)
-    tag = "engine-batch1" if args.skip_grid else "engine-microbench"
+    tag = ("engine-batch1" if args.skip_grid else "engine-microbench") + (
+        f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "")
     print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")
 
 

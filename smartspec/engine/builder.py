@@ -14,6 +14,7 @@ from typing import Any
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.graph_runner import GraphRunner
 from smartspec.engine.graph_step import BucketConfig
+from smartspec.engine.head import SubsetHead, head_ids
 from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import NARROW_ROW_TOKENS, DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
@@ -38,6 +39,7 @@ class EngineSpec:
     max_prefill_tokens: int | None = None  # prompt tokens prefilled per step (None: no budget)
     emulate_acceptance: float | None = None  # experiments only: drafts accepted at random (engine/emulation.py)
     graphs: str = "auto"  # replay verify steps as graphs: auto (on CUDA), on, off
+    draft_head_vocab: int | None = None  # draft only among the first N token ids (+ EOS): engine/head.py
 
 
 def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto", max_k: int = 8,
@@ -59,7 +61,7 @@ def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto
 def eos_ids(tokenizer: Any, model: Any) -> set[int]:
     """EOS ids from the tokenizer and the generation config (instruct models often have two)."""
     ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
@@ -71,14 +73,18 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
 
 def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, target_vocab: int | None = None,
                    q_top_k: int | None = None, ngram_max: int = 4, ngram_min: int = 2,
-                   model: Any = None, graphs: str = "auto", max_k: int = 8) -> tuple[Proposer, ModelRunner | None]:
+                   model: Any = None, graphs: str = "auto", max_k: int = 8,
+                   head_vocab: int | None = None) -> tuple[Proposer, ModelRunner | None]:
     """The proposer for `draft` ('ngram' or a model folder; `model` if already loaded) and its runner (None for
-    n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own)."""
+    n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own); `head_vocab`
+    drafts only among the first N ids and the end-of-sequence ids (engine/head.py)."""
     if draft == NGRAM:
         return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
     # With graphs, greedy drafting replays one chain: a catch-up of up to 4 tokens, then one token at a time.
     runner = make_runner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
                          max_len=max_len, graphs=graphs, max_k=max(max_k, NARROW_ROW_TOKENS - 1))
+    if head_vocab is not None:
+        runner.head = SubsetHead(runner.lm_head, head_ids(runner.vocab_size, head_vocab, eos_ids(None, runner.model)))
     vocab = runner.vocab_size if target_vocab is None else target_vocab
     return DraftModelProposer(runner, vocab, q_top_k=q_top_k), runner
 
@@ -103,5 +109,5 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
         # The draft holds the same tokens as the target plus up to max_k drafts in flight.
         proposer, _ = draft_proposer(spec.draft, dtype=spec.dtype, num_slots=spec.num_slots,
                                      max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size,
-                                     graphs=spec.graphs, max_k=spec.max_k)
+                                     graphs=spec.graphs, max_k=spec.max_k, head_vocab=spec.draft_head_vocab)
     return assemble_engine(runner, target, tokenizer, proposer, spec), tokenizer

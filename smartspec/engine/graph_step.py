@@ -86,7 +86,7 @@ class StaticStep:
         self._keys = torch.arange(kv, device=dev)
         self._open = torch.zeros((), dtype=runner.dtype, device=dev)
         self._shut = torch.full((), torch.finfo(runner.dtype).min, dtype=runner.dtype, device=dev)
-        self._base, self._head = runner.base, runner.lm_head
+        self._base, self._head = runner.base, runner.head
         self._cache, self._cache_kw = runner.cache, runner.cache_kw
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,6 +80,7 @@ class ModelRunner:
         self.model = model.eval()
         self.base = model.base_model
         self.lm_head = model.get_output_embeddings()
+        self.head: Any = self.lm_head  # what turns hidden states into logits (a draft may read a subset: head.py)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(self.lm_head.weight.shape[0])
@@ -235,4 +236,4 @@ class ModelRunner:
             total += n
         dev = self.device
         picked = hidden[torch.tensor(pick_rows, device=dev), torch.tensor(pick_cols, device=dev)]
-        return self.lm_head(picked), offsets  # [N, vocab]
+        return self.head(picked), offsets  # [N, vocab]

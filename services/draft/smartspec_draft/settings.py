@@ -24,6 +24,10 @@ class DraftSettings(BaseSettings):
     max_len: int = Field(4096, ge=16, description="tokens per sequence, drafts included")
     max_k: int = Field(8, ge=1, le=MAX_K_LIMIT, description="most draft tokens per sequence per step")
     q_top_k: int = Field(64, ge=1, description="support of the q sent per draft token when sampling")
+    head_vocab: int | None = Field(
+        None, ge=1, description="draft only among the first N token ids (BPE merge order, roughly by frequency) and "
+        "the end-of-sequence ids: a smaller LM head per draft token; ids left out are never drafted (outputs are "
+        "unchanged, acceptance may drop); none: the whole vocabulary")
     graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="draft greedy requests as one replayed graph chain (auto: on CUDA)")
     auth_token_file: str | None = Field(
