@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smartspec.policy.limits import MAX_K_LIMIT
@@ -38,10 +38,10 @@ class TargetSettings(BaseSettings):
     graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="replay verify steps as captured graphs (auto: on CUDA); prefill and shapes past the "
         "largest bucket run eagerly")
-    graph_batch_sizes: list[int] = Field(
+    graph_batch_sizes: list[PositiveInt] = Field(
         [1, 2, 4, 8, 16, 24, 32, 48, 64], min_length=1, description="batch sizes that get a graph (a batch runs in "
         "the smallest that holds it)")
-    graph_kv_sizes: list[int] = Field([256, 512, 1024, 2048, 4096], min_length=1,
+    graph_kv_sizes: list[PositiveInt] = Field([256, 512, 1024, 2048, 4096], min_length=1,
                                       description="KV lengths that get a graph (per request, rounded up)")
     policy: Mode = "goodput"
     max_k: int = Field(8, ge=0, le=MAX_K_LIMIT)

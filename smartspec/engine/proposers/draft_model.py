@@ -114,13 +114,13 @@ class DraftModelProposer:
         drafted = chain([RowInput(req.seq_id, pending, 1) for req, _, pending in live], steps)
         if drafted is None:
             return None
+        rows = drafted.tolist()
+        if any(t >= self.target_vocab_size for (_, k, _), row in zip(live, rows, strict=True) for t in row[:k]):
+            for req, _, _ in live:  # an id the target cannot score: drop the chain's KV, draft step by step
+                self.runner.commit(req.seq_id, 0)
+            return None
         out: dict[int, Proposal] = {}
-        vocab = self.target_vocab_size
-        for (req, k, pending), row in zip(live, drafted.tolist(), strict=True):
-            if any(t >= vocab for t in row[:k]):  # an id the target cannot score: redo this call step by step
-                for other, _, _ in live:
-                    self.runner.commit(other.seq_id, 0)
-                return None
+        for (req, k, pending), row in zip(live, rows, strict=True):
             self.runner.commit(req.seq_id, len(pending) + k - 1)
             track = self._tracks[req.seq_id]
             track.cached.extend(pending + row[: k - 1])

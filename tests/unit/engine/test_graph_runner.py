@@ -199,15 +199,16 @@ def test_steps_compile_as_one_graph_and_warm_buckets_never_recompile(tiny_llama:
     assert pair.graph.graph_stats.hits == 8 and pair.graph.graph_stats.prepared == 2
 
 
-def test_greedy_draft_chain_gives_the_step_by_step_drafts(tiny: Any) -> None:
+@pytest.mark.parametrize("target_vocab", [300, 120])  # 120: chains that draft ids the target lacks are redone
+def test_greedy_draft_chain_gives_the_step_by_step_drafts(tiny: Any, target_vocab: int) -> None:
     from smartspec.engine.proposers.base import ProposeRequest
 
-    eager = DraftModelProposer(ModelRunner(tiny.draft, num_slots=4, max_len=128), 300)
+    eager = DraftModelProposer(ModelRunner(tiny.draft, num_slots=4, max_len=128), target_vocab)
     graph_runner = GraphRunner(tiny.draft, num_slots=4, max_len=128, buckets=BUCKETS, replay=EagerReplay())
-    graph = DraftModelProposer(graph_runner, 300)
+    graph = DraftModelProposer(graph_runner, target_vocab)
     rng = random.Random(5)
     greedy = SamplingParams(max_tokens=64, temperature=0.0)
-    contexts = {sid: [rng.randrange(250) for _ in range(rng.randint(3, 9))] for sid in range(3)}
+    contexts = {sid: [rng.randrange(min(target_vocab, 250)) for _ in range(rng.randint(3, 9))] for sid in range(3)}
     for _ in range(12):
         reqs = [ProposeRequest(sid, list(toks), rng.randint(1, K), greedy) for sid, toks in contexts.items()]
         a, b = eager.propose(reqs), graph.propose(reqs)
@@ -215,6 +216,6 @@ def test_greedy_draft_chain_gives_the_step_by_step_drafts(tiny: Any) -> None:
         assert {s: p.fed_tokens for s, p in b.items()} == {s: p.fed_tokens for s, p in a.items()}
         for sid, prop in a.items():  # the target keeps a random prefix of the drafts, then its own token
             keep = rng.randint(0, prop.k)
-            contexts[sid] += [*prop.draft_token_ids[:keep], rng.randrange(250)]
+            contexts[sid] += [*prop.draft_token_ids[:keep], rng.randrange(min(target_vocab, 250))]
     # The first round prefilled the prompts (more than 4 tokens each way); the others chained.
     assert graph_runner.graph_stats.hits >= 11
