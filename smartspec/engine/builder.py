@@ -8,7 +8,7 @@ remote draft) and the draft service (a proposer without an engine) all go throug
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from smartspec.engine.engine import SpecEngine
@@ -51,7 +51,7 @@ def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto
     if graphs == "off" or (graphs == "auto" and device.type != "cuda"):
         return ModelRunner(model, num_slots=num_slots, max_len=max_len)
     cfg = buckets or BucketConfig()
-    cfg = BucketConfig(cfg.batch_sizes, max_k + 1, cfg.kv_sizes, cfg.max_cells)  # widths 1 … K + 1
+    cfg = replace(cfg, max_width=max_k + 1)  # widths 1 … K + 1
     runner = GraphRunner(model, num_slots=num_slots, max_len=max_len, buckets=cfg)
     log.info("graph runner on %s: batch sizes %s, widths 1-%d, KV lengths %s", device, cfg.batch_sizes, max_k + 1,
              cfg.kv_sizes)

@@ -99,13 +99,15 @@ class GraphStats:
     """Forwards that replayed a bucket vs ran eagerly, and what preparing the buckets cost."""
 
     hits: int = 0
-    eager: int = 0
     prepared: int = 0
     prepare_s: float = 0.0
     eager_why: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def eager(self) -> int:
+        return sum(self.eager_why.values())
+
     def fell_back(self, why: str) -> None:
-        self.eager += 1
         self.eager_why[why] = self.eager_why.get(why, 0) + 1
 
 
