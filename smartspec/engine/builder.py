@@ -80,7 +80,7 @@ def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, targ
     drafts only among the first N ids and the end-of-sequence ids (engine/head.py)."""
     if draft == NGRAM:
         return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
-    # With graphs, greedy drafting replays one chain: a catch-up of up to 4 tokens, then one token at a time.
+    # With graphs, drafting (greedy or sampled) replays one chain: a catch-up of up to 4 tokens, then one token at a time.
     runner = make_runner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
                          max_len=max_len, graphs=graphs, max_k=max(max_k, NARROW_ROW_TOKENS - 1))
     if head_vocab is not None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from smartspec.engine.chain_sampling import ChainSampler, ChainSampling
 from smartspec.engine.graph_step import Bucket, BucketConfig, StaticStep
 from smartspec.engine.runner import ForwardOutput, ForwardStats, ModelRunner, RowInput
 
@@ -124,6 +125,7 @@ class GraphRunner(ModelRunner):
         self.replay = replay or replay_for(self.device)
         self.graph_stats = GraphStats()
         self._steps: dict[Bucket, StaticStep] = {}
+        self._samplers: dict[int, ChainSampler] = {}
 
     @property
     def store_len(self) -> int:
@@ -166,11 +168,16 @@ class GraphRunner(ModelRunner):
         return ForwardOutput(logits, offsets, ForwardStats(n, w, sum(widths), n * w, kv_len))
 
     @torch.inference_mode()
-    def chain(self, rows: list[RowInput], steps: int) -> torch.Tensor | None:
-        """Greedy drafting without a host round trip per token: feed each row's tokens, take the argmax after its
-        last one, then `steps - 1` one-token replays with that token fed back on the device; one sync at the end.
-        Returns `[len(rows), steps]` token ids in the rows' order, or None where no bucket fits (draft eagerly).
-        Row r's KV then holds its tokens plus its first `steps - 1` drafts, uncommitted: commit what it keeps."""
+    def chain(self, rows: list[RowInput], steps: int,
+              sampling: ChainSampling | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Drafting without a host round trip per token: feed each row's tokens, draft after its last one, then
+        `steps - 1` one-token replays with that draft fed back on the device; one sync at the end.
+
+        Greedy (argmax) unless `sampling` says otherwise per row: then each draft is drawn on the device from
+        the row's q (chain_sampling.py), and q of every draft comes back too. Returns `(tokens [len(rows), steps]`
+        on the host, `q [len(rows), steps, V]` on the device or None)` in the rows' order, or None where no bucket
+        fits (draft eagerly). Row r's KV then holds its tokens plus its first `steps - 1` drafts, uncommitted:
+        commit what it keeps."""
         order, slots, widths, lens = self._layout(rows)
         n = len(rows)
         first, _ = self._bucket(slots, widths, lens, extra=steps - 1)
@@ -179,8 +186,15 @@ class GraphRunner(ModelRunner):
             self.graph_stats.fell_back("chain")
             return None
         dev = self.device
+        slot_order = torch.tensor(order)
+        sampler = None
+        if sampling is not None:
+            sampler = self._sampler(first.batch, steps, sampling.target_vocab)
+            sampler.load(_in_slot_order(sampling, slot_order))
         width_of = torch.tensor(widths + [1] * (first.batch - n), device=dev)
-        tok = self._replay(first, rows, order, widths, lens)[1][torch.arange(first.batch, device=dev), width_of - 1]
+        logits, argmax = self._replay(first, rows, order, widths, lens)
+        cell = (torch.arange(first.batch, device=dev), width_of - 1)
+        tok = argmax[cell] if sampler is None else sampler(logits[cell])
         out = [tok[:n]]
         if steps > 1:
             base = torch.tensor(lens + [0] * (one.batch - n), device=dev) + width_of[: one.batch]
@@ -195,7 +209,9 @@ class GraphRunner(ModelRunner):
             try:
                 for _ in range(steps - 1):
                     step.input_ids[:, 0].copy_(tok[: one.batch])
-                    tok = self.replay.run(step)[1][:, 0].clone()  # a replay's outputs are overwritten by the next
+                    logits, argmax = self.replay.run(step)
+                    # A replay's outputs are overwritten by the next: take the draft out of them now.
+                    tok = argmax[:, 0].clone() if sampler is None else sampler(logits[:, 0])
                     out.append(tok[:n])
                     step.lens.add_(1)
             finally:
@@ -205,8 +221,21 @@ class GraphRunner(ModelRunner):
             self._pending[rows[r].seq_id] = widths[b] + steps - 1
         tokens = torch.stack(out, dim=1).cpu()  # the one sync
         back = torch.empty_like(tokens)
-        back[torch.tensor(order)] = tokens  # slot order -> the rows' order
-        return back
+        back[slot_order] = tokens  # slot order -> the rows' order
+        if sampler is None:
+            return back, None
+        q = torch.empty_like(sampler.q[:n, :steps])
+        q[slot_order.to(dev)] = sampler.q[:n, :steps]
+        return back, q
+
+    def _sampler(self, batch: int, steps: int, target_vocab: int) -> ChainSampler:
+        """The persistent sampling buffers for chains of `batch` rows (grown, never shrunk, in steps)."""
+        sampler = self._samplers.get(batch)
+        if sampler is None or sampler.shape[1] < steps or sampler.target_vocab != target_vocab:
+            sampler = ChainSampler(batch, max(steps, self.buckets.max_width), self.vocab_size, target_vocab,
+                                   self.device)
+            self._samplers[batch] = sampler
+        return sampler
 
     def _replay(self, bucket: Bucket, rows: list[RowInput], order: list[int], widths: list[int],
                 lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,3 +297,9 @@ class GraphRunner(ModelRunner):
         dev = logits.device
         picked = logits[torch.from_numpy(row_idx).to(dev), torch.from_numpy(col_idx).to(dev)]
         return picked, offsets
+
+
+def _in_slot_order(s: ChainSampling, slot_order: torch.Tensor) -> ChainSampling:
+    """The same per-row inputs with rows permuted into the chain's slot order."""
+    return ChainSampling(s.greedy[slot_order], s.temperature[slot_order], s.top_p[slot_order],
+                         s.top_k[slot_order], s.uniforms[slot_order], s.target_vocab, s.q_top_k)

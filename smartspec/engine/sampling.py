@@ -12,13 +12,19 @@ def processed_probs(
     temperature: torch.Tensor,  # [N] > 0
     top_p: torch.Tensor,  # [N] in (0, 1]
     top_k: torch.Tensor,  # [N] long, 0 = off
+    filtered: bool | None = None,
 ) -> torch.Tensor:  # [N, V] float32, rows sum to 1
-    """The distribution a request samples from: softmax(logits / T), then top-k, then top-p."""
+    """The distribution a request samples from: softmax(logits / T), then top-k, then top-p.
+
+    `filtered` says whether any row uses top-k / top-p; None reads it off the tensors (a host sync), so a
+    caller that must not sync (a draft chain) says it from what it already knows on the host."""
     assert logits.dim() == 2 and temperature.shape == (logits.shape[0],)
     probs = torch.softmax(logits.float() / temperature[:, None].float(), dim=-1)
     vocab = probs.shape[-1]
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
-    if bool((k < vocab).any()) or bool((top_p < 1.0).any()):
+    if filtered is None:
+        filtered = bool((k < vocab).any()) or bool((top_p < 1.0).any())
+    if filtered:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         rank = torch.arange(vocab, device=probs.device)[None, :]
         # Keep a token if it is within top-k and the mass strictly before it is < top_p,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from smartspec.engine.chain_sampling import ChainSampling
 from smartspec.engine.proposers.base import Proposal, ProposeRequest
 from smartspec.engine.runner import ModelRunner, RowInput
 from smartspec.engine.sampling import make_generator, processed_probs, sample_from
@@ -102,31 +103,63 @@ class DraftModelProposer:
         return out
 
     def _chain(self, live: list[tuple[ProposeRequest, int, list[int]]]) -> dict[int, Proposal] | None:
-        """Greedy drafting as one replayed chain (GraphRunner.chain) when every live sequence is in this call,
-        greedy, with a short catch-up; None: draft step by step below. Rows run to the largest k and each keeps
-        its own k drafts: its KV keeps what it fed plus its first k - 1 drafts, as the step-by-step path does."""
+        """Drafting as one replayed chain (GraphRunner.chain) when every live sequence is in this call with a short
+        catch-up; None: draft step by step below. Rows run to the largest k and each keeps its own k drafts: its
+        KV keeps what it fed plus its first k - 1 drafts, as the step-by-step path does. A sampled row draws its k
+        uniforms from its own generator up front, in the order the step-by-step path would draw them."""
         chain = getattr(self.runner, "chain", None)
         if chain is None or len(live) != self.runner.num_sequences:
             return None
-        if any(not req.params.greedy or len(pending) > NARROW_ROW_TOKENS for req, _, pending in live):
+        if any(len(pending) > NARROW_ROW_TOKENS for _, _, pending in live):
             return None
         steps = max(k for _, k, _ in live)
-        drafted = chain([RowInput(req.seq_id, pending, 1) for req, _, pending in live], steps)
+        rows_in = [RowInput(req.seq_id, pending, 1) for req, _, pending in live]
+        sampled = [req for req, _, _ in live if not req.params.greedy]
+        if not sampled:
+            drafted = chain(rows_in, steps)
+        else:
+            gens = [self._tracks[req.seq_id].generator for req in sampled]
+            states = [g.get_state() for g in gens if g is not None]
+            drafted = chain(rows_in, steps, self._chain_sampling(live, steps))
+            if drafted is None:  # nothing drafted: the draws are drawn again step by step
+                for g, state in zip([g for g in gens if g is not None], states, strict=True):
+                    g.set_state(state)
         if drafted is None:
             return None
-        rows = drafted.tolist()
-        if any(t >= self.target_vocab_size for (_, k, _), row in zip(live, rows, strict=True) for t in row[:k]):
+        tokens, q = drafted
+        rows = tokens.tolist()
+        if q is None and any(t >= self.target_vocab_size for (_, k, _), row in zip(live, rows, strict=True)
+                             for t in row[:k]):
             for req, _, _ in live:  # an id the target cannot score: drop the chain's KV, draft step by step
                 self.runner.commit(req.seq_id, 0)
             return None
         out: dict[int, Proposal] = {}
-        for (req, k, pending), row in zip(live, rows, strict=True):
+        for i, ((req, k, pending), row) in enumerate(zip(live, rows, strict=True)):
             self.runner.commit(req.seq_id, len(pending) + k - 1)
             track = self._tracks[req.seq_id]
             track.cached.extend(pending + row[: k - 1])
             track.confirmed = len(track.cached) - (k - 1)
-            out[req.seq_id] = Proposal(row[:k], None, fed_tokens=len(pending))
+            probs = None if q is None or req.params.greedy else q[i, :k]
+            out[req.seq_id] = Proposal(row[:k], probs, fed_tokens=len(pending))
         return out
+
+    def _chain_sampling(self, live: list[tuple[ProposeRequest, int, list[int]]], steps: int) -> ChainSampling:
+        """Per-row sampling inputs of a chain; a sampled row's k uniforms come from its own generator."""
+        uniforms = torch.full((len(live), steps), 0.5)
+        for i, (req, k, _) in enumerate(live):
+            gen = self._tracks[req.seq_id].generator
+            if not req.params.greedy and gen is not None:
+                uniforms[i, :k] = torch.cat([torch.rand(1, generator=gen) for _ in range(k)])
+        params = [req.params for req, _, _ in live]
+        return ChainSampling(
+            greedy=torch.tensor([p.greedy for p in params]),
+            temperature=torch.tensor([p.temperature for p in params], dtype=torch.float),
+            top_p=torch.tensor([p.top_p for p in params], dtype=torch.float),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.long),
+            uniforms=uniforms,
+            target_vocab=self.target_vocab_size,
+            q_top_k=self.q_top_k,
+        )
 
     def _reconcile(self, seq_id: int, track: _Track, token_ids: Sequence[int]) -> list[int]:
         """Truncate the draft KV to its longest prefix that the engine's tokens confirm."""

@@ -219,3 +219,60 @@ def test_greedy_draft_chain_gives_the_step_by_step_drafts(tiny: Any, target_voca
             contexts[sid] += [*prop.draft_token_ids[:keep], rng.randrange(min(target_vocab, 250))]
     # The first round prefilled the prompts (more than 4 tokens each way); the others chained.
     assert graph_runner.graph_stats.hits >= 11
+
+
+@pytest.mark.parametrize(("target_vocab", "q_top_k"), [(300, None), (120, None), (400, 20)])
+def test_sampled_draft_chain_gives_the_step_by_step_tokens_and_q(tiny: Any, target_vocab: int,
+                                                                 q_top_k: int | None) -> None:
+    """Seeded sampling, greedy and sampled rows in one chain, top-k / top-p rows, a target vocabulary smaller
+    (ids it lacks are never drafted) and larger (q is padded) than the draft's, and q truncated for the wire."""
+    from smartspec.engine.proposers.base import ProposeRequest
+
+    eager = DraftModelProposer(ModelRunner(tiny.draft, num_slots=4, max_len=128), target_vocab, q_top_k)
+    graph_runner = GraphRunner(tiny.draft, num_slots=4, max_len=128, buckets=BUCKETS, replay=EagerReplay())
+    graph = DraftModelProposer(graph_runner, target_vocab, q_top_k)
+    rng = random.Random(11)
+    params = [
+        SamplingParams(max_tokens=64, temperature=0.0),
+        SamplingParams(max_tokens=64, temperature=0.9, seed=3),
+        SamplingParams(max_tokens=64, temperature=1.3, top_p=0.8, top_k=40, seed=4),
+    ]
+    contexts = {sid: [rng.randrange(min(target_vocab, 250)) for _ in range(rng.randint(3, 9))] for sid in range(3)}
+    for _ in range(10):
+        reqs = [ProposeRequest(sid, list(toks), rng.randint(1, K), params[sid]) for sid, toks in contexts.items()]
+        a, b = eager.propose(reqs), graph.propose(reqs)
+        assert {s: p.draft_token_ids for s, p in b.items()} == {s: p.draft_token_ids for s, p in a.items()}
+        for sid, prop in a.items():
+            assert all(t < target_vocab for t in prop.draft_token_ids)
+            if prop.draft_probs is None:
+                assert b[sid].draft_probs is None
+            else:
+                got = b[sid].draft_probs
+                assert got is not None and got.shape == prop.draft_probs.shape
+                torch.testing.assert_close(got, prop.draft_probs, atol=1e-5, rtol=0.0)
+            keep = rng.randint(0, prop.k)
+            contexts[sid] += [*prop.draft_token_ids[:keep], rng.randrange(min(target_vocab, 250))]
+    assert graph_runner.graph_stats.hits >= 9  # the first round prefilled; every later one chained
+
+
+def test_chain_sampling_compiles_as_one_graph_and_never_recompiles() -> None:
+    import torch._dynamo
+
+    from smartspec.engine.chain_sampling import ChainSampler, ChainSampling
+
+    torch._dynamo.reset()
+    sampler = ChainSampler(4, 5, 50, 40, torch.device("cpu"))
+    step = torch.compile(sampler.__call__, backend="aot_eager", fullgraph=True, dynamic=False)
+    gen = torch.Generator().manual_seed(0)
+    for round_ in range(3):
+        s = ChainSampling(greedy=torch.tensor([True, False, False]), temperature=torch.tensor([1.0, 0.7, 1.2]),
+                          top_p=torch.tensor([1.0, 0.9, 1.0]), top_k=torch.tensor([0, 0, 5]),
+                          uniforms=torch.rand(3, 4, generator=gen), target_vocab=40)
+        sampler.load(s)
+        logits = [torch.randn(4, 50, generator=gen) for _ in range(4)]
+        with torch._dynamo.config.patch(error_on_recompile=round_ > 0):
+            tokens = torch.stack([step(x) for x in logits], dim=1)
+        assert int(sampler.j) == 4 and bool((tokens < 40).all())
+        assert torch.equal(tokens[0], torch.stack([x[0, :40].argmax() for x in logits]))  # the greedy row
+        assert torch.allclose(sampler.q[1:3, :4].sum(-1), torch.ones(2, 4))
+        assert bool((sampler.q[2, :4] > 0).sum(-1).le(5).all())  # top-k 5
