@@ -31,7 +31,10 @@ PROMPTS = [
 
 
 def machine() -> str:
-    return (f"{cpu_name()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+    # The vector ISA torch uses decides whether bf16 matmuls are fast (AVX-512 BF16) or emulated (AVX2):
+    # results from VMs that differ in it are not comparable.
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"{cpu_name()} ({isa}); torch {torch.__version__} ({torch.get_num_threads()} threads); "
             f"python {platform.python_version()}; {platform.system()} {platform.release()}")
 
 
