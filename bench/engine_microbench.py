@@ -173,12 +173,18 @@ def main() -> None:
     ap.add_argument("--prompt-kind", choices=["chat", "code", "both"], default="both")
     ap.add_argument("--draft-head-vocab", type=int, default=None,
                     help="the draft drafts only among the first N token ids and the EOS ids (engine/head.py)")
+    ap.add_argument("--draft-quant", choices=["int8"], default=None,
+                    help="the draft's Linear weights as int8 (engine/quant.py); transformers' assistant is the same "
+                    "quantised model")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
     engine, tok = build_engine(EngineSpec(target, draft, dtype=args.dtype, num_slots=max(args.batches),
-                                          max_len=1024, max_k=max(args.ks), draft_head_vocab=args.draft_head_vocab))
+                                          max_len=1024, max_k=max(args.ks), draft_head_vocab=args.draft_head_vocab,
+                                          draft_quant=args.draft_quant))
     head = f"; the draft's head over the first {args.draft_head_vocab} ids and EOS" if args.draft_head_vocab else ""
+    if args.draft_quant:
+        head += f"; the draft's Linear weights {args.draft_quant} (transformers' assistant is the same model)"
     body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy{head}.\n"]
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
@@ -188,7 +194,8 @@ def main() -> None:
                  f"{args.tokens} tokens\n", *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind)]
     text = "\n".join(body)
     tag = ("engine-batch1" if args.skip_grid else "engine-microbench") + (
-        f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "")
+        f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "") + (
+        f"-draft-{args.draft_quant}" if args.draft_quant else "")
     print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")
 
 

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-k", type=int)
     d.add_argument("--graphs", choices=["auto", "on", "off"], help="replay draft chains as graphs (auto: on CUDA)")
     d.add_argument("--head-vocab", type=int, help="draft only among the first N token ids and the EOS ids")
+    d.add_argument("--quant", choices=["int8"], help="store the draft's Linear weights as int8 (CPU drafts)")
     d.add_argument("--auth-token-file", help="tokens a caller must present, one per line; none: loopback only")
     d.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve a non-loopback host without tokens")

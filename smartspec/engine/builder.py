@@ -18,6 +18,7 @@ from smartspec.engine.head import SubsetHead, head_ids
 from smartspec.engine.proposers.base import Proposer
 from smartspec.engine.proposers.draft_model import NARROW_ROW_TOKENS, DraftModelProposer
 from smartspec.engine.proposers.ngram import NgramProposer
+from smartspec.engine.quant import quantize
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.steps import AdmissionLimits
 from smartspec.models.loading import check_pair, load_model, load_tokenizer
@@ -40,6 +41,7 @@ class EngineSpec:
     emulate_acceptance: float | None = None  # experiments only: drafts accepted at random (engine/emulation.py)
     graphs: str = "auto"  # replay verify steps as graphs: auto (on CUDA), on, off
     draft_head_vocab: int | None = None  # draft only among the first N token ids (+ EOS): engine/head.py
+    draft_quant: str | None = None  # 'int8': the draft's Linear weights as int8 rows (engine/quant.py)
 
 
 def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto", max_k: int = 8,
@@ -74,14 +76,19 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
 def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, target_vocab: int | None = None,
                    q_top_k: int | None = None, ngram_max: int = 4, ngram_min: int = 2,
                    model: Any = None, graphs: str = "auto", max_k: int = 8,
-                   head_vocab: int | None = None) -> tuple[Proposer, ModelRunner | None]:
+                   head_vocab: int | None = None, quant: str | None = None) -> tuple[Proposer, ModelRunner | None]:
     """The proposer for `draft` ('ngram' or a model folder; `model` if already loaded) and its runner (None for
     n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own); `head_vocab`
-    drafts only among the first N ids and the end-of-sequence ids (engine/head.py)."""
+    drafts only among the first N ids and the end-of-sequence ids (engine/head.py); `quant` ('int8') stores the
+    draft's Linear weights as int8 rows (engine/quant.py, in place on the model)."""
     if draft == NGRAM:
         return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
-    # With graphs, drafting (greedy or sampled) replays one chain: a catch-up of up to 4 tokens, then one token at a time.
-    runner = make_runner(model if model is not None else load_model(draft, dtype), num_slots=num_slots,
+    if model is None:
+        model = load_model(draft, dtype)
+    if quant is not None:
+        log.info("draft: %d Linear layers stored as %s", quantize(model, quant), quant)
+    # With graphs, drafting (greedy or sampled) replays one chain: a catch-up of up to 4 tokens, then one at a time.
+    runner = make_runner(model, num_slots=num_slots,
                          max_len=max_len, graphs=graphs, max_k=max(max_k, NARROW_ROW_TOKENS - 1))
     if head_vocab is not None:
         runner.head = SubsetHead(runner.lm_head, head_ids(runner.vocab_size, head_vocab, eos_ids(None, runner.model)))
@@ -109,5 +116,6 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
         # The draft holds the same tokens as the target plus up to max_k drafts in flight.
         proposer, _ = draft_proposer(spec.draft, dtype=spec.dtype, num_slots=spec.num_slots,
                                      max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size,
-                                     graphs=spec.graphs, max_k=spec.max_k, head_vocab=spec.draft_head_vocab)
+                                     graphs=spec.graphs, max_k=spec.max_k, head_vocab=spec.draft_head_vocab,
+                                     quant=spec.draft_quant)
     return assemble_engine(runner, target, tokenizer, proposer, spec), tokenizer

@@ -10,9 +10,11 @@ merge order, roughly by frequency, so the first N ids plus the end-of-sequence i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+
+from smartspec.engine.quant import Int8Linear
 
 
 class SubsetHead:
@@ -20,14 +22,22 @@ class SubsetHead:
 
     def __init__(self, head: torch.nn.Module, ids: torch.Tensor) -> None:
         weight: torch.Tensor = head.weight.detach()  # type: ignore[operator]
-        bias: torch.Tensor | None = getattr(head, "bias", None)
         self.vocab = int(weight.shape[0])
         self.ids = ids.to(weight.device)
-        self.weight = weight[self.ids].contiguous()  # the slice read per token, one copy at start-up
-        self.bias = None if bias is None else bias.detach()[self.ids].contiguous()
+        # The slice read per token, one copy at start-up (an int8 head keeps its rows' scales: quant.py).
+        if isinstance(head, Int8Linear):
+            self.part: Callable[[torch.Tensor], torch.Tensor] = head.rows(self.ids)
+        else:
+            bias: torch.Tensor | None = getattr(head, "bias", None)
+            rows = torch.nn.Linear(weight.shape[1], len(self.ids), bias=bias is not None, device=weight.device,
+                                   dtype=weight.dtype).requires_grad_(False)
+            rows.weight.copy_(weight[self.ids])
+            if bias is not None:
+                rows.bias.copy_(bias.detach()[self.ids])
+            self.part = rows
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        part = torch.nn.functional.linear(hidden, self.weight, self.bias)
+        part = self.part(hidden)
         out = torch.full((*hidden.shape[:-1], self.vocab), float("-inf"), dtype=part.dtype, device=part.device)
         return out.index_copy_(-1, self.ids, part)
 

@@ -28,6 +28,9 @@ class DraftSettings(BaseSettings):
         None, ge=1, description="draft only among the first N token ids (BPE merge order, roughly by frequency) and "
         "the end-of-sequence ids: a smaller LM head per draft token; ids left out are never drafted (outputs are "
         "unchanged, acceptance may drop); none: the whole vocabulary")
+    quant: Literal["int8"] | None = Field(
+        None, description="store the draft's Linear weights as int8 rows with a scale per output channel (a CPU "
+        "draft reads half the bytes per token; outputs are unchanged, acceptance may drop); none: the dtype's")
     graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="draft greedy requests as one replayed graph chain (auto: on CUDA)")
     auth_token_file: str | None = Field(
