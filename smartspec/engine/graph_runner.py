@@ -102,6 +102,7 @@ class GraphStats:
     hits: int = 0
     prepared: int = 0
     prepare_s: float = 0.0
+    pool_bytes: int = 0  # device memory the prepared buckets hold (CUDA: reserved by the graphs' pool)
     eager_why: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -140,17 +141,24 @@ class GraphRunner(ModelRunner):
             self._prepare(StaticStep(self, bucket))
 
     def _prepare(self, step: StaticStep) -> StaticStep:
-        t0 = time.perf_counter()
+        t0, held = time.perf_counter(), self._reserved()
         self.cache.plan = step.plan
         try:
             self.replay.prepare(step)
         finally:
             self.cache.plan = None
         self._steps[step.bucket] = step
-        self.graph_stats.prepared += 1
-        self.graph_stats.prepare_s += time.perf_counter() - t0
-        log.info("graph bucket %s prepared in %.2fs", step.bucket, time.perf_counter() - t0)
+        took, grew = time.perf_counter() - t0, self._reserved() - held
+        stats = self.graph_stats
+        stats.prepared, stats.prepare_s, stats.pool_bytes = stats.prepared + 1, stats.prepare_s + took, \
+            stats.pool_bytes + grew
+        log.info("graph bucket %s prepared in %.2fs (+%.1f MiB; %d buckets, %.1fs, %.1f MiB in all)", step.bucket,
+                 took, grew / 2**20, stats.prepared, stats.prepare_s, stats.pool_bytes / 2**20)
         return step
+
+    def _reserved(self) -> int:
+        """Device memory reserved by the allocator (what a capture's pool adds to); 0 off CUDA."""
+        return int(torch.cuda.memory_reserved(self.device)) if self.device.type == "cuda" else 0
 
     @torch.inference_mode()
     def forward(self, rows: list[RowInput]) -> ForwardOutput:

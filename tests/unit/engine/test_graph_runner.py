@@ -276,3 +276,37 @@ def test_chain_sampling_compiles_as_one_graph_and_never_recompiles() -> None:
         assert torch.equal(tokens[0], torch.stack([x[0, :40].argmax() for x in logits]))  # the greedy row
         assert torch.allclose(sampler.q[1:3, :4].sum(-1), torch.ones(2, 4))
         assert bool((sampler.q[2, :4] > 0).sum(-1).le(5).all())  # top-k 5
+
+
+def test_seeded_sampled_streams_are_identical_with_graph_target_and_draft(tiny: Any) -> None:
+    """Target and draft both on graph runners (the draft sampling in its chain) against both eager, ragged k."""
+
+    def engine(graphs: bool) -> SpecEngine:
+        def runner(model: Any, max_len: int) -> ModelRunner:
+            if graphs:
+                return GraphRunner(model, num_slots=8, max_len=max_len, buckets=BUCKETS, replay=EagerReplay())
+            return ModelRunner(model, num_slots=8, max_len=max_len)
+
+        target = runner(tiny.target, 96)
+        return SpecEngine(target, DraftModelProposer(runner(tiny.draft, 96 + K), target.vocab_size), max_k=K)
+
+    engines = [engine(False), engine(True)]
+    rng = random.Random(8)
+    prompts = [[rng.randrange(200) for _ in range(rng.randint(2, 4))] for _ in range(4)]
+    streams: list[dict[int, list[int]]] = [{}, {}]
+    for i, p in enumerate(prompts):
+        params = SamplingParams(max_tokens=20, temperature=0.7 + 0.1 * i, top_p=0.95 if i % 2 else 1.0, seed=i,
+                                ignore_eos=True)
+        for e in engines:
+            e.add_request(i, p, params)
+    step = 0
+    while engines[0].has_unfinished:
+        ks = {sid: 1 + (sid + step) % K for sid in range(len(prompts))}
+        for e, out in zip(engines, streams, strict=True):
+            for sid, toks in e.step(ks).emitted.items():
+                out.setdefault(sid, []).extend(toks)
+        step += 1
+    assert not engines[1].has_unfinished
+    assert streams[1] == streams[0] and all(len(s) == 20 for s in streams[0].values())
+    draft = engines[1].proposer.runner  # type: ignore[union-attr]
+    assert isinstance(draft, GraphRunner) and draft.graph_stats.hits > step  # the draft chained (several per step)
