@@ -55,7 +55,12 @@ def median(xs: list[float]) -> float:
 
 
 def results_dir(tag: str) -> Path:
-    out = Path(__file__).parent.parent / "results" / f"{dt.date.today().isoformat()}-{tag}"
+    """A new folder results/<date>-<tag>; a second run on the same day gets -2, -3 … (never overwrites one)."""
+    root = Path(__file__).parent.parent / "results"
+    out, n = root / f"{dt.date.today().isoformat()}-{tag}", 1
+    while (out / "README.md").exists():
+        n += 1
+        out = root / f"{dt.date.today().isoformat()}-{tag}-{n}"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
