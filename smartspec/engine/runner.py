@@ -82,7 +82,8 @@ class ModelRunner:
         self.lm_head = model.get_output_embeddings()
         self.head: Any = self.lm_head  # what turns hidden states into logits (a draft may read a subset: head.py)
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        # The activations' dtype: the input embedding's (a Linear may hold int8 weights: quant.py).
+        self.dtype = model.get_input_embeddings().weight.dtype
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.cache = SlotKVCache(model.config, num_slots, self.max_len, self.dtype, self.device, headroom=kv_headroom)
         self._slot_of: dict[int, int] = {}

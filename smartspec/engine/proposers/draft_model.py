@@ -118,11 +118,11 @@ class DraftModelProposer:
         if not sampled:
             drafted = chain(rows_in, steps)
         else:
-            gens = [self._tracks[req.seq_id].generator for req in sampled]
-            states = [g.get_state() for g in gens if g is not None]
+            gens = [g for req in sampled if (g := self._tracks[req.seq_id].generator) is not None]
+            states = [g.get_state() for g in gens]
             drafted = chain(rows_in, steps, self._chain_sampling(live, steps))
             if drafted is None:  # nothing drafted: the draws are drawn again step by step
-                for g, state in zip([g for g in gens if g is not None], states, strict=True):
+                for g, state in zip(gens, states, strict=True):
                     g.set_state(state)
         if drafted is None:
             return None

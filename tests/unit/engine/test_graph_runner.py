@@ -310,3 +310,24 @@ def test_seeded_sampled_streams_are_identical_with_graph_target_and_draft(tiny: 
     assert streams[1] == streams[0] and all(len(s) == 20 for s in streams[0].values())
     draft = engines[1].proposer.runner  # type: ignore[union-attr]
     assert isinstance(draft, GraphRunner) and draft.graph_stats.hits > step  # the draft chained (several per step)
+
+
+def test_a_sampled_chain_that_does_not_fit_leaves_the_generators_as_they_were(tiny: Any) -> None:
+    """KV buckets up to 16 keys: chains stop fitting as contexts grow, and the step-by-step drafts that follow
+    must draw the same uniforms the eager proposer draws."""
+    from smartspec.engine.proposers.base import ProposeRequest
+
+    small = BucketConfig(batch_sizes=(1, 2, 4), max_width=K + 1, kv_sizes=(16,))
+    eager = DraftModelProposer(ModelRunner(tiny.draft, num_slots=4, max_len=64), 300)
+    graph_runner = GraphRunner(tiny.draft, num_slots=4, max_len=64, buckets=small, replay=EagerReplay())
+    graph = DraftModelProposer(graph_runner, 300)
+    rng = random.Random(2)
+    params = SamplingParams(max_tokens=64, temperature=1.0, seed=9)
+    contexts = {sid: [rng.randrange(250) for _ in range(3)] for sid in range(2)}
+    for _ in range(8):
+        reqs = [ProposeRequest(sid, list(toks), K, params) for sid, toks in contexts.items()]
+        a, b = eager.propose(reqs), graph.propose(reqs)
+        assert {s: p.draft_token_ids for s, p in b.items()} == {s: p.draft_token_ids for s, p in a.items()}
+        for sid, prop in a.items():
+            contexts[sid] += [*prop.draft_token_ids[:1], rng.randrange(250)]
+    assert graph_runner.graph_stats.eager_why.get("chain", 0) > 0 and graph_runner.graph_stats.hits > 0
