@@ -167,6 +167,7 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
         "SMARTSPEC_TARGET_MODEL": model_path(t.model),
         "SMARTSPEC_TARGET_SERVED_MODEL_NAME": t.model.name,
         "SMARTSPEC_TARGET_DTYPE": t.dtype,
+        "SMARTSPEC_TARGET_GRAPHS": t.graphs,
         "SMARTSPEC_TARGET_HTTP_PORT": str(TARGET_HTTP),
         "SMARTSPEC_TARGET_GRPC_PORT": str(TARGET_GRPC),
         "SMARTSPEC_TARGET_MAX_BATCH_SIZE": str(t.max_batch_size),
@@ -203,6 +204,7 @@ def config_data(owner: Owner, spec: ServiceSpec, settings: OperatorSettings) -> 
             "SMARTSPEC_DRAFT_AUTH_TOKEN_FILE": f"{AUTH_DIR}/{PEER_TOKEN}",
             "SMARTSPEC_DRAFT_METHOD": d.method,
             "SMARTSPEC_DRAFT_DTYPE": d.dtype,
+            "SMARTSPEC_DRAFT_GRAPHS": d.graphs,
             "SMARTSPEC_DRAFT_PORT": str(DRAFT_GRPC),
             "SMARTSPEC_DRAFT_MAX_K": str(MAX_K_LIMIT),
             # Every target slot may hold a draft sequence; streams from all targets can land on one draft.

@@ -43,6 +43,8 @@ class EnvVar(_Spec):
 class _Pod(_Spec):
     replicas: int = Field(1, ge=0, le=128)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Replay fixed-shape steps as captured CUDA graphs (engine/graph_runner.py); auto: on where the pod has CUDA.
+    graphs: Literal["auto", "on", "off"] = "auto"
     image: str | None = None
     resources: Resources = Field(default_factory=lambda: Resources.model_validate({}))
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")

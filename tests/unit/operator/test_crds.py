@@ -66,3 +66,13 @@ def test_both_layers_refuse_bad_policies(spec: dict[str, Any]) -> None:
                "spec": spec})
     with pytest.raises(ValueError):
         parse_spec(spec)
+
+
+@pytest.mark.parametrize("graphs", ["sometimes", True])  # True: what a bare `graphs: on` parses to in YAML
+def test_both_layers_refuse_bad_graphs(graphs: object) -> None:
+    spec = {"target": {"model": {"name": "m", "uri": "/w/m"}, "graphs": graphs}}
+    with pytest.raises(Invalid):
+        admit({"apiVersion": "smartspec.io/v1alpha1", "kind": "SpeculativeService", "metadata": {"name": "s"},
+               "spec": spec})
+    with pytest.raises(ValueError):
+        parse_service_spec(spec)

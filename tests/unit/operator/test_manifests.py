@@ -243,3 +243,18 @@ def test_with_the_redis_admin_password_pods_log_in_as_the_services_user() -> Non
            build(OWNER, parse_service_spec(body | {"redis": {"url": "redis://mine:6379"}}), acl)}
     assert own["ConfigMap", "svc-config"]["data"]["SMARTSPEC_TARGET_REDIS_URL"] == "redis://mine:6379"
     assert "SMARTSPEC_TARGET_REDIS_PASSWORD_FILE" not in own["ConfigMap", "svc-config"]["data"]
+
+
+def test_graphs_setting_reaches_each_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartspec_draft.settings import DraftSettings
+    from smartspec_target.settings import TargetSettings
+
+    draft = {"model": {"name": "d", "uri": "/w/d"}}
+    data = objs(draft=draft)["ConfigMap", "svc-config"]["data"]
+    assert data["SMARTSPEC_TARGET_GRAPHS"] == data["SMARTSPEC_DRAFT_GRAPHS"] == "auto"  # on where there is CUDA
+    data = objs(target={"model": {"name": "m", "uri": "/w/m"}, "graphs": "on"},
+                draft=draft | {"graphs": "off"})["ConfigMap", "svc-config"]["data"]
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    assert TargetSettings().graphs == "on"  # type: ignore[call-arg]
+    assert DraftSettings().graphs == "off"  # type: ignore[call-arg]
