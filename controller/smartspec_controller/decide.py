@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, r_squared
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, predicted_totals, r_squared
 from smartspec.policy.cost_fit import relative_error as rel_err
 from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.policy.cost_model import resolve as resolve_preset
@@ -84,7 +84,7 @@ def refit(window: TelemetryWindow, current: CostModel, holdout_fraction: float, 
 
 def holdout_r2(model: CostModel, samples: list[StepSample]) -> float | None:
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([s.predicted_s(model) for s in samples])
+    predicted = predicted_totals(model, samples)
     r2 = r_squared(actual, predicted)
     return None if np.isnan(r2) else round(float(r2), 6)
 

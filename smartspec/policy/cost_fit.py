@@ -18,6 +18,7 @@ from smartspec.policy.cost_model import (
     CostModel,
     StepShape,
     default_cost_model,
+    shapes_features,
 )
 
 _HUBER_PASSES = 4
@@ -48,10 +49,20 @@ class StepSample:
         return model.components(self.draft_shape)[0] + verify + overhead
 
 
+def predicted_totals(model: CostModel, samples: Sequence[StepSample]) -> np.ndarray:
+    """`StepSample.predicted_s` of every sample, computed at once (the refit in the step loop asks for
+    hundreds of them several times per fit)."""
+    if not samples:
+        return np.zeros(0)
+    _, verify, overhead = model.components_of([s.shape for s in samples])
+    draft = model.components_of([s.draft_shape or s.shape for s in samples])[0]
+    return np.asarray(draft + verify + overhead, dtype=float)
+
+
 def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
     """Mean absolute error of predicted step times, relative to the mean step time."""
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([s.predicted_s(model) for s in samples])
+    predicted = predicted_totals(model, samples)
     return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
 
 
@@ -117,14 +128,14 @@ def fit_cost_model(
     if not samples:
         raise ValueError("no step samples to fit")
     prior = prior or default_cost_model()
-    feats = [s.shape.features(pads_to_max_k) for s in samples]
-    draft_feats = [(s.draft_shape or s.shape).features(pads_to_max_k) for s in samples]
+    feats = shapes_features([s.shape for s in samples], pads_to_max_k)
+    draft_feats = shapes_features([s.draft_shape or s.shape for s in samples], pads_to_max_k)
 
-    def matrix(names: Sequence[str], rows: Sequence[int], of: list[dict[str, float]] = feats) -> np.ndarray:
-        return np.array([[of[i][n] for n in names] for i in rows], dtype=float)
+    def matrix(names: Sequence[str], rows: Sequence[int], of: Mapping[str, np.ndarray] = feats) -> np.ndarray:
+        return np.column_stack([of[n][list(rows)] for n in names]).reshape(len(rows), len(names))
 
     everything = list(range(len(samples)))
-    spec_rows = [i for i in everything if draft_feats[i]["spec"] > 0]
+    spec_rows = [i for i in everything if draft_feats["spec"][i] > 0]
     verify = _fit_verify(matrix, everything, np.array([s.verify_s for s in samples]), feats, prior.verify, ridge)
     overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
                          OVERHEAD_FEATURES, prior.overhead, ridge)
@@ -135,12 +146,12 @@ def fit_cost_model(
     model = CostModel(name, verify=verify, draft=draft, overhead=overhead, pads_to_max_k=pads_to_max_k)
     if pads_to_max_k:
         model = replace(model, verify_rows=fit_row_factors(model, samples, prior.verify_rows))
-    predicted = np.array([s.predicted_s(model) for s in samples])
+    predicted = predicted_totals(model, samples)
     actual = np.array([s.total_s for s in samples])
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
 
 
-def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: list[dict[str, float]],
+def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: Mapping[str, np.ndarray],
                 prior: Mapping[str, float], ridge: float) -> dict[str, float]:
     """Decode terms on the steps without prefill, then the prefill terms on what those leave of the rest.
 
@@ -148,8 +159,8 @@ def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarra
     (tenths of a second) to the Huber weights, and its coefficients stayed near the prior: admission
     steps were predicted 20× too short on the real pair."""
     decode_names = [n for n in VERIFY_FEATURES if n not in PREFILL_FEATURES]
-    decode = [i for i in rows if feats[i]["prefill_tokens"] == 0]
-    admit = [i for i in rows if feats[i]["prefill_tokens"] > 0]
+    decode = [i for i in rows if feats["prefill_tokens"][i] == 0]
+    admit = [i for i in rows if feats["prefill_tokens"][i] > 0]
     out = {n: prior.get(n, 0.0) for n in VERIFY_FEATURES}
     if decode:
         out.update(_fit_part(matrix(decode_names, decode), y[decode], decode_names, prior, ridge))
@@ -172,13 +183,14 @@ def fit_row_factors(model: CostModel, samples: Sequence[StepSample], prior: Mapp
     linear = replace(model, verify_rows={})
     logs: dict[int, list[float]] = {}
     lo, hi = ROW_FACTOR_RANGE
-    for s in samples:
-        if s.shape.prefill_tokens or s.shape.batch < 1 or s.verify_s <= 0:
-            continue
-        predicted = linear.components(s.shape)[1]
-        if predicted > 0:
-            rows = s.shape.batch * (s.shape.max_k + 1)
-            logs.setdefault(rows, []).append(float(np.log(np.clip(s.verify_s / predicted, lo, hi))))
+    predicted = linear.components_of([s.shape for s in samples])[1]
+    measured = np.array([s.verify_s for s in samples], dtype=float)
+    use = [i for i, s in enumerate(samples) if not s.shape.prefill_tokens and s.shape.batch >= 1
+           and s.verify_s > 0 and predicted[i] > 0]
+    ratios = np.log(np.clip(measured[use] / predicted[use], lo, hi)).tolist()
+    for i, r in zip(use, ratios, strict=True):
+        shape = samples[i].shape
+        logs.setdefault(shape.batch * (shape.max_k + 1), []).append(r)
     out = dict(prior)
     for rows, values in logs.items():
         n = len(values)

@@ -29,7 +29,7 @@ saw, shrunk toward the prior's factor; row counts it never saw keep the prior's 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -77,15 +77,15 @@ class StepShape:
         return {name: float(v) for name, v in feats.items()}
 
 
-def feature_values(batch: int, context_tokens: int, max_k: Any, draft_tokens: Any, pads_to_max_k: bool,
-                   prefill_tokens: int = 0, draft_catchup_tokens: int = 0, prefill_padded_tokens: int = 0,
+def feature_values(batch: Any, context_tokens: Any, max_k: Any, draft_tokens: Any, pads_to_max_k: bool,
+                   prefill_tokens: Any = 0, draft_catchup_tokens: Any = 0, prefill_padded_tokens: Any = 0,
                    ) -> dict[str, Any]:
-    """The features of a step (see the module docstring); `max_k` and `draft_tokens` may be numpy arrays
-    of the same shape, so one call prices a whole curve of steps (the policy's hot path)."""
+    """The features of a step (see the module docstring). Any argument may be a numpy array (all of one
+    shape), so one call prices a whole curve of steps (the policy's hot path) or every step of a refit."""
     max_k = np.asarray(max_k, dtype=float)
     spec = (max_k > 0).astype(float)
     batched = batch * (max_k + 1) if pads_to_max_k else draft_tokens + batch
-    width = max_k + 1 if pads_to_max_k else (np.asarray(draft_tokens, dtype=float) + batch) / max(batch, 1)
+    width = max_k + 1 if pads_to_max_k else (np.asarray(draft_tokens, dtype=float) + batch) / np.maximum(batch, 1)
     zero = np.zeros_like(max_k)
     return {
         "const": zero + 1.0,
@@ -99,9 +99,19 @@ def feature_values(batch: int, context_tokens: int, max_k: Any, draft_tokens: An
         "spec_batch": spec * batch,
         "spec_context_tokens": spec * context_tokens,
         "draft_catchup_tokens": zero + draft_catchup_tokens,
-        "prefill_padded_tokens": zero + max(prefill_padded_tokens, prefill_tokens),
+        "prefill_padded_tokens": zero + np.maximum(prefill_padded_tokens, prefill_tokens),
         "spec_width_context": spec * context_tokens * width,
     }
+
+
+def shapes_features(shapes: Sequence[StepShape], pads_to_max_k: bool) -> dict[str, np.ndarray]:
+    """The features of many steps at once, a column per feature: a refit prices hundreds of steps several
+    times over, and one StepShape at a time that cost ~185 ms per refit in the step loop."""
+    cols = np.array([(s.batch, s.context_tokens, s.max_k, s.draft_tokens, s.prefill_tokens, s.draft_catchup_tokens,
+                      s.prefill_padded_tokens) for s in shapes], dtype=float).reshape(-1, 7).T
+    batch, context, max_k, draft, prefill, catchup, padded = cols
+    feats = feature_values(batch, context, max_k, draft, pads_to_max_k, prefill, catchup, padded)
+    return {name: np.asarray(v, dtype=float) for name, v in feats.items()}
 
 
 def _dot(coef: Mapping[str, float], feats: Mapping[str, Any]) -> Any:
@@ -140,6 +150,12 @@ class CostModel:
 
     def components(self, shape: StepShape) -> tuple[float, float, float]:
         return self._parts(shape.features(self.pads_to_max_k))
+
+    def components_of(self, shapes: Sequence[StepShape]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`components` of every shape at once: (draft, verify, overhead) arrays."""
+        d, v, o = self._parts(shapes_features(shapes, self.pads_to_max_k))
+        n = len(shapes)
+        return tuple(np.broadcast_to(np.asarray(x, dtype=float), (n,)) for x in (d, v, o))  # type: ignore[return-value]
 
     def _parts(self, feats: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         """(draft, verify, overhead) of scalar features, or of arrays of them (`decode_curve`)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, fit_row_factors
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, fit_row_factors, predicted_totals
 from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
 from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
 
@@ -103,3 +103,23 @@ def test_row_factors_shrink_toward_the_prior_and_keep_what_the_samples_never_saw
     # Ragged models have no rows table (their verify rows vary with Σk).
     ragged = fit_cost_model(staircase_samples([1, 5, 9] * 4, np.random.default_rng(1)), pads_to_max_k=False)
     assert ragged.verify_rows == {}
+
+
+@pytest.mark.parametrize("pads", [True, False])
+def test_predicted_totals_are_each_samples_prediction(pads: bool) -> None:
+    """The refit prices all its samples at once; that must be exactly what pricing them one by one gives."""
+    model = replace(default_cost_model(), pads_to_max_k=pads, draft_fraction=0.1, overhead_fraction=0.05,
+                    verify_rows={2: 1.3, 5: 0.8, 9: 1.1} if pads else {})
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(200):
+        b = int(rng.integers(0, 9))
+        k = int(rng.integers(0, 9)) if b else 0
+        prefill = int(rng.integers(1, 300)) * (i % 5 == 0)
+        shape = StepShape(b, int(rng.integers(0, 900)) * b, k, k * b - int(rng.integers(0, k + 1)) * (b > 1),
+                          prefill, int(rng.integers(0, 40)), prefill + int(rng.integers(0, 50)) * (prefill > 0))
+        missed = replace(shape, max_k=3, draft_tokens=3 * max(b, 1)) if i % 7 == 0 else None
+        samples.append(StepSample(shape, 0.01, 0.2, 0.001, missed))
+    np.testing.assert_allclose(predicted_totals(model, samples), [s.predicted_s(model) for s in samples],
+                               rtol=1e-12, atol=1e-15)
+    assert predicted_totals(model, []).shape == (0,)
