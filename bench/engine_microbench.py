@@ -9,6 +9,10 @@ HumanEval problems as bare function signatures and docstrings, no template (the 
 data file). transformers runs assisted generation with its default schedule (the number of draft
 tokens adapts per step) and with a constant 5.
 
+With `--goodput` the comparison also runs smartspec's default policy: the goodput scheduler, after the
+start-up profile a served target runs before taking traffic (engine/calibration.py; its time is not
+counted), keeping what it learns from one prompt to the next as a server would.
+
 Step times are medians over measured steps after one warm-up step, split into draft (proposer),
 verify (target forward + verification) and overhead. The verify forward pads every request to
 k + 1 positions, so at fixed k it scores batch × (k + 1) tokens.
@@ -27,8 +31,12 @@ import torch
 
 from bench.common import PROMPTS, chat_ids, median, quiet, real_pair_paths, write_report
 from smartspec.engine.builder import EngineSpec, build_engine
+from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.sampling import SamplingParams
+from smartspec.engine.scheduler import Scheduler
+from smartspec.policy.cost_model import default_cost_model
+from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
 MEASURED_STEPS = 5
 
@@ -78,6 +86,25 @@ def smartspec_one(engine: SpecEngine, prompt: list[int], tokens: int, k: int) ->
     return seconds, seq.output_ids, seq.stats.num_draft_tokens, seq.stats.num_accepted_tokens
 
 
+def goodput_scheduler(engine: SpecEngine, max_k: int, calibrate_s: float) -> tuple[Scheduler, str]:
+    """The goodput policy as serve-target builds it (default cost model, then the start-up profile)."""
+    sched = Scheduler(engine, SpeculationPolicy(PolicyConfig(mode="goodput", max_k=max_k), default_cost_model()))
+    slots = engine.runner.cache.num_slots
+    report = calibrate(sched, engine.runner.vocab_size, slots, CalibrationConfig(budget_s=calibrate_s))
+    return sched, f"start-up profile {len(report.steps)} steps in {report.seconds:.0f} s, fit adopted: {report.adopted}"
+
+
+def goodput_one(sched: Scheduler, prompt: list[int], tokens: int) -> tuple[float, list[int], int, int, list[int]]:
+    """(seconds, output ids, drafted, accepted, k per step) for one prompt at batch 1 under the goodput policy."""
+    sched.submit(20_000, prompt, SamplingParams(max_tokens=tokens))
+    t0 = time.perf_counter()
+    while sched.has_unfinished:
+        sched.step()
+    seconds = time.perf_counter() - t0
+    seq = sched.pop_finished(20_000)
+    return seconds, seq.output_ids, seq.stats.num_draft_tokens, seq.stats.num_accepted_tokens, seq.stats.k_history
+
+
 def hf_one(target, draft, prompt: list[int], tokens: int, constant: int | None = None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """(seconds, new tokens) for transformers' generate, target-only or assisted by `draft` (its default
     schedule, or `constant` draft tokens every step)."""
@@ -110,19 +137,20 @@ def code_prompts(tok, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def
 
 
 def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int,  # type: ignore[no-untyped-def]
-           kind: str = "chat") -> list[str]:
+           kind: str = "chat", sched: Scheduler | None = None) -> list[str]:
     """Every decoder on prompt 1, then every decoder on prompt 2, … (`rounds` times over), so
     machine drift hits all decoders alike."""
     firsts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] if kind == "chat" else code_prompts(tok, n_prompts)
     prompts = firsts * rounds
     target = engine.runner.model
     draft = engine.proposer.runner.model  # type: ignore[union-attr]
-    names = ["hf", "hf-assisted", "hf-assisted-5", *[f"k={k}" for k in ks]]
+    names = ["hf", "hf-assisted", "hf-assisted-5", *[f"k={k}" for k in ks], *(["goodput"] if sched else [])]
     secs = dict.fromkeys(names, 0.0)
     toks = dict.fromkeys(names, 0)
     drafted = dict.fromkeys(names, 0)
     accepted = dict.fromkeys(names, 0)
     same = dict.fromkeys(names, 0)
+    chosen: list[int] = []  # the goodput policy's k, per step
     for p in prompts:
         for name, d, const in (("hf", None, None), ("hf-assisted", draft, None), ("hf-assisted-5", draft, 5)):
             s, n = hf_one(target, d, p, tokens, const)
@@ -139,6 +167,14 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
             accepted[name] += acc
             # In bf16 a (k+1)-token forward rounds differently from a 1-token one; near-ties can flip.
             same[name] += int(out == ref)
+        if sched is not None:
+            s, out, dr, acc, ks_seen = goodput_one(sched, p, tokens)
+            secs["goodput"] += s
+            toks["goodput"] += len(out)
+            drafted["goodput"] += dr
+            accepted["goodput"] += acc
+            same["goodput"] += int(out == ref)
+            chosen += ks_seen
     tps = {name: toks[name] / secs[name] for name in names}
     base, assisted = tps[f"k={ks[0]}"], max(tps["hf-assisted"], tps["hf-assisted-5"])
     rows = [f"Prompts: {kind} ({len(firsts)} x {rounds}).\n",
@@ -152,10 +188,12 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
             label, agree = labels[name], ""
         else:
             shown = f" (acceptance {accepted[name] / drafted[name]:.2f})" if drafted[name] else " (target only)"
+            if name == "goodput":
+                shown = f" policy{shown[:-1]}, mean k {sum(chosen) / max(1, len(chosen)):.2f})"
             label, agree = f"smartspec {name}{shown}", f"{same[name]}/{len(prompts)} prompts"
         rows.append(f"| {label} | {toks[name]} | {tps[name]:.2f} | {tps[name] / assisted:.2f} "
                     f"| {tps[name] / base:.2f} | {agree} |")
-    best = max((n for n in names if n.startswith("k=")), key=lambda n: tps[n])
+    best = max((n for n in names if n.startswith("k=") or n == "goodput"), key=lambda n: tps[n])
     rows += ["", f"Best smartspec ({best}) / best transformers assisted: **{tps[best] / assisted:.2f}x**", ""]
     print("\n".join(rows), flush=True)
     return rows
@@ -176,6 +214,9 @@ def main() -> None:
     ap.add_argument("--draft-quant", choices=["int8"], default=None,
                     help="the draft's Linear weights as int8 (engine/quant.py); transformers' assistant is the same "
                     "quantised model")
+    ap.add_argument("--goodput", action="store_true",
+                    help="also run the goodput policy (after the start-up profile) in the batch-1 comparison")
+    ap.add_argument("--calibrate-s", type=float, default=45.0, help="the start-up profile's budget with --goodput")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
@@ -189,9 +230,15 @@ def main() -> None:
     if not args.skip_grid:
         body += ["## Step time vs batch size and k\n", f"Median of {MEASURED_STEPS} steps after a warm-up step.\n",
                  *step_grid(engine, tok, args.batches, args.ks), ""]
+    sched = None
+    if args.goodput:
+        sched, profiled = goodput_scheduler(engine, max(args.ks), args.calibrate_s)
+        body += [f"Goodput policy (max k {max(args.ks)}): {profiled}; not counted below.\n"]
+        print(body[-1], flush=True)
     for kind in ("chat", "code") if args.prompt_kind == "both" else (args.prompt_kind,):
         body += [f"## Batch 1, {kind} prompts: tokens/s over {args.rounds} x {args.prompts} prompts x up to "
-                 f"{args.tokens} tokens\n", *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind)]
+                 f"{args.tokens} tokens\n",
+                 *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind, sched)]
     text = "\n".join(body)
     tag = ("engine-batch1" if args.skip_grid else "engine-microbench") + (
         f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "") + (
