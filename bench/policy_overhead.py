@@ -1,4 +1,5 @@
-"""Policy decision time per step vs the real pair's step time (goal: <= 1 % at batch 64).
+"""Policy decision time per step vs the real pair's step time (goal: <= 1 % at batch 64), and the online
+refit's time (it runs inside the step loop every `RefitConfig.every_steps` steps) per step.
 
     .venv/bin/python bench/policy_overhead.py [--batches 1 64 256] [--reps 200] [--no-engine]
 
@@ -21,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import quiet, real_pair_paths, write_report
+from smartspec.engine.scheduler import RefitConfig
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
-from smartspec.policy.cost_model import default_cost_model
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_model import StepShape, default_cost_model
 from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
 
 
@@ -40,6 +43,30 @@ def decision_seconds(batch: int, reps: int) -> float:
     for _ in range(reps):
         t0 = time.perf_counter()
         policy.choose(reqs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def refit_seconds(batch: int, reps: int) -> float:
+    """Median time of one refit as the scheduler runs it (fit, plausibility, error of the fit and of the model
+    in force) over a full window of synthetic steps of this batch size."""
+    rng = np.random.default_rng(2)
+    cfg = RefitConfig()
+    truth = default_cost_model()
+    samples = []
+    for i in range(cfg.window + cfg.spec_window):
+        ks = rng.integers(0, 9, size=batch) * (i % 3 > 0)
+        prefill = int(rng.integers(20, 400)) * (i % 50 == 0)
+        shape = StepShape(batch, int(rng.integers(50, 1500)) * batch, int(ks.max()), int(ks.sum()), prefill,
+                          int(rng.integers(0, 30)) * batch * (ks.max() > 0), prefill)
+        d, v, o = (x * float(rng.normal(1.0, 0.05)) for x in truth.components(shape))
+        samples.append(StepSample(shape, d, v, o))
+    times = []
+    for _ in range(max(3, reps // 20)):
+        t0 = time.perf_counter()
+        fitted = fit_cost_model(samples, prior=truth, name="online")
+        plausible(fitted, samples, 8)
+        _ = relative_error(fitted, samples) < relative_error(truth, samples)  # the scheduler's adoption test
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -70,16 +97,23 @@ def main() -> None:
     ap.add_argument("--no-engine", action="store_true", help="decision times only")
     args = ap.parse_args()
     quiet()
-    rows = ["| batch | decision ms | real-pair k=0 step ms | share of step |", "|---|---|---|---|"]
+    every = RefitConfig().every_steps
+    rows = [f"| batch | decision ms | refit ms (every {every} steps) | decision + refit / {every}, ms per step "
+            "| real-pair k=0 step ms | share of step |", "|---|---|---|---|---|---|"]
     for b in args.batches:
         d = decision_seconds(b, args.reps)
+        r = refit_seconds(b, args.reps)
+        per_step = d + r / every
         if args.no_engine:
-            rows.append(f"| {b} | {1000 * d:.3f} | | |")
+            rows.append(f"| {b} | {1000 * d:.3f} | {1000 * r:.1f} | {1000 * per_step:.2f} | | |")
         else:
             s = engine_step_seconds(b)
-            rows.append(f"| {b} | {1000 * d:.3f} | {1000 * s:.0f} | {100 * d / s:.2f} % |")
+            rows.append(f"| {b} | {1000 * d:.3f} | {1000 * r:.1f} | {1000 * per_step:.2f} | {1000 * s:.0f} "
+                        f"| {100 * per_step / s:.2f} % |")
         print(rows[-1], flush=True)
-    body = "K = 8, goodput mode, per-request acceptance histories; median of decisions.\n\n" + "\n".join(rows)
+    window = RefitConfig().window + RefitConfig().spec_window
+    body = (f"K = 8, goodput mode, per-request acceptance histories; median of decisions. A refit fits a full window "
+            f"({window} synthetic steps) as the scheduler does.\n\n" + "\n".join(rows))
     print(f"written to {write_report('policy-overhead', 'Policy decision time', body)}")
 
 
