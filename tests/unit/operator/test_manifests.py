@@ -256,5 +256,5 @@ def test_graphs_setting_reaches_each_service(monkeypatch: pytest.MonkeyPatch) ->
                 draft=draft | {"graphs": "off"})["ConfigMap", "svc-config"]["data"]
     for key, value in data.items():
         monkeypatch.setenv(key, value)
-    assert TargetSettings().graphs == "on"  # type: ignore[call-arg]
-    assert DraftSettings().graphs == "off"  # type: ignore[call-arg]
+    assert TargetSettings().graphs == "on"
+    assert DraftSettings().graphs == "off"
