@@ -187,10 +187,12 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
         if name in labels:
             label, agree = labels[name], ""
         else:
-            shown = f" (acceptance {accepted[name] / drafted[name]:.2f})" if drafted[name] else " (target only)"
+            shown = f"acceptance {accepted[name] / drafted[name]:.2f}" if drafted[name] else "target only"
             if name == "goodput":
-                shown = f" policy{shown[:-1]}, mean k {sum(chosen) / max(1, len(chosen)):.2f})"
-            label, agree = f"smartspec {name}{shown}", f"{same[name]}/{len(prompts)} prompts"
+                shown = f"policy ({shown}, mean k {sum(chosen) / max(1, len(chosen)):.2f})"
+            else:
+                shown = f"({shown})"
+            label, agree = f"smartspec {name} {shown}", f"{same[name]}/{len(prompts)} prompts"
         rows.append(f"| {label} | {toks[name]} | {tps[name]:.2f} | {tps[name] / assisted:.2f} "
                     f"| {tps[name] / base:.2f} | {agree} |")
     best = max((n for n in names if n.startswith("k=") or n == "goodput"), key=lambda n: tps[n])

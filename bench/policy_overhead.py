@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--no-engine", action="store_true", help="decision times only")
     args = ap.parse_args()
     quiet()
-    every = RefitConfig().every_steps
+    refit = RefitConfig()
+    every = refit.every_steps
     rows = [f"| batch | decision ms | refit ms (every {every} steps) | decision + refit / {every}, ms per step "
             "| real-pair k=0 step ms | share of step |", "|---|---|---|---|---|---|"]
     for b in args.batches:
@@ -111,7 +112,7 @@ def main() -> None:
             rows.append(f"| {b} | {1000 * d:.3f} | {1000 * r:.1f} | {1000 * per_step:.2f} | {1000 * s:.0f} "
                         f"| {100 * per_step / s:.2f} % |")
         print(rows[-1], flush=True)
-    window = RefitConfig().window + RefitConfig().spec_window
+    window = refit.window + refit.spec_window
     body = (f"K = 8, goodput mode, per-request acceptance histories; median of decisions. A refit fits a full window "
             f"({window} synthetic steps) as the scheduler does.\n\n" + "\n".join(rows))
     print(f"written to {write_report('policy-overhead', 'Policy decision time', body)}")

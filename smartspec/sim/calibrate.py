@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from smartspec.errors import InvalidRequest
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, r_squared
+from smartspec.policy.cost_fit import StepSample, fit_cost_model, predicted_totals, r_squared
 from smartspec.policy.cost_model import CostModel, default_cost_model
 from smartspec.sim.acceptance import AcceptanceProfile
 from smartspec.telemetry.records import BadRecord, StepRecord, decode, read_jsonl
@@ -46,7 +46,7 @@ def scale_matched(prior: CostModel, samples: Sequence[StepSample]) -> CostModel:
     a step) outweighs data of 7 ms steps (an H100) and the fit keeps the prior's shape. Scaled to the data,
     the prior only steers directions the samples do not vary, as intended."""
     measured = float(np.median([s.total_s for s in samples]))
-    predicted = float(np.median([s.predicted_s(prior) for s in samples]))
+    predicted = float(np.median(predicted_totals(prior, samples)))
     f = measured / predicted if predicted > 0 else 1.0
     return replace(prior, verify={k: v * f for k, v in prior.verify.items()},
                    draft={k: v * f for k, v in prior.draft.items()},
@@ -75,7 +75,7 @@ def fit_cost(records: Iterable[StepRecord | Mapping[str, Any]], *, pads_to_max_k
     if mixed and base is decoding:
         model = replace(model, verify={**model.verify, **prefill_prices(model, mixed)})
     actual = np.array([s.total_s for s in samples])
-    predicted = np.array([s.predicted_s(model) for s in samples])
+    predicted = predicted_totals(model, samples)
     return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
 
 
