@@ -49,19 +49,55 @@ class StepSample:
         return model.components(self.draft_shape)[0] + verify + overhead
 
 
-def predicted_totals(model: CostModel, samples: Sequence[StepSample]) -> np.ndarray:
-    """`StepSample.predicted_s` of every sample, computed at once (the refit in the step loop asks for
-    hundreds of them several times per fit)."""
-    if not samples:
+@dataclass(frozen=True, eq=False)
+class SampleColumns:
+    """Steps as feature columns and time arrays, built once: a refit prices the same few hundred steps with
+    two models, fits three parts and checks the result, and building the columns was most of its time."""
+
+    samples: Sequence[StepSample]
+    pads_to_max_k: bool
+    feats: Mapping[str, np.ndarray]  # of the verified shapes
+    draft_feats: Mapping[str, np.ndarray]  # of the draft work asked for (`StepSample.draft_shape`)
+    draft_s: np.ndarray
+    verify_s: np.ndarray
+    overhead_s: np.ndarray
+
+    @classmethod
+    def of(cls, samples: Samples, pads_to_max_k: bool) -> SampleColumns:
+        """`samples` as columns for a model that pads (or not); columns already built that way are reused."""
+        if isinstance(samples, SampleColumns):
+            if samples.pads_to_max_k == pads_to_max_k:
+                return samples
+            samples = samples.samples
+        times = np.array([(s.draft_s, s.verify_s, s.overhead_s) for s in samples], dtype=float).reshape(-1, 3).T
+        return cls(samples, pads_to_max_k, shapes_features([s.shape for s in samples], pads_to_max_k),
+                   shapes_features([s.draft_shape or s.shape for s in samples], pads_to_max_k), *times)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def total_s(self) -> np.ndarray:
+        return self.draft_s + self.verify_s + self.overhead_s
+
+
+Samples = Sequence[StepSample] | SampleColumns  # what the functions below take
+
+
+def predicted_totals(model: CostModel, samples: Samples) -> np.ndarray:
+    """`StepSample.predicted_s` of every sample, computed at once (the refit asks for hundreds of them
+    several times per fit)."""
+    if not len(samples):
         return np.zeros(0)
-    _, verify, overhead = model.components_of([s.shape for s in samples])
-    draft = model.components_of([s.draft_shape or s.shape for s in samples])[0]
+    cols = SampleColumns.of(samples, model.pads_to_max_k)
+    _, verify, overhead = model.components_of_features(cols.feats, len(cols))
+    draft = model.components_of_features(cols.draft_feats, len(cols))[0]
     return np.asarray(draft + verify + overhead, dtype=float)
 
 
-def relative_error(model: CostModel, samples: Sequence[StepSample]) -> float:
+def relative_error(model: CostModel, samples: Samples) -> float:
     """Mean absolute error of predicted step times, relative to the mean step time."""
-    actual = np.array([s.total_s for s in samples])
+    actual = SampleColumns.of(samples, model.pads_to_max_k).total_s
     predicted = predicted_totals(model, samples)
     return float(np.abs(predicted - actual).mean() / max(actual.mean(), 1e-12))
 
@@ -121,34 +157,33 @@ def _huber_ridge(x: np.ndarray, y: np.ndarray, names: Sequence[str], prior: Mapp
 
 
 def fit_cost_model(
-    samples: Sequence[StepSample], prior: CostModel | None = None, *, pads_to_max_k: bool = True,
+    samples: Samples, prior: CostModel | None = None, *, pads_to_max_k: bool = True,
     ridge: float = 1e-3, name: str = "fitted",
 ) -> CostModel:
     """Fit draft, verify and overhead separately from measured steps; R² is of the total step time."""
-    if not samples:
+    if not len(samples):
         raise ValueError("no step samples to fit")
     prior = prior or default_cost_model()
-    feats = shapes_features([s.shape for s in samples], pads_to_max_k)
-    draft_feats = shapes_features([s.draft_shape or s.shape for s in samples], pads_to_max_k)
+    cols = SampleColumns.of(samples, pads_to_max_k)
+    feats, draft_feats = cols.feats, cols.draft_feats
 
     def matrix(names: Sequence[str], rows: Sequence[int], of: Mapping[str, np.ndarray] = feats) -> np.ndarray:
         return np.column_stack([of[n][list(rows)] for n in names]).reshape(len(rows), len(names))
 
-    everything = list(range(len(samples)))
+    everything = list(range(len(cols)))
     spec_rows = [i for i in everything if draft_feats["spec"][i] > 0]
-    verify = _fit_verify(matrix, everything, np.array([s.verify_s for s in samples]), feats, prior.verify, ridge)
-    overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), np.array([s.overhead_s for s in samples]),
-                         OVERHEAD_FEATURES, prior.overhead, ridge)
+    verify = _fit_verify(matrix, everything, cols.verify_s, feats, prior.verify, ridge)
+    overhead = _fit_part(matrix(OVERHEAD_FEATURES, everything), cols.overhead_s, OVERHEAD_FEATURES, prior.overhead,
+                         ridge)
     draft = dict(prior.draft)
     if spec_rows:  # draft time is 0 by construction at k = 0; fit it on speculating steps only
-        draft_s = np.array([samples[i].draft_s for i in spec_rows])
-        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows, draft_feats), draft_s, DRAFT_FEATURES, prior.draft, ridge)
+        draft = _fit_part(matrix(DRAFT_FEATURES, spec_rows, draft_feats), cols.draft_s[spec_rows], DRAFT_FEATURES,
+                          prior.draft, ridge)
     model = CostModel(name, verify=verify, draft=draft, overhead=overhead, pads_to_max_k=pads_to_max_k)
     if pads_to_max_k:
-        model = replace(model, verify_rows=fit_row_factors(model, samples, prior.verify_rows))
-    predicted = predicted_totals(model, samples)
-    actual = np.array([s.total_s for s in samples])
-    return replace(model, r2=r_squared(actual, predicted), samples=len(samples))
+        model = replace(model, verify_rows=fit_row_factors(model, cols, prior.verify_rows))
+    predicted = predicted_totals(model, cols)
+    return replace(model, r2=r_squared(cols.total_s, predicted), samples=len(cols))
 
 
 def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarray, feats: Mapping[str, np.ndarray],
@@ -177,20 +212,20 @@ def _fit_verify(matrix: Callable[..., np.ndarray], rows: list[int], y: np.ndarra
 _ROW_PRIOR_STEPS = 0.5
 
 
-def fit_row_factors(model: CostModel, samples: Sequence[StepSample], prior: Mapping[int, float]) -> dict[int, float]:
+def fit_row_factors(model: CostModel, samples: Samples, prior: Mapping[int, float]) -> dict[int, float]:
     """`verify_rows` for `model`'s linear verify: per row count of the decode steps (no prefill), the median
     log ratio measured / linear, shrunk toward the prior's factor; row counts not in `samples` keep the prior's."""
     linear = replace(model, verify_rows={})
+    cols = SampleColumns.of(samples, model.pads_to_max_k)
     logs: dict[int, list[float]] = {}
     lo, hi = ROW_FACTOR_RANGE
-    predicted = linear.components_of([s.shape for s in samples])[1]
-    measured = np.array([s.verify_s for s in samples], dtype=float)
-    use = [i for i, s in enumerate(samples) if not s.shape.prefill_tokens and s.shape.batch >= 1
-           and s.verify_s > 0 and predicted[i] > 0]
+    predicted = linear.components_of_features(cols.feats, len(cols))[1]
+    measured, batch = cols.verify_s, cols.feats["batch"]
+    use = np.flatnonzero((cols.feats["prefill_tokens"] == 0) & (batch >= 1) & (measured > 0) & (predicted > 0))
     ratios = np.log(np.clip(measured[use] / predicted[use], lo, hi)).tolist()
-    for i, r in zip(use, ratios, strict=True):
-        shape = samples[i].shape
-        logs.setdefault(shape.batch * (shape.max_k + 1), []).append(r)
+    rows = (batch[use] * (cols.feats["max_k"][use] + 1)).astype(int).tolist()
+    for row, r in zip(rows, ratios, strict=True):
+        logs.setdefault(row, []).append(r)
     out = dict(prior)
     for rows, values in logs.items():
         n = len(values)
@@ -202,15 +237,15 @@ def fit_row_factors(model: CostModel, samples: Sequence[StepSample], prior: Mapp
     return {r: round(f, 6) for r, f in sorted(out.items())}
 
 
-def plausible(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
+def plausible(model: CostModel, samples: Samples, max_k: int) -> bool:
     """A positive step time, and no component meaningfully negative (> 5 % of the step), for any
     uniform k at the batch sizes and contexts seen: where the policy will ask."""
-    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
+    feats = SampleColumns.of(samples, model.pads_to_max_k).feats
+    batch = feats["batch"].astype(int)
+    per_row = feats["context_tokens"].astype(int) // np.maximum(batch, 1)
+    seen = sorted(set(zip(batch.tolist(), per_row.tolist(), strict=True)))
     probe = {seen[0], seen[len(seen) // 2], seen[-1]}
-    for batch, ctx in probe:
-        for k in range(max_k + 1):
-            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
-            total = sum(parts)
-            if total <= 0 or min(parts) < -0.05 * total:
-                return False
-    return True
+    shapes = [StepShape(b, ctx * b, k, k * b) for b, ctx in probe for k in range(max_k + 1)]
+    parts = np.stack(model.components_of(shapes))  # [3, shapes]
+    total = parts.sum(axis=0)
+    return bool(np.all(total > 0) and np.all(parts.min(axis=0) >= -0.05 * total))

@@ -145,7 +145,9 @@ class CostModel:
         r = np.asarray(rows, dtype=float)
         if not self.verify_rows or not self.pads_to_max_k:
             return np.ones_like(r) if r.ndim else 1.0
-        f = np.array([self.verify_rows.get(round(float(x)), 1.0) for x in r.ravel()]).reshape(r.shape)
+        # One lookup per distinct row count: a refit asks for hundreds of steps of a few widths.
+        distinct, where = np.unique(r.ravel(), return_inverse=True)
+        f = np.array([self.verify_rows.get(round(float(x)), 1.0) for x in distinct])[where].reshape(r.shape)
         return f if f.ndim else float(f)
 
     def components(self, shape: StepShape) -> tuple[float, float, float]:
@@ -153,8 +155,13 @@ class CostModel:
 
     def components_of(self, shapes: Sequence[StepShape]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`components` of every shape at once: (draft, verify, overhead) arrays."""
-        d, v, o = (np.broadcast_to(np.asarray(x, dtype=float), (len(shapes),))
-                   for x in self._parts(shapes_features(shapes, self.pads_to_max_k)))
+        return self.components_of_features(shapes_features(shapes, self.pads_to_max_k), len(shapes))
+
+    def components_of_features(self, feats: Mapping[str, np.ndarray], n: int,
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`components_of` from features already computed (`shapes_features` with this model's padding) of n
+        steps: a refit prices the same steps with several models."""
+        d, v, o = (np.broadcast_to(np.asarray(x, dtype=float), (n,)) for x in self._parts(feats))
         return d, v, o
 
     def _parts(self, feats: Mapping[str, Any]) -> tuple[Any, Any, Any]:

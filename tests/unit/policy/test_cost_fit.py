@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, fit_row_factors, predicted_totals
+from smartspec.policy.cost_fit import (
+    SampleColumns,
+    StepSample,
+    fit_cost_model,
+    fit_row_factors,
+    plausible,
+    predicted_totals,
+    relative_error,
+)
 from smartspec.policy.cost_model import CostModel, StepShape, default_cost_model
 from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
 
@@ -119,7 +127,35 @@ def test_predicted_totals_are_each_samples_prediction(pads: bool) -> None:
         shape = StepShape(b, int(rng.integers(0, 900)) * b, k, k * b - int(rng.integers(0, k + 1)) * (b > 1),
                           prefill, int(rng.integers(0, 40)), prefill + int(rng.integers(0, 50)) * (prefill > 0))
         missed = replace(shape, max_k=3, draft_tokens=3 * max(b, 1)) if i % 7 == 0 else None
-        samples.append(StepSample(shape, 0.01, 0.2, 0.001, missed))
+        samples.append(StepSample(shape, 0.01 * (i % 3), 0.2 + 0.001 * i, 0.001, missed))
     np.testing.assert_allclose(predicted_totals(model, samples), [s.predicted_s(model) for s in samples],
                                rtol=1e-12, atol=1e-15)
     assert predicted_totals(model, []).shape == (0,)
+    # Columns built once (as the refit does) price the same, for a model of either padding.
+    cols = SampleColumns.of(samples, pads)
+    assert SampleColumns.of(cols, pads) is cols
+    for m in (model, replace(model, pads_to_max_k=not pads, verify_rows={})):
+        np.testing.assert_array_equal(predicted_totals(m, cols), predicted_totals(m, samples))
+        assert relative_error(m, cols) == relative_error(m, samples)
+    assert fit_cost_model(cols, pads_to_max_k=pads) == fit_cost_model(samples, pads_to_max_k=pads)
+
+
+def plausible_one_by_one(model: CostModel, samples: list[StepSample], max_k: int) -> bool:
+    """`plausible` as its docstring says it, one shape at a time."""
+    seen = sorted({(s.shape.batch, s.shape.context_tokens // max(s.shape.batch, 1)) for s in samples})
+    for batch, ctx in {seen[0], seen[len(seen) // 2], seen[-1]}:
+        for k in range(max_k + 1):
+            parts = model.components(StepShape(batch, ctx * batch, k, k * batch))
+            if sum(parts) <= 0 or min(parts) < -0.05 * sum(parts):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("verify", [{"const": 0.05, "batched_tokens": 0.002},  # fine everywhere
+                                    {"const": 0.05, "batched_tokens": 0.002, "spec_batch": -0.04},  # negative at k > 0
+                                    {"const": -0.01, "batch": 0.001}])  # negative at batch 1 only
+def test_plausible_asks_where_the_policy_will(verify: dict[str, float]) -> None:
+    model = CostModel("m", verify=verify, draft={"draft_tokens": 0.001})
+    samples = [StepSample(StepShape(b, 100 * b + 7, 0, 0), 0.0, 0.05 * b, 0.0) for b in (1, 3, 8, 16, 40)]
+    assert plausible(model, samples, 8) == plausible_one_by_one(model, samples, 8)
+    assert plausible(model, SampleColumns.of(samples, True), 8) == plausible(model, samples, 8)
