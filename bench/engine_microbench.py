@@ -33,6 +33,7 @@ from bench.common import PROMPTS, chat_ids, median, quiet, real_pair_paths, writ
 from smartspec.engine.builder import EngineSpec, build_engine
 from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.engine import SpecEngine
+from smartspec.engine.refit import RefitConfig
 from smartspec.engine.sampling import SamplingParams
 from smartspec.engine.scheduler import Scheduler
 from smartspec.policy.cost_model import default_cost_model
@@ -88,7 +89,8 @@ def smartspec_one(engine: SpecEngine, prompt: list[int], tokens: int, k: int) ->
 
 def goodput_scheduler(engine: SpecEngine, max_k: int, calibrate_s: float) -> tuple[Scheduler, str]:
     """The goodput policy as serve-target builds it (default cost model, then the start-up profile)."""
-    sched = Scheduler(engine, SpeculationPolicy(PolicyConfig(mode="goodput", max_k=max_k), default_cost_model()))
+    sched = Scheduler(engine, SpeculationPolicy(PolicyConfig(mode="goodput", max_k=max_k), default_cost_model()),
+                      refit=RefitConfig(background=True))
     slots = engine.runner.cache.num_slots
     report = calibrate(sched, engine.runner.vocab_size, slots, CalibrationConfig(budget_s=calibrate_s))
     return sched, f"start-up profile {len(report.steps)} steps in {report.seconds:.0f} s, fit adopted: {report.adopted}"

@@ -106,7 +106,8 @@ def _http_tps(base_url: str, model: str, prompts: list[str], tokens: int) -> tup
 
 def end_to_end(k: int, tokens: int, n_prompts: int) -> list[str]:
     from smartspec.engine.builder import EngineSpec, build_engine
-    from smartspec.engine.scheduler import RefitConfig, Scheduler
+    from smartspec.engine.refit import RefitConfig
+    from smartspec.engine.scheduler import Scheduler
     from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
     target, _ = real_pair_paths()

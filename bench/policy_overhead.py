@@ -1,7 +1,13 @@
-"""Policy decision time per step vs the real pair's step time (goal: <= 1 % at batch 64), and the online
-refit's time (it runs inside the step loop every `RefitConfig.every_steps` steps) per step.
+"""Policy decision time per step vs the real pair's step time (goal: <= 1 % at batch 64), the online
+refit's time (every `RefitConfig.every_steps` steps) per step, and what the step loop's thread pays per
+step with the refit inside the loop and beside it (`RefitConfig.background`).
 
     .venv/bin/python bench/policy_overhead.py [--batches 1 64 256] [--reps 200] [--no-engine]
+        [--loop-steps 320] [--device-wait-ms 7]
+
+The loop measurement runs the real Scheduler and goodput policy over the simulator's engine (its steps cost
+nothing real; its bookkeeping stands in for the engine's) and sleeps `--device-wait-ms` after each step, as
+the host waits on a GPU forward with the GIL released; it times each `Scheduler.step` call.
 
 The decision is SpeculationPolicy.choose (acceptance lookup for every request, exact goodput
 selection over k = 0 … 8, probing) with per-request acceptance histories and a cost model fitted
@@ -22,11 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import quiet, real_pair_paths, write_report
-from smartspec.engine.scheduler import RefitConfig
+from smartspec.engine.refit import RefitConfig, judge_refit
+from smartspec.engine.sampling import SamplingParams
+from smartspec.engine.scheduler import Scheduler
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_fit import StepSample
 from smartspec.policy.cost_model import StepShape, default_cost_model
 from smartspec.policy.policy import BatchRequest, PolicyConfig, SpeculationPolicy
+from smartspec.sim.engine import SimEngine, VirtualClock
+from smartspec.sim.workload import SimRequest
 
 
 def decision_seconds(batch: int, reps: int) -> float:
@@ -64,11 +74,30 @@ def refit_seconds(batch: int, reps: int) -> float:
     times = []
     for _ in range(max(3, reps // 20)):
         t0 = time.perf_counter()
-        fitted = fit_cost_model(samples, prior=truth, name="online")
-        plausible(fitted, samples, 8)
-        _ = relative_error(fitted, samples) < relative_error(truth, samples)  # the scheduler's adoption test
+        judge_refit(samples, truth, 8)  # the fit and the scheduler's adoption test
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def loop_step_ms(batch: int, background: bool, steps: int, wait_s: float) -> np.ndarray:
+    """Host milliseconds of each `Scheduler.step` at a steady `batch`, goodput policy learning online, with the
+    refit in the loop or beside it; `wait_s` of sleep between steps stands for the device's forward."""
+    requests = {i: SimRequest(i, 0.0, 200, steps + 64, (0.8,) * 8, 0.0) for i in range(batch)}
+    clock = VirtualClock()
+    engine = SimEngine(requests, default_cost_model(), clock, num_slots=batch, max_k=8, seed=3)
+    policy = SpeculationPolicy(PolicyConfig(mode="goodput", max_k=8), default_cost_model())
+    sched = Scheduler(engine, policy, refit=RefitConfig(background=background), clock=clock)
+    for i in requests:
+        sched.submit(i, [0] * 200, SamplingParams(max_tokens=steps + 64, ignore_eos=True))
+    sched.step()  # the prefill
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        sched.step()
+        times.append(time.perf_counter() - t0)
+        time.sleep(wait_s)
+    sched.wait_for_refit(timeout_s=10)
+    return 1000 * np.array(times)
 
 
 def engine_step_seconds(batch: int, steps: int = 4) -> float:
@@ -95,6 +124,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--no-engine", action="store_true", help="decision times only")
+    ap.add_argument("--loop-steps", type=int, default=320, help="steps per arm of the loop measurement (0: skip)")
+    ap.add_argument("--device-wait-ms", type=float, default=7.0,
+                    help="sleep after each loop step, standing for a GPU forward (7: an 8B decode on an H200)")
     args = ap.parse_args()
     quiet()
     refit = RefitConfig()
@@ -115,6 +147,19 @@ def main() -> None:
     window = refit.window + refit.spec_window
     body = (f"K = 8, goodput mode, per-request acceptance histories; median of decisions. A refit fits a full window "
             f"({window} synthetic steps) as the scheduler does.\n\n" + "\n".join(rows))
+    if args.loop_steps:
+        loop = [f"| batch | refit | mean ms | median | p99 | max | steps over {2 * args.device_wait_ms:g} ms |",
+                "|---|---|---|---|---|---|---|"]
+        for b in args.batches:
+            for background in (False, True):  # same seed and requests: the same decisions until a fit lands
+                ms = loop_step_ms(b, background, args.loop_steps, args.device_wait_ms / 1000)
+                loop.append(f"| {b} | {'beside the loop' if background else 'in the loop'} | {ms.mean():.2f} "
+                            f"| {np.median(ms):.2f} | {np.percentile(ms, 99):.2f} | {ms.max():.1f} "
+                            f"| {int((ms > 2 * args.device_wait_ms).sum())} |")
+                print(loop[-1], flush=True)
+        body += (f"\n\nHost time of each `Scheduler.step` ({args.loop_steps} steps per arm; goodput policy, default "
+                 f"cost model, refit every {every} steps; the simulator's engine; {args.device_wait_ms:g} ms of sleep "
+                 "after each step standing for a GPU forward):\n\n" + "\n".join(loop))
     print(f"written to {write_report('policy-overhead', 'Policy decision time', body)}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from smartspec.engine.calibration import CalibrationConfig
-from smartspec.engine.scheduler import RefitConfig
+from smartspec.engine.refit import RefitConfig
 from smartspec.policy.acceptance import AcceptanceConfig, AcceptanceTracker
 from smartspec.policy.cost_model import CostModel, default_cost_model
 from smartspec.policy.policy import SpeculationPolicy

@@ -11,8 +11,9 @@ from dataclasses import replace
 from typing import Any
 
 from smartspec.engine.builder import NGRAM, EngineSpec, build_engine
+from smartspec.engine.refit import RefitConfig
 from smartspec.engine.sampling import SamplingParams
-from smartspec.engine.scheduler import RefitConfig, Scheduler
+from smartspec.engine.scheduler import Scheduler
 from smartspec.engine.sequence import Sequence
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     engine, tokenizer = build_engine(spec)
     sink = JsonlSink(args.steps_jsonl) if args.steps_jsonl else None
     scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=[sink] if sink else [],
-                          refit=RefitConfig(enabled=not args.no_refit))
+                          refit=RefitConfig(enabled=not args.no_refit, background=True))
     arrivals = poisson_arrivals(n, args.rate, seed=args.seed or 0)
     items = [WorkItem(i, ids[i % len(ids)], params, arrivals[i]) for i in range(n)]
     t0 = time.perf_counter()

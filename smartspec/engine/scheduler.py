@@ -3,7 +3,8 @@
 Requests are admitted FIFO under the engine's admission limits; every step the policy picks k
 for every running request from its acceptance estimates and the cost model, the engine runs the
 step, and the outcome feeds back: per-request acceptance, step records to the sinks, and every
-`refit.every_steps` steps a least-squares refit of the cost model from this engine's own steps.
+`refit.every_steps` steps a least-squares refit of the cost model from this engine's own steps
+(smartspec/engine/refit.py; on a worker thread when `refit.background`).
 Nothing here reads a clock for decisions, so a simulator can drive the same code in virtual time.
 """
 
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING, Generic, Literal
 from typing_extensions import TypeVar
 
 from smartspec.engine.params import SamplingParams
+from smartspec.engine.refit import BackgroundRefit, RefitConfig, RefitOutcome, judge_refit
 from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import StepEngine, StepOutput, StepPlan, StepStats
 from smartspec.errors import InvalidRequest
 from smartspec.policy.acceptance import DEFAULT_CLASS
-from smartspec.policy.cost_fit import StepSample, fit_cost_model, plausible, relative_error
+from smartspec.policy.cost_fit import StepSample
 from smartspec.policy.cost_model import CostModel, StepShape
 from smartspec.policy.in_force import PolicyInForce
 from smartspec.policy.limits import cap_k, within
@@ -52,24 +54,6 @@ class RequestSpec:
             raise InvalidRequest(f"speculation.mode must be 'auto' or 'off', got {self.mode!r}", param="speculation")
         if self.max_k is not None and not within(self.max_k):
             raise InvalidRequest(f"speculation.max_k must be an integer >= 0, got {self.max_k!r}", param="speculation")
-
-
-@dataclass(frozen=True)
-class RefitConfig:
-    """Online refitting of the local cost model from the engine's own step records."""
-
-    enabled: bool = True
-    every_steps: int = 32  # after the first fit
-    window: int = 512  # most recent steps used
-    # ... plus the most recent speculating steps (drafts asked for) beyond that window: when the policy
-    # stops speculating for a while, a window of k = 0 steps alone leaves every k > 0 cost unconstrained,
-    # and refits drifted into pricing k = 8 at five times a k = 0 step (seen on the real pair at batch 1:
-    # speculation then never resumed).
-    spec_window: int = 128
-    min_samples: int = 24
-    # A fit is never adopted if it predicts the window worse than the model in force, or goes
-    # negative anywhere it will be asked about; `min_r2` adds an R² floor on top.
-    min_r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +112,7 @@ class Scheduler(Generic[E]):
         self._last_fit_step: int | None = None
         self.sink_errors = 0
         self.fits: list[float] = []  # R² of every adopted fit
+        self._background = BackgroundRefit() if self.refit.background else None
         # What the policy was built with is the local default; `apply_policy` is the only way to change it.
         self._in_force = PolicyInForce(self.policy.config, self.policy.cost_model)
 
@@ -175,10 +160,18 @@ class Scheduler(Generic[E]):
                 self._draft_slowness.append(stats.draft_s / self._last.predicted_draft_s)
         if stats.batch_size or stats.prefill_tokens:  # a lone prefill teaches the prefill terms
             self._keep(sample_of(stats))
+        if self._background is not None:
+            self._settle(self._background.collect())
         due = self._last_fit_step is None or self.steps - self._last_fit_step >= self.refit.every_steps
         if self.refit.enabled and self._in_force.refit and due and len(self._samples) >= self.refit.min_samples:
             self._refit()  # first as soon as there are enough samples, then every `every_steps`
         return out
+
+    def wait_for_refit(self, timeout_s: float) -> bool | None:
+        """Wait for a background refit under way and settle it now: whether it was adopted (None if none ran)."""
+        if self._background is None or not self._background.busy:
+            return None
+        return self._settle(self._background.collect(wait_s=timeout_s))
 
     @property
     def last_decision(self) -> Decision | None:
@@ -239,7 +232,7 @@ class Scheduler(Generic[E]):
             self._record(stats)
             if stats.batch_size or stats.prefill_tokens:
                 self._keep(sample_of(stats))
-        return self.refit.enabled and self._in_force.refit and bool(self._samples) and self._refit()
+        return self.refit.enabled and self._in_force.refit and bool(self._samples) and self._refit(now=True)
 
     def _record(self, stats: StepStats) -> None:
         for sink in self.sinks:
@@ -254,22 +247,32 @@ class Scheduler(Generic[E]):
         if sample.draft_shape is not None or sample.shape.max_k > 0:
             self._spec_samples.append(sample)
 
-    def _refit(self) -> bool:
-        self._last_fit_step = self.steps
-        current = self.policy.cost_model
+    def _refit(self, now: bool = False) -> bool:
+        """Refit from the window: at once (returns whether adopted), or started on the worker thread when
+        `refit.background` (returns False; `_settle` adopts it between later steps). One fit at a time."""
         recent = {id(s) for s in self._samples}
         samples = [s for s in self._spec_samples if id(s) not in recent] + list(self._samples)
-        fitted = fit_cost_model(samples, prior=current, pads_to_max_k=True, name="online")
-        reason = None
-        if self.refit.min_r2 is not None and not (fitted.r2 is not None and fitted.r2 >= self.refit.min_r2):
-            reason = f"R² {fitted.r2} below {self.refit.min_r2}"
-        elif not plausible(fitted, samples, self.policy.config.max_k):
-            reason = "it predicts a negative time somewhere in the range it will be asked about"
-        elif relative_error(fitted, samples) >= relative_error(current, samples):
-            reason = "it predicts these steps no better than the model in force"
-        if reason:
-            log.info("cost-model refit on %d steps not adopted: %s", len(samples), reason)
+        if self._background is not None and not now:
+            if not self._background.busy:
+                self._last_fit_step = self.steps
+                self._background.start(samples, self.policy.cost_model, self.policy.config.max_k, self.refit.min_r2)
             return False
+        self._last_fit_step = self.steps
+        return self._settle(judge_refit(samples, self.policy.cost_model, self.policy.config.max_k,
+                                        self.refit.min_r2))
+
+    def _settle(self, outcome: RefitOutcome | None) -> bool:
+        """Adopt `outcome` if it says so and the model it was judged against is still the one in force (a fit
+        that finished after a new policy or its refit switch arrived describes a model no longer used)."""
+        if outcome is None:
+            return False
+        if not (self._in_force.refit and outcome.prior is self.policy.cost_model):
+            log.info("cost-model refit on %d steps dropped: the policy in force changed while it ran", outcome.samples)
+            return False
+        if not outcome.adopt:
+            log.info("cost-model refit on %d steps not adopted: %s", outcome.samples, outcome.reason)
+            return False
+        fitted = outcome.fitted
         self._use_cost_model(replace(fitted, name="online"))
         self.fits.append(float("nan") if fitted.r2 is None else fitted.r2)
         log.info("cost model refitted: R²=%s on %d steps", fitted.r2, fitted.samples)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from smartspec.engine.calibration import FIRST_ID, CalibrationConfig, calibrate
 from smartspec.engine.params import SamplingParams
-from smartspec.engine.scheduler import DeadlineConfig, RefitConfig, RequestSpec, Scheduler
+from smartspec.engine.refit import RefitConfig
+from smartspec.engine.scheduler import DeadlineConfig, RequestSpec, Scheduler
 from smartspec.engine.sequence import Sequence
 from smartspec.engine.sinks import StepSink
 from smartspec.engine.steps import AdmissionLimits, StepStats

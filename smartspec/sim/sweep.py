@@ -8,7 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from smartspec.engine.calibration import CalibrationConfig
-from smartspec.engine.scheduler import DeadlineConfig, RefitConfig
+from smartspec.engine.refit import RefitConfig
+from smartspec.engine.scheduler import DeadlineConfig
 from smartspec.policy.cost_model import CostModel, default_cost_model
 from smartspec.sim.effects import SimEffects
 from smartspec.sim.policies import PolicyKnobs, build_policy, canonical

@@ -72,8 +72,9 @@ def test_ragged_k_with_joins_and_finishes_is_exact(pair: dict[str, Any], propose
 def test_goodput_scheduler_is_exact(pair: dict[str, Any]) -> None:
     # The policy decides k per request per step (with the default cost model, refitted online after
     # a few steps); whatever it decides, greedy output is the target's.
+    from smartspec.engine.refit import RefitConfig
     from smartspec.engine.sampling import SamplingParams
-    from smartspec.engine.scheduler import RefitConfig, Scheduler
+    from smartspec.engine.scheduler import Scheduler
     from smartspec.policy.policy import PolicyConfig, SpeculationPolicy
 
     engine = engine_for(pair, "draft", slots=3)

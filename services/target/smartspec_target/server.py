@@ -17,6 +17,7 @@ from smartspec.auth import ApiKeys, keys_for, read_token
 from smartspec.engine.builder import EngineSpec, assemble_engine, make_runner
 from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.graph_step import BucketConfig
+from smartspec.engine.refit import RefitConfig
 from smartspec.engine.scheduler import DeadlineConfig, Scheduler
 from smartspec.models.loading import load_model, load_tokenizer, tokenizer_fingerprint
 from smartspec.policy.cost_model import load_cost_model
@@ -116,7 +117,9 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     cost = load_cost_model(settings.cost_model)
     deadline = DeadlineConfig(factor=settings.draft_deadline_factor, max_s=settings.draft_deadline_s,
                               floor_s=min(settings.draft_deadline_floor_s, settings.draft_deadline_s))
-    scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks, deadline=deadline)
+    # The refit runs beside the step loop, not in it (smartspec/engine/refit.py).
+    scheduler = Scheduler(engine, SpeculationPolicy(config, cost), sinks=telemetry.sinks, deadline=deadline,
+                          refit=RefitConfig(background=True))
     await _calibrate(settings, scheduler, draft, runner.vocab_size)
     switch = PolicySwitch(scheduler, metrics, can_speculate=draft is not None)
     engine_loop = EngineLoop(scheduler, metrics, loop, switch=switch, tracer=telemetry.tracer, model_name=name,

@@ -10,9 +10,10 @@ import numpy as np
 from smartspec.engine.calibration import CalibrationConfig, calibrate
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.proposers.draft_model import DraftModelProposer
+from smartspec.engine.refit import RefitConfig
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.sampling import SamplingParams
-from smartspec.engine.scheduler import RefitConfig, Scheduler, sample_of
+from smartspec.engine.scheduler import Scheduler, sample_of
 from smartspec.engine.sinks import MemorySink
 from smartspec.policy.cost_fit import relative_error
 from smartspec.policy.cost_model import default_cost_model

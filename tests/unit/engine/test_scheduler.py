@@ -9,9 +9,10 @@ import pytest
 
 from smartspec.engine.engine import AdmissionLimits, SpecEngine, StepStats
 from smartspec.engine.proposers.draft_model import DraftModelProposer
+from smartspec.engine.refit import RefitConfig
 from smartspec.engine.runner import ModelRunner
 from smartspec.engine.sampling import SamplingParams
-from smartspec.engine.scheduler import RefitConfig, RequestSpec, Scheduler, sample_of
+from smartspec.engine.scheduler import RequestSpec, Scheduler, sample_of
 from smartspec.engine.sinks import MemorySink
 from smartspec.engine.workload import WorkItem, poisson_arrivals, run_open_loop
 from smartspec.errors import InvalidRequest
