@@ -5,6 +5,8 @@ from __future__ import annotations
 from numbers import Integral
 from typing import SupportsInt
 
+import numpy as np
+
 from smartspec.errors import InvalidRequest
 
 # The largest K anywhere: the CRD's bound on maxSpeculationLength, which the operator also gives its
@@ -21,7 +23,20 @@ MAX_POLICY_EXPIRY_S = 86_400  # the CRD's bound on policyExpirySeconds; a docume
 
 def cap_k(k: SupportsInt, *bounds: SupportsInt | None) -> int:
     """`k` within every bound given (None: that bound does not apply), never below 0."""
-    return max(0, min([int(k), *(int(b) for b in bounds if b is not None)]))
+    out = int(k)
+    for bound in bounds:  # a loop, not min() over a generator: the scheduler calls this per request per step
+        if bound is not None and int(bound) < out:
+            out = int(bound)
+    return out if out > 0 else 0
+
+
+def cap_ks(ks: np.ndarray, *bounds: SupportsInt | None) -> np.ndarray:
+    """`cap_k` of every entry of an integer array (the policy's per-request caps, at once)."""
+    out = np.asarray(ks, dtype=int)
+    for bound in bounds:
+        if bound is not None:
+            out = np.minimum(out, int(bound))
+    return np.maximum(out, 0)
 
 
 def within(k: object, *bounds: SupportsInt | None) -> bool:

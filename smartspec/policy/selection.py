@@ -133,6 +133,8 @@ def select_goodput(
         return Selection(zeros, g0, g0, t0)
     catchup = catchup or CatchUp.none(batch)
     lam = hysteresis * price_weight * g0
+    if batch == 1:
+        return _select_one(surv, caps, curve, catchup, lam, objective, g0, t0)
     best, best_t = zeros, t0
     if objective == "marginal":  # one price: the best k⃗ against k = 0 at λ₀
         best = best_at_price(surv, caps, curve, catchup, lam)
@@ -149,6 +151,31 @@ def select_goodput(
             best, best_t, lam = ks, t, ratio
     goodput = expected_total(surv, best) / best_t if best_t > 0 else 0.0
     return Selection(best.astype(int), goodput, g0, best_t)
+
+
+def _select_one(surv: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp, lam: float,
+                objective: Objective, g0: float, t0: float) -> Selection:
+    """`select_goodput` for one request: every k priced at once. Dinkelbach's fixed point is the k of the best
+    ratio when that beats λ₀ (and k = 0 otherwise); the marginal objective is the best E − λ₀·T against k = 0.
+    The same answers, without the [M, B, K] passes: at batch 1 (a GPU's shortest step) those were half
+    the decision's host time."""
+    top = min(int(caps[0]), len(curve.alpha) - 1)
+    ks = np.arange(top + 1)
+    each = np.concatenate([[1.0], 1.0 + np.cumsum(surv[0, :top])])  # E(k), k = 0 … top
+    t = curve.alpha[ks] + curve.beta[ks] * ks + (ks > 0) * (catchup.fixed[0] + catchup.per_token[0] * each)
+    k = 0
+    if top > 0:
+        if objective == "marginal":
+            value = each[1:] - lam * t[1:]
+            i = int(np.argmax(value))  # the first of equals: the smallest k
+            k = i + 1 if value[i] > 1.0 - lam * t0 else 0
+        else:
+            ratio = np.where(t[1:] > 0, each[1:] / np.where(t[1:] > 0, t[1:], 1.0), 0.0)
+            i = int(np.argmax(ratio))
+            k = i + 1 if ratio[i] > lam * (1 + 1e-12) else 0
+    best_t = float(t[k])
+    goodput = float(each[k]) / best_t if best_t > 0 else 0.0
+    return Selection(np.array([k]), goodput, g0, best_t)
 
 
 def best_at_price(surv: np.ndarray, caps: np.ndarray, curve: StepCurve, catchup: CatchUp, lam: float) -> np.ndarray:
