@@ -45,23 +45,30 @@ def verify_rows(rows: list[ScoredRow]) -> list[tuple[int, list[int]]]:
     greedy = [i for i, r in enumerate(rows) if r.seq.params.greedy]
     sampled = [i for i, r in enumerate(rows) if not r.seq.params.greedy]
     if greedy:
-        k_max = max(rows[i].k for i in greedy)
+        # Whole-batch tensors, one copy from the device and one back to Python lists: per row, each slice
+        # assigned into a host tensor was its own device sync, and each verdict read its tokens one by one.
+        ks = [rows[i].k for i in greedy]
+        k_max = max(ks)
+        parts = [r.argmax if r.argmax is not None else r.logits.argmax(dim=-1) for r in (rows[i] for i in greedy)]
+        argmax = (parts[0] if len(parts) == 1 else torch.cat(parts)).cpu()
+        num_draft = torch.tensor(ks, dtype=torch.long)
         target_ids = torch.full((len(greedy), k_max + 1), -1, dtype=torch.long)
-        draft_ids = torch.full((len(greedy), k_max), -1, dtype=torch.long)
-        for b, i in enumerate(greedy):
-            r = rows[i]
-            target_ids[b, : r.k + 1] = r.argmax if r.argmax is not None else r.logits.argmax(dim=-1)
-            if r.proposal is not None:
-                draft_ids[b, : r.k] = torch.tensor(r.proposal.draft_token_ids)
-        num_draft = torch.tensor([rows[i].k for i in greedy], dtype=torch.long)
+        target_ids[torch.arange(k_max + 1)[None, :] <= num_draft[:, None]] = argmax  # row-major: the cat's order
+        draft_ids = torch.tensor([[*_drafts(rows[i]), *[-1] * (k_max - k)] for i, k in zip(greedy, ks, strict=True)],
+                                 dtype=torch.long).reshape(len(greedy), k_max)
         result = greedy_verify(target_ids, draft_ids, num_draft)
+        accepted, emitted = result.num_accepted.tolist(), result.output_token_ids.tolist()
         for b, i in enumerate(greedy):
-            verdicts[i] = (int(result.num_accepted[b]), result.emitted(b))
+            verdicts[i] = (accepted[b], emitted[b][: accepted[b] + 1])
     if sampled:
         verdicts_s = _verify_sampled([rows[i] for i in sampled])
         for i, v in zip(sampled, verdicts_s, strict=True):
             verdicts[i] = v
     return [v for v in verdicts if v is not None]
+
+
+def _drafts(row: ScoredRow) -> list[int]:
+    return [] if row.proposal is None else list(row.proposal.draft_token_ids)
 
 
 def _verify_sampled(rows: list[ScoredRow]) -> list[tuple[int, list[int]]]:
