@@ -192,7 +192,7 @@ class DraftModelProposer:
         """One draft forward: append each row's tokens, then pick the next draft token per row."""
         out = self.runner.forward([RowInput(req.seq_id, feed, 1) for req, feed in rows])
         logits = out.logits.float()  # [rows, Vd], rows in the given order
-        logits = torch.stack([logits[o] for o in out.offsets])
+        logits = logits[torch.tensor(out.offsets, device=logits.device)]  # one logit row per input row
         vocab_d, vocab_t = logits.shape[1], self.target_vocab_size
         if vocab_d > vocab_t:
             logits[:, vocab_t:] = float("-inf")  # ids the target cannot score are never drafted
@@ -201,8 +201,9 @@ class DraftModelProposer:
             self._tracks[req.seq_id].cached.extend(feed)
         greedy = [i for i, (req, _) in enumerate(rows) if req.params.greedy]
         sampled = [i for i, (req, _) in enumerate(rows) if not req.params.greedy]
-        for i in greedy:
-            tokens[rows[i][0].seq_id].append(int(logits[i].argmax()))
+        if greedy:  # one argmax and one read from the device for every greedy row (a sync per row before)
+            for i, tok in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
+                tokens[rows[i][0].seq_id].append(int(tok))
         if sampled:
             params = [rows[i][0].params for i in sampled]
             q = processed_probs(
