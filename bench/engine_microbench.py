@@ -32,6 +32,8 @@ import torch
 from bench.common import PROMPTS, chat_ids, median, quiet, real_pair_paths, write_report
 from smartspec.engine.builder import EngineSpec, build_engine
 from smartspec.engine.calibration import CalibrationConfig, calibrate
+from smartspec.engine.cpu_bf16 import Mode as CpuKernels
+from smartspec.engine.cpu_bf16 import use_cpu_bf16_kernel
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.refit import RefitConfig
 from smartspec.engine.sampling import SamplingParams
@@ -139,9 +141,10 @@ def code_prompts(tok, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def
 
 
 def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int,  # type: ignore[no-untyped-def]
-           kind: str = "chat", sched: Scheduler | None = None) -> list[str]:
+           kind: str = "chat", sched: Scheduler | None = None, cpu_kernels: CpuKernels = "auto") -> list[str]:
     """Every decoder on prompt 1, then every decoder on prompt 2, … (`rounds` times over), so
-    machine drift hits all decoders alike."""
+    machine drift hits all decoders alike. transformers always runs on torch's own bf16 path; smartspec with
+    `cpu_kernels` (engine/cpu_bf16.py), switched on the shared models around each decoder."""
     firsts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] if kind == "chat" else code_prompts(tok, n_prompts)
     prompts = firsts * rounds
     target = engine.runner.model
@@ -154,10 +157,14 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
     same = dict.fromkeys(names, 0)
     chosen: list[int] = []  # the goodput policy's k, per step
     for p in prompts:
+        for model in (target, draft):
+            use_cpu_bf16_kernel(model, "off")
         for name, d, const in (("hf", None, None), ("hf-assisted", draft, None), ("hf-assisted-5", draft, 5)):
             s, n = hf_one(target, d, p, tokens, const)
             secs[name] += s
             toks[name] += n
+        for model in (target, draft):
+            use_cpu_bf16_kernel(model, cpu_kernels)
         ref: list[int] = []
         for k in ks:
             s, out, dr, acc = smartspec_one(engine, p, tokens, k)
@@ -221,13 +228,18 @@ def main() -> None:
     ap.add_argument("--goodput", action="store_true",
                     help="also run the goodput policy (after the start-up profile) in the batch-1 comparison")
     ap.add_argument("--calibrate-s", type=float, default=45.0, help="the start-up profile's budget with --goodput")
+    ap.add_argument("--cpu-kernels", choices=["auto", "on", "off"], default="auto",
+                    help="smartspec's bf16 Linear kernel on AVX2 CPUs (engine/cpu_bf16.py); transformers never uses it")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
     engine, tok = build_engine(EngineSpec(target, draft, dtype=args.dtype, num_slots=max(args.batches),
                                           max_len=1024, max_k=max(args.ks), draft_head_vocab=args.draft_head_vocab,
-                                          draft_quant=args.draft_quant))
+                                          draft_quant=args.draft_quant, cpu_kernels=args.cpu_kernels))
     head = f"; the draft's head over the first {args.draft_head_vocab} ids and EOS" if args.draft_head_vocab else ""
+    kernel_layers = use_cpu_bf16_kernel(engine.runner.model, args.cpu_kernels)
+    head += (f"; smartspec's bf16 CPU kernel on {kernel_layers} target Linear layers (and the draft's; transformers "
+             "runs torch's own path)" if kernel_layers else "; no bf16 CPU kernel (torch's path for both)")
     if args.draft_quant:
         head += f"; the draft's Linear weights {args.draft_quant} (transformers' assistant is the same model)"
     body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy{head}.\n"]
@@ -242,11 +254,11 @@ def main() -> None:
     for kind in ("chat", "code") if args.prompt_kind == "both" else (args.prompt_kind,):
         body += [f"## Batch 1, {kind} prompts: tokens/s over {args.rounds} x {args.prompts} prompts x up to "
                  f"{args.tokens} tokens\n",
-                 *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind, sched)]
+                 *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind, sched, args.cpu_kernels)]
     text = "\n".join(body)
     tag = ("engine-batch1" if args.skip_grid else "engine-microbench") + (
         f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "") + (
-        f"-draft-{args.draft_quant}" if args.draft_quant else "")
+        f"-draft-{args.draft_quant}" if args.draft_quant else "") + ("-cpu-bf16-kernel" if kernel_layers else "")
     print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")
 
 

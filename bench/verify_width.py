@@ -6,7 +6,9 @@ decode; where it has not (AVX2 only), torch runs bf16 matmuls at scalar-ish spee
 position costs most of a decode step, so no k > 0 can pay. Prints ms per forward for the target and
 the draft, per dtype, and the CPU's relevant flags, so a results table can say which case it is.
 
-    python -m bench.verify_width [--dtypes bfloat16,float32] [--repeats 3]
+    python -m bench.verify_width [--dtypes bfloat16,float32] [--repeats 3] [--cpu-kernels auto,off]
+
+`--cpu-kernels auto,off` times bf16 with smartspec's AVX2 kernel (engine/cpu_bf16.py) and with torch's own path.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def cpu_flags() -> str:
     return ", ".join(flags) or "none of avx2/avx512/amx"
 
 
-def widths_ms(role: Literal["target", "draft"], dtype: str, repeats: int) -> dict[int, float]:
-    model = load_model(str(model_path(ModelSettings(), role)), dtype=dtype)
+def widths_ms(role: Literal["target", "draft"], dtype: str, repeats: int,
+              cpu_kernels: Literal["auto", "on", "off"] = "auto") -> dict[int, float]:
+    model = load_model(str(model_path(ModelSettings(), role)), dtype=dtype, cpu_kernels=cpu_kernels)
     runner = ModelRunner(model, num_slots=1, max_len=CONTEXT + 64)
     runner.add(0)
     runner.forward([RowInput(0, list(range(100, 100 + CONTEXT)), 1)])  # the context, and the kernels' warm-up
@@ -57,15 +60,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cpu-kernels", default="auto", help="comma-separated: auto, on, off (bf16 Linear layers)")
     args = ap.parse_args()
     print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| model | dtype | " + " | ".join(f"width {w} ms" for w in WIDTHS) + " | width 9 / width 1 |")
-    print("|---|---|" + "---|" * (len(WIDTHS) + 1))
+    print("| model | dtype | cpu kernels | " + " | ".join(f"width {w} ms" for w in WIDTHS) + " | width 9 / width 1 |")
+    print("|---|---|---|" + "---|" * (len(WIDTHS) + 1))
     for role in ("target", "draft"):
         for dtype in args.dtypes.split(","):
-            ms = widths_ms(role, dtype, args.repeats)
-            cells = " | ".join(f"{ms[w]:.0f}" for w in WIDTHS)
-            print(f"| {role} | {dtype} | {cells} | {ms[max(WIDTHS)] / ms[1]:.2f} |")
+            for kernels in args.cpu_kernels.split(",") if dtype == "bfloat16" else ["off"]:
+                ms = widths_ms(role, dtype, args.repeats, kernels)  # type: ignore[arg-type]  # load_model checks it
+                cells = " | ".join(f"{ms[w]:.0f}" for w in WIDTHS)
+                print(f"| {role} | {dtype} | {kernels} | {cells} | {ms[max(WIDTHS)] / ms[1]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 # Debian packages: redis-server (`smartspec up`, telemetry), prometheus (the scrape tests), buildah and
-# debootstrap (scripts/build_images.sh: the images built without a daemon, on a local bookworm base).
-APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev redis-server prometheus buildah debootstrap"}
+# debootstrap (scripts/build_images.sh: the images built without a daemon, on a local bookworm base), g++ and
+# ninja-build (the bf16 CPU kernel, below).
+APT_PACKAGES=${APT_PACKAGES:-"python3-venv python3-dev g++ ninja-build redis-server prometheus buildah debootstrap"}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
@@ -71,4 +72,7 @@ PY
   trap - EXIT
 fi
 echo "setup: $("$VENV/bin/helm" version --short)"
+# The bf16 Linear kernel for CPUs without bf16 arithmetic (smartspec/engine/cpu_bf16.py; ~1 min, once). Where it
+# cannot be built, bf16 matmuls keep torch's own path.
+"$VENV/bin/python" -m smartspec.engine.cpu_bf16 build || echo "setup: bf16 CPU kernel not built; torch's path is used"
 echo "setup: ok ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from smartspec.engine.engine import SpecEngine
 from smartspec.engine.graph_runner import GraphRunner
@@ -42,6 +42,7 @@ class EngineSpec:
     graphs: str = "auto"  # replay verify steps as graphs: auto (on CUDA), on, off
     draft_head_vocab: int | None = None  # draft only among the first N token ids (+ EOS): engine/head.py
     draft_quant: str | None = None  # 'int8': the draft's Linear weights as int8 rows (engine/quant.py)
+    cpu_kernels: Literal["auto", "on", "off"] = "auto"  # bf16 Linear layers on AVX2 CPUs (engine/cpu_bf16.py)
 
 
 def make_runner(model: Any, *, num_slots: int, max_len: int, graphs: str = "auto", max_k: int = 8,
@@ -76,7 +77,8 @@ def eos_ids(tokenizer: Any, model: Any) -> set[int]:
 def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, target_vocab: int | None = None,
                    q_top_k: int | None = None, ngram_max: int = 4, ngram_min: int = 2,
                    model: Any = None, graphs: str = "auto", max_k: int = 8,
-                   head_vocab: int | None = None, quant: str | None = None) -> tuple[Proposer, ModelRunner | None]:
+                   head_vocab: int | None = None, quant: str | None = None,
+                   cpu_kernels: Literal["auto", "on", "off"] = "auto") -> tuple[Proposer, ModelRunner | None]:
     """The proposer for `draft` ('ngram' or a model folder; `model` if already loaded) and its runner (None for
     n-gram). `target_vocab` bounds the draft's q to the target's vocabulary (None: the draft's own); `head_vocab`
     drafts only among the first N ids and the end-of-sequence ids (engine/head.py); `quant` ('int8') stores the
@@ -84,7 +86,7 @@ def draft_proposer(draft: str, *, dtype: str, num_slots: int, max_len: int, targ
     if draft == NGRAM:
         return NgramProposer(max_n=ngram_max, min_n=ngram_min), None
     if model is None:
-        model = load_model(draft, dtype)
+        model = load_model(draft, dtype, cpu_kernels)
     if quant is not None:
         log.info("draft: %d Linear layers stored as %s", quantize(model, quant), quant)
     # With graphs, drafting (greedy or sampled) replays one chain: a catch-up of up to 4 tokens, then one at a time.
@@ -109,7 +111,7 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
     tokenizer = load_tokenizer(spec.target)
     if spec.draft not in (None, NGRAM):
         check_pair(tokenizer, load_tokenizer(spec.draft))  # before loading any weights: fail fast
-    target = load_model(spec.target, spec.dtype)
+    target = load_model(spec.target, spec.dtype, spec.cpu_kernels)
     runner = make_runner(target, num_slots=spec.num_slots, max_len=spec.max_len, graphs=spec.graphs, max_k=spec.max_k)
     proposer: Proposer | None = None
     if spec.draft is not None:
@@ -117,5 +119,5 @@ def build_engine(spec: EngineSpec) -> tuple[SpecEngine, Any]:
         proposer, _ = draft_proposer(spec.draft, dtype=spec.dtype, num_slots=spec.num_slots,
                                      max_len=runner.max_len + spec.max_k, target_vocab=runner.vocab_size,
                                      graphs=spec.graphs, max_k=spec.max_k, head_vocab=spec.draft_head_vocab,
-                                     quant=spec.draft_quant)
+                                     quant=spec.draft_quant, cpu_kernels=spec.cpu_kernels)
     return assemble_engine(runner, target, tokenizer, proposer, spec), tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from smartspec.errors import IncompatibleModels, ModelNotFound, UnsupportedModel
 
@@ -36,8 +36,9 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(str(_model_dir(path)), local_files_only=True)
 
 
-def load_model(path: str | Path, dtype: str = "bfloat16") -> Any:
-    """An eval-mode `AutoModelForCausalLM` with SDPA attention (grouped-query aware), from local files only."""
+def load_model(path: str | Path, dtype: str = "bfloat16", cpu_kernels: Literal["auto", "on", "off"] = "auto") -> Any:
+    """An eval-mode `AutoModelForCausalLM` with SDPA attention (grouped-query aware), from local files only;
+    `cpu_kernels` (auto | on | off): bf16 Linear layers through smartspec's kernel on AVX2 CPUs (engine/cpu_bf16.py)."""
     from transformers import AutoModelForCausalLM
 
     folder = _model_dir(path)
@@ -52,6 +53,9 @@ def load_model(path: str | Path, dtype: str = "bfloat16") -> Any:
     # Grouped K/V heads are read once per group, not copied per query head (engine/attention.py). Measured on
     # the real target, bf16, this CPU: a batch-16 width-5 verify 751-825 ms against 865-869 ms.
     use_gqa_attention(model)
+    from smartspec.engine.cpu_bf16 import use_cpu_bf16_kernel
+
+    use_cpu_bf16_kernel(model, cpu_kernels)
     return model.eval()
 
 

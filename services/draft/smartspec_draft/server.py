@@ -72,7 +72,8 @@ def build_core(settings: DraftSettings) -> tuple[DraftCore, common_pb2.ModelInfo
     tokenizer = load_tokenizer(settings.model)
     proposer, runner = draft_proposer(settings.model, dtype=settings.dtype, num_slots=settings.max_sequences,
                                       max_len=settings.max_len, q_top_k=settings.q_top_k, graphs=settings.graphs,
-                                      max_k=settings.max_k, head_vocab=settings.head_vocab, quant=settings.quant)
+                                      max_k=settings.max_k, head_vocab=settings.head_vocab, quant=settings.quant,
+                                      cpu_kernels=settings.cpu_kernels)
     assert runner is not None
     info = common_pb2.ModelInfo(
         model_id=settings.model_id or Path(settings.model).name, vocab_size=runner.vocab_size,

@@ -31,6 +31,9 @@ class DraftSettings(BaseSettings):
     quant: Literal["int8"] | None = Field(
         None, description="store the draft's Linear weights as int8 rows with a scale per output channel (a CPU "
         "draft reads half the bytes per token; outputs are unchanged, acceptance may drop); none: the dtype's")
+    cpu_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 Linear layers through smartspec's AVX2 kernel on CPUs without bf16 arithmetic, "
+        "so a k-token verify no longer costs k forwards (smartspec/engine/cpu_bf16.py; auto: where it is built)")
     graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="draft greedy requests as one replayed graph chain (auto: on CUDA)")
     auth_token_file: str | None = Field(

@@ -85,7 +85,8 @@ async def start(settings: TargetSettings, model: Any = None, tokenizer: Any = No
     if settings.tls_dir:
         tls.load(settings.tls_dir, "tls_dir")  # ... and one with an unusable certificate too
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.model)
-    model = model if model is not None else load_model(settings.model, settings.dtype)
+    if model is None:
+        model = load_model(settings.model, settings.dtype, cpu_kernels=settings.cpu_kernels)
     name = settings.served_model_name or Path(settings.model).name
     telemetry = Telemetry(settings, name)
     metrics = telemetry.metrics

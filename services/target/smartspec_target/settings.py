@@ -35,6 +35,9 @@ class TargetSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="running requests at most (KV slots)")
     max_len: int = Field(4096, ge=16, description="tokens per request (prompt + output)")
     max_prefill_tokens: int | None = Field(None, ge=1, description="prompt tokens prefilled per step")
+    cpu_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 Linear layers through smartspec's AVX2 kernel on CPUs without bf16 arithmetic, "
+        "so a k-token verify no longer costs k forwards (smartspec/engine/cpu_bf16.py; auto: where it is built)")
     graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="replay verify steps as captured graphs (auto: on CUDA); prefill and shapes past the "
         "largest bucket run eagerly")

@@ -1,0 +1,185 @@
+"""bf16 Linear layers on CPUs without bf16 arithmetic (AVX2): each weight row is read once for all rows of a step.
+
+On an AVX2-only CPU torch computes a bf16 linear one input row at a time, so a verify of w tokens costs about w
+one-token forwards and no k > 0 can pay (real target, 2026-12-07: 287 / 450 / 797 / 1120 ms for 1 / 2 / 4 / 6
+tokens). This kernel widens each bf16 weight row to fp32 in registers (exact: bf16 is the top half of an fp32),
+multiplies every row of x against it while it is in cache, accumulates in fp32 and rounds once to bf16, as torch's
+own bf16 matmul does; results differ from torch's only in summation order (at most one bf16 rounding step).
+
+It is compiled with torch's C++ extension tooling (g++, ninja, OpenMP): `python -m smartspec.engine.cpu_bf16 build`
+(scripts/setup.sh runs it). `auto` uses it only where it is already built, so no service compiles at start-up;
+`on` builds it if needed and fails if it cannot; `off` keeps torch's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "on", "off"]
+MODES = ("auto", "on", "off")
+_NAME = "smartspec_cpu_bf16_v1"  # a new name for a changed source: builds are cached by name
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+namespace {
+
+inline __m256 load_bf16x8(const at::BFloat16* p) {
+  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// MB rows of x against one weight row, MB x KU independent accumulators to keep the FMA units busy.
+template <int MB, int KU>
+inline void rows_dot(const float* x, int64_t K, const at::BFloat16* w, float* out, int64_t ldo) {
+  __m256 acc[MB][KU];
+  for (int m = 0; m < MB; ++m)
+    for (int u = 0; u < KU; ++u) acc[m][u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 * KU <= K; k += 8 * KU)
+    for (int u = 0; u < KU; ++u) {
+      const __m256 wv = load_bf16x8(w + k + 8 * u);
+      for (int m = 0; m < MB; ++m)
+        acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k + 8 * u), wv, acc[m][u]);
+    }
+  for (; k < K; k += 8) {
+    const __m256 wv = load_bf16x8(w + k);
+    for (int m = 0; m < MB; ++m) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m][0]);
+  }
+  for (int m = 0; m < MB; ++m) {
+    __m256 s = acc[m][0];
+    for (int u = 1; u < KU; ++u) s = _mm256_add_ps(s, acc[m][u]);
+    out[m * ldo] = hsum(s);
+  }
+}
+
+}  // namespace
+
+// out[M, N] (fp32) = x[M, K] (fp32) @ w[N, K]^T (bf16)
+torch::Tensor linear_bf16_weight(torch::Tensor x, torch::Tensor w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "shapes: x [M, K], w [N, K]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kBFloat16, "x float32, w bfloat16");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.is_cpu() && w.is_cpu(), "contiguous CPU tensors");
+  TORCH_CHECK(x.size(1) % 8 == 0, "K must be a multiple of 8");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto out = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const at::BFloat16* wp = w.data_ptr<at::BFloat16>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const at::BFloat16* wr = wp + n * K;
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) rows_dot<4, 2>(xp + m * K, K, wr, op + m * N + n, N);
+      switch (M - m) {
+        case 3: rows_dot<3, 2>(xp + m * K, K, wr, op + m * N + n, N); break;
+        case 2: rows_dot<2, 4>(xp + m * K, K, wr, op + m * N + n, N); break;
+        case 1: rows_dot<1, 4>(xp + m * K, K, wr, op + m * N + n, N); break;
+        default: break;
+      }
+    }
+  });
+  return out;
+}
+"""
+
+
+def cpu_lacks_bf16() -> bool:
+    """Whether torch runs this CPU's bf16 matmuls without native support (AVX2: the kernel helps; AVX-512: not)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def _built() -> bool:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return any(Path(_get_build_directory(_NAME, verbose=False)).glob(f"{_NAME}*.so"))
+
+
+@cache
+def _load() -> Any:
+    from torch.utils.cpp_extension import load_inline
+
+    return load_inline(_NAME, cpp_sources=_SOURCE, functions=["linear_bf16_weight"],
+                       extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+
+
+def kernel(mode: Mode) -> Any | None:
+    """The compiled kernel if `mode` wants it on this CPU (see the module docstring), else None."""
+    if mode not in MODES:
+        raise ValueError(f"cpu kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "off" or not cpu_lacks_bf16():
+        return None
+    if mode == "auto" and not _built():
+        log.info("bf16 CPU kernel not built (python -m smartspec.engine.cpu_bf16 build); bf16 matmuls use torch's")
+        return None
+    try:
+        return _load()
+    except Exception as exc:  # no compiler, no OpenMP: torch's path still works
+        if mode == "on":
+            raise RuntimeError(f"cannot build the bf16 CPU kernel: {exc}") from exc
+        log.warning("bf16 CPU kernel unavailable (%s); bf16 matmuls use torch's", exc)
+        return None
+
+
+class _Bf16Linear:
+    """A Linear's forward through the kernel for bf16 CPU inputs; anything else goes to torch's."""
+
+    def __init__(self, module: torch.nn.Linear, ext: Any) -> None:
+        self.module, self.ext = module, ext
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mod = self.module
+        if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or torch.compiler.is_compiling()
+                or (x.requires_grad and torch.is_grad_enabled())):
+            return torch.nn.functional.linear(x, mod.weight, mod.bias)
+        shape = x.shape
+        out = self.ext.linear_bf16_weight(x.reshape(-1, shape[-1]).float().contiguous(), mod.weight)
+        if mod.bias is not None:
+            out += mod.bias.float()
+        return out.to(torch.bfloat16).reshape(*shape[:-1], out.shape[-1])
+
+
+def use_cpu_bf16_kernel(model: torch.nn.Module, mode: Mode = "auto") -> int:
+    """Route `model`'s bf16 CPU Linear layers through the kernel where `mode` wants it; returns how many.
+    `off` (or a CPU or model it does not suit) puts every layer back on torch's path."""
+    ext = kernel(mode)
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        module.__dict__.pop("forward", None)
+        w = module.weight
+        if ext is not None and w.dtype == torch.bfloat16 and w.device.type == "cpu" and w.is_contiguous() \
+                and w.shape[1] % 8 == 0:
+            module.forward = _Bf16Linear(module, ext)  # type: ignore[method-assign,assignment]
+            count += 1
+    if count:
+        log.info("bf16 CPU kernel on %d Linear layers", count)
+    return count
+
+
+if __name__ == "__main__":  # python -m smartspec.engine.cpu_bf16 build
+    if sys.argv[1:] != ["build"]:
+        sys.exit("usage: python -m smartspec.engine.cpu_bf16 build")
+    if not cpu_lacks_bf16():
+        print(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has bf16 matmuls of its own: nothing to build")
+        sys.exit(0)
+    _load()
+    print("bf16 CPU kernel built")
