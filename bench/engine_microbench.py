@@ -141,10 +141,11 @@ def code_prompts(tok, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def
 
 
 def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], rounds: int,  # type: ignore[no-untyped-def]
-           kind: str = "chat", sched: Scheduler | None = None, cpu_kernels: CpuKernels = "auto") -> list[str]:
+           kind: str = "chat", sched: Scheduler | None = None, cpu_kernels: CpuKernels = "auto",
+           hf_cpu_kernels: CpuKernels = "off") -> list[str]:
     """Every decoder on prompt 1, then every decoder on prompt 2, … (`rounds` times over), so
-    machine drift hits all decoders alike. transformers always runs on torch's own bf16 path; smartspec with
-    `cpu_kernels` (engine/cpu_bf16.py), switched on the shared models around each decoder."""
+    machine drift hits all decoders alike. smartspec runs with `cpu_kernels` (engine/cpu_bf16.py), transformers
+    with `hf_cpu_kernels` (off: torch's own bf16 path, as users run it), switched on the shared models."""
     firsts = [chat_ids(tok, PROMPTS[i]) for i in range(n_prompts)] if kind == "chat" else code_prompts(tok, n_prompts)
     prompts = firsts * rounds
     target = engine.runner.model
@@ -158,7 +159,7 @@ def batch1(engine: SpecEngine, tok, tokens: int, n_prompts: int, ks: list[int], 
     chosen: list[int] = []  # the goodput policy's k, per step
     for p in prompts:
         for model in (target, draft):
-            use_cpu_bf16_kernel(model, "off")
+            use_cpu_bf16_kernel(model, hf_cpu_kernels)
         for name, d, const in (("hf", None, None), ("hf-assisted", draft, None), ("hf-assisted-5", draft, 5)):
             s, n = hf_one(target, d, p, tokens, const)
             secs[name] += s
@@ -229,7 +230,9 @@ def main() -> None:
                     help="also run the goodput policy (after the start-up profile) in the batch-1 comparison")
     ap.add_argument("--calibrate-s", type=float, default=45.0, help="the start-up profile's budget with --goodput")
     ap.add_argument("--cpu-kernels", choices=["auto", "on", "off"], default="auto",
-                    help="smartspec's bf16 Linear kernel on AVX2 CPUs (engine/cpu_bf16.py); transformers never uses it")
+                    help="smartspec's bf16 Linear kernel on AVX2 CPUs (engine/cpu_bf16.py)")
+    ap.add_argument("--hf-cpu-kernels", choices=["auto", "on", "off"], default="off",
+                    help="the same kernel for transformers' decoders (off: torch's own path, as users run it)")
     args = ap.parse_args()
     quiet()
     target, draft = real_pair_paths()
@@ -238,8 +241,9 @@ def main() -> None:
                                           draft_quant=args.draft_quant, cpu_kernels=args.cpu_kernels))
     head = f"; the draft's head over the first {args.draft_head_vocab} ids and EOS" if args.draft_head_vocab else ""
     kernel_layers = use_cpu_bf16_kernel(engine.runner.model, args.cpu_kernels)
-    head += (f"; smartspec's bf16 CPU kernel on {kernel_layers} target Linear layers (and the draft's; transformers "
-             "runs torch's own path)" if kernel_layers else "; no bf16 CPU kernel (torch's path for both)")
+    hf_path = "the same kernel" if args.hf_cpu_kernels != "off" else "torch's own path"
+    head += (f"; smartspec's bf16 CPU kernel on {kernel_layers} target Linear layers and the draft's (transformers: "
+             f"{hf_path})" if kernel_layers else "; no bf16 CPU kernel (torch's path for both)")
     if args.draft_quant:
         head += f"; the draft's Linear weights {args.draft_quant} (transformers' assistant is the same model)"
     body = [f"Real pair (target Qwen2.5-Coder-1.5B-Instruct, draft 0.5B), {args.dtype}, greedy{head}.\n"]
@@ -254,11 +258,13 @@ def main() -> None:
     for kind in ("chat", "code") if args.prompt_kind == "both" else (args.prompt_kind,):
         body += [f"## Batch 1, {kind} prompts: tokens/s over {args.rounds} x {args.prompts} prompts x up to "
                  f"{args.tokens} tokens\n",
-                 *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind, sched, args.cpu_kernels)]
+                 *batch1(engine, tok, args.tokens, args.prompts, args.ks, args.rounds, kind, sched, args.cpu_kernels,
+                         args.hf_cpu_kernels)]
     text = "\n".join(body)
     tag = ("engine-batch1" if args.skip_grid else "engine-microbench") + (
         f"-draft-head-{args.draft_head_vocab}" if args.draft_head_vocab else "") + (
-        f"-draft-{args.draft_quant}" if args.draft_quant else "") + ("-cpu-bf16-kernel" if kernel_layers else "")
+        f"-draft-{args.draft_quant}" if args.draft_quant else "") + ("-cpu-bf16-kernel" if kernel_layers else "") + (
+        "-hf-too" if kernel_layers and args.hf_cpu_kernels != "off" else "")
     print(f"written to {write_report(tag, 'Engine microbenchmark', text)}")
 
 

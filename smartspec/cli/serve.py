@@ -13,6 +13,7 @@ from smartspec.policy.modes import MODES
 
 _TLS = "dir with tls.crt, tls.key, ca.crt (a kubernetes.io/tls Secret)"
 _REDIS_TLS = "for rediss://: dir with ca.crt (and a client tls.crt/tls.key)"
+_CPU_KERNELS = "bf16 Linear layers through smartspec's kernel on AVX2-only CPUs (auto: where it is built)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--graphs", choices=["auto", "on", "off"], help="replay draft chains as graphs (auto: on CUDA)")
     d.add_argument("--head-vocab", type=int, help="draft only among the first N token ids and the EOS ids")
     d.add_argument("--quant", choices=["int8"], help="store the draft's Linear weights as int8 (CPU drafts)")
+    d.add_argument("--cpu-kernels", choices=["auto", "on", "off"], help=_CPU_KERNELS)
     d.add_argument("--auth-token-file", help="tokens a caller must present, one per line; none: loopback only")
     d.add_argument("--allow-unauthenticated", action="store_true", default=None,
                    help="serve a non-loopback host without tokens")
@@ -48,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-batch-size", type=int)
     t.add_argument("--max-len", type=int)
     t.add_argument("--graphs", choices=["auto", "on", "off"], help="replay verify steps as graphs (auto: on CUDA)")
+    t.add_argument("--cpu-kernels", choices=["auto", "on", "off"], help=_CPU_KERNELS)
     t.add_argument("--draft-deadline-s", type=float, help="longest a step ever waits for drafts")
     t.add_argument("--draft-deadline-factor", type=float, help="wait this many times the predicted draft time")
     t.add_argument("--draft-deadline-floor-s", type=float, help="... but at least this long")

@@ -109,7 +109,10 @@ def cpu_lacks_bf16() -> bool:
 def _built() -> bool:
     from torch.utils.cpp_extension import _get_build_directory
 
-    return any(Path(_get_build_directory(_NAME, verbose=False)).glob(f"{_NAME}*.so"))
+    try:  # it creates the folder if missing: a read-only image simply has no kernel
+        return any(Path(_get_build_directory(_NAME, verbose=False)).glob(f"{_NAME}*.so"))
+    except OSError:
+        return False
 
 
 @cache
@@ -159,17 +162,16 @@ class _Bf16Linear:
 def use_cpu_bf16_kernel(model: torch.nn.Module, mode: Mode = "auto") -> int:
     """Route `model`'s bf16 CPU Linear layers through the kernel where `mode` wants it; returns how many.
     `off` (or a CPU or model it does not suit) puts every layer back on torch's path."""
-    ext = kernel(mode)
-    count = 0
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for module in linears:
         module.__dict__.pop("forward", None)
-        w = module.weight
-        if ext is not None and w.dtype == torch.bfloat16 and w.device.type == "cpu" and w.is_contiguous() \
-                and w.shape[1] % 8 == 0:
-            module.forward = _Bf16Linear(module, ext)  # type: ignore[method-assign,assignment]
-            count += 1
+    suited = [m for m in linears if m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+              and m.weight.is_contiguous() and m.weight.shape[1] % 8 == 0]
+    ext = kernel(mode) if suited else None  # a GPU or fp32 model never looks for the kernel
+    count = 0
+    for module in suited if ext is not None else []:
+        module.forward = _Bf16Linear(module, ext)  # type: ignore[method-assign,assignment]
+        count += 1
     if count:
         log.info("bf16 CPU kernel on %d Linear layers", count)
     return count
