@@ -13,6 +13,7 @@ It is compiled with torch's C++ extension tooling (g++, ninja, OpenMP): `python 
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from functools import cache
@@ -146,6 +147,10 @@ class _Bf16Linear:
 
     def __init__(self, module: torch.nn.Linear, ext: Any) -> None:
         self.module, self.ext = module, ext
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Bf16Linear:
+        # A copied model's layers use the copy's weights; the compiled kernel is shared, never copied.
+        return _Bf16Linear(copy.deepcopy(self.module, memo), self.ext)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mod = self.module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ def test_a_model_is_routed_through_the_kernel_and_back(ext: Any, monkeypatch: py
         assert isinstance(first, torch.nn.Linear)
         assert torch.equal(first(xg), torch.nn.functional.linear(xg, first.weight, first.bias))
     with torch.no_grad():
+        twin = copy.deepcopy(model)  # e.g. bench/draft_quant.py: the copy runs on its own weights
+        middle = twin[2]
+        assert isinstance(middle, torch.nn.Linear)
+        middle.weight.zero_()
+        assert torch.equal(twin(x), twin[3](torch.zeros(3, 5, 20, dtype=torch.bfloat16)))
+        torch.testing.assert_close(model(x).float(), routed.float(), rtol=0, atol=0)
         assert cpu_bf16.use_cpu_bf16_kernel(model, "off") == 0
         assert "forward" not in model[0].__dict__
         assert torch.equal(model(x), plain)
