@@ -115,6 +115,16 @@ def t95(dof: int) -> float:
             + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
 
 
+def _busy_span(ok: list[RequestRecord]) -> float:
+    """Seconds from first arrival to last completion, summed over arrival traces: each trace's clock starts at 0,
+    and the traces ran one after another, so one span over all of them would count their overlap once."""
+    traces: dict[int, list[RequestRecord]] = {}
+    for r in ok:
+        traces.setdefault(r.trace, []).append(r)
+    return sum(max(r.arrival_s + float(r.e2e_s or 0) for r in rs) - min(r.arrival_s for r in rs)
+               for rs in traces.values())
+
+
 def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
     """One row per (policy, rate): latency mean/p50/p99 (with a 95% CI of the mean), TTFT, ITL, throughput."""
     groups: dict[tuple[str, float], list[RequestRecord]] = {}
@@ -125,7 +135,7 @@ def summarize(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
         ok = [r for r in rs if r.error is None and r.e2e_s is not None]
         e2e = [float(r.e2e_s) for r in ok if r.e2e_s is not None]
         sd = math.sqrt(sum((x - _mean(e2e)) ** 2 for x in e2e) / (len(e2e) - 1)) if len(e2e) > 1 else math.nan
-        span = max((r.arrival_s + float(r.e2e_s or 0)) for r in ok) - min(r.arrival_s for r in ok) if ok else math.nan
+        span = _busy_span(ok) if ok else math.nan
         drafted = sum(r.drafted_tokens for r in ok)
         rows.append({
             "policy": policy, "rate": rate, "requests": len(rs), "errors": len(rs) - len(ok),
