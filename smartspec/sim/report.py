@@ -116,8 +116,8 @@ def t95(dof: int) -> float:
 
 
 def _busy_span(ok: list[RequestRecord]) -> float:
-    """Seconds from first arrival to last completion, summed over arrival traces: each trace's clock starts at 0,
-    and the traces ran one after another, so one span over all of them would count their overlap once."""
+    """First arrival to last completion within each arrival trace, summed over the traces: each trace's clock
+    starts at 0 and the traces ran one after another, so a single span over all of them is one trace long."""
     traces: dict[int, list[RequestRecord]] = {}
     for r in ok:
         traces.setdefault(r.trace, []).append(r)
