@@ -6,9 +6,10 @@ decode; where it has not (AVX2 only), torch runs bf16 matmuls at scalar-ish spee
 position costs most of a decode step, so no k > 0 can pay. Prints ms per forward for the target and
 the draft, per dtype, and the CPU's relevant flags, so a results table can say which case it is.
 
-    python -m bench.verify_width [--dtypes bfloat16,float32] [--repeats 3] [--cpu-kernels auto,off]
+    python -m bench.verify_width [--dtypes bfloat16,float32] [--repeats 3] [--cpu-kernels auto,off] [--widths 1,2,3,5,9]
 
 `--cpu-kernels auto,off` times bf16 with smartspec's AVX2 kernel (engine/cpu_bf16.py) and with torch's own path.
+`--widths` picks other widths: 64 … 300 time what a prompt of that many tokens costs to prefill (over the context).
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ def cpu_flags() -> str:
 
 
 def widths_ms(role: Literal["target", "draft"], dtype: str, repeats: int,
-              cpu_kernels: Literal["auto", "on", "off"] = "auto") -> dict[int, float]:
+              cpu_kernels: Literal["auto", "on", "off"] = "auto", widths: tuple[int, ...] = WIDTHS) -> dict[int, float]:
     model = load_model(str(model_path(ModelSettings(), role)), dtype=dtype, cpu_kernels=cpu_kernels)
-    runner = ModelRunner(model, num_slots=1, max_len=CONTEXT + 64)
+    runner = ModelRunner(model, num_slots=1, max_len=CONTEXT + max(widths) + 64)
     runner.add(0)
     runner.forward([RowInput(0, list(range(100, 100 + CONTEXT)), 1)])  # the context, and the kernels' warm-up
     runner.commit(0, CONTEXT)
-    runner.forward([RowInput(0, [5] * max(WIDTHS), max(WIDTHS))])  # first use of each shape is slower
+    runner.forward([RowInput(0, [5] * max(widths), max(widths))])  # first use of each shape is slower
     out = {}
-    for width in WIDTHS:
+    for width in widths:
         t0 = time.perf_counter()
         for _ in range(repeats):
             runner.forward([RowInput(0, list(range(5, 5 + width)), width)])  # never committed: same context
@@ -61,16 +62,22 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpu-kernels", default="auto", help="comma-separated: auto, on, off (bf16 Linear layers)")
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="comma-separated forward widths (tokens)")
     args = ap.parse_args()
+    widths = tuple(int(w) for w in args.widths.split(","))
+    if not widths or min(widths) < 1:
+        ap.error("--widths must be positive integers")
     print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| model | dtype | cpu kernels | " + " | ".join(f"width {w} ms" for w in WIDTHS) + " | width 9 / width 1 |")
-    print("|---|---|---|" + "---|" * (len(WIDTHS) + 1))
+    lo, hi = min(widths), max(widths)
+    header = " | ".join(f"width {w} ms" for w in widths)
+    print(f"| model | dtype | cpu kernels | {header} | width {hi} / width {lo} |")
+    print("|---|---|---|" + "---|" * (len(widths) + 1))
     for role in ("target", "draft"):
         for dtype in args.dtypes.split(","):
             for kernels in args.cpu_kernels.split(",") if dtype == "bfloat16" else ["off"]:
-                ms = widths_ms(role, dtype, args.repeats, kernels)  # type: ignore[arg-type]  # load_model checks it
-                cells = " | ".join(f"{ms[w]:.0f}" for w in WIDTHS)
-                print(f"| {role} | {dtype} | {kernels} | {cells} | {ms[max(WIDTHS)] / ms[1]:.2f} |", flush=True)
+                ms = widths_ms(role, dtype, args.repeats, kernels, widths)  # type: ignore[arg-type]  # load_model checks it
+                cells = " | ".join(f"{ms[w]:.0f}" for w in widths)
+                print(f"| {role} | {dtype} | {kernels} | {cells} | {ms[hi] / ms[lo]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
