@@ -5,6 +5,10 @@ one-token forwards and no k > 0 can pay (real target, 2026-12-07: 287 / 450 / 79
 tokens). This kernel widens each bf16 weight row to fp32 in registers (exact: bf16 is the top half of an fp32),
 multiplies every row of x against it while it is in cache, accumulates in fp32 and rounds once to bf16, as torch's
 own bf16 matmul does; results differ from torch's only in summation order (at most one bf16 rounding step).
+From 64 rows on (a prefill, a wide verify batch) that loop is bound by re-reading x for every weight row, so wide
+inputs go through a register-blocked GEMM instead: panels of 16 weight rows × 256 columns widened once into an fp32
+buffer, 6 × 16 output tiles held in registers (real target, 170 / 300-token forward: 9.0-10.1 / 17.3-19.1 s before,
+6.9 / 10.7-11.4 s after, `python -m bench.verify_width --widths ...`; equal at 64, so that is where it switches).
 
 It is compiled with torch's C++ extension tooling (g++, ninja, OpenMP): `python -m smartspec.engine.cpu_bf16 build`
 (scripts/setup.sh runs it). `auto` uses it only where it is already built, so no service compiles at start-up;
@@ -26,12 +30,20 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "on", "off"]
 MODES = ("auto", "on", "off")
-_NAME = "smartspec_cpu_bf16_v1"  # a new name for a changed source: builds are cached by name
+_NAME = "smartspec_cpu_bf16_v2"  # a new name for a changed source: builds are cached by name
 
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#ifndef WIDE_ROWS
+#define WIDE_ROWS 64
+#endif
 
 namespace {
 
@@ -71,6 +83,107 @@ inline void rows_dot(const float* x, int64_t K, const at::BFloat16* w, float* ou
   }
 }
 
+// Wide inputs (a prefill): the dot-product loop above re-reads every x row once per weight row, so it is bound by
+// cache bandwidth. Here a panel of NR weight rows × KC columns is widened once into an fp32 buffer laid out k-major,
+// and an MR × NR tile of the output is accumulated in registers: per k, two weight vectors, MR broadcasts of x and
+// 2·MR FMAs (a register-blocked GEMM).
+constexpr int NR = 16;
+constexpr int MR = 6;
+constexpr int64_t KC = 256;
+
+inline float widen(at::BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// wp[k * NR + j] = w[n0 + j, k0 + k] for the nc (<= NR) rows of the panel; the rest are 0.
+inline void pack_panel(const at::BFloat16* w, int64_t K, int64_t n0, int nc, int64_t k0, int64_t kc, float* wp) {
+  for (int j = 0; j < NR; ++j) {
+    if (j < nc) {
+      const at::BFloat16* row = w + (n0 + j) * K + k0;
+      for (int64_t k = 0; k < kc; ++k) wp[k * NR + j] = widen(row[k]);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) wp[k * NR + j] = 0.0f;
+    }
+  }
+}
+
+// out[rows, nc] (+)= x[MR, kc] @ panel, x with leading dimension ldx. Twelve named accumulators (an array of them
+// is spilled to the stack on every iteration by GCC), so the loop is two loads, six broadcasts and twelve FMAs.
+inline void tile(const float* x, int64_t ldx, const float* wp, int64_t kc, float* out, int64_t N, int rows, int nc,
+                 bool first) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx, *x5 = x + 5 * ldx;
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 w0 = _mm256_load_ps(wp + k * NR);
+    const __m256 w1 = _mm256_load_ps(wp + k * NR + 8);
+    __m256 b = _mm256_broadcast_ss(x0 + k);
+    c00 = _mm256_fmadd_ps(b, w0, c00);
+    c01 = _mm256_fmadd_ps(b, w1, c01);
+    b = _mm256_broadcast_ss(x1 + k);
+    c10 = _mm256_fmadd_ps(b, w0, c10);
+    c11 = _mm256_fmadd_ps(b, w1, c11);
+    b = _mm256_broadcast_ss(x2 + k);
+    c20 = _mm256_fmadd_ps(b, w0, c20);
+    c21 = _mm256_fmadd_ps(b, w1, c21);
+    b = _mm256_broadcast_ss(x3 + k);
+    c30 = _mm256_fmadd_ps(b, w0, c30);
+    c31 = _mm256_fmadd_ps(b, w1, c31);
+    b = _mm256_broadcast_ss(x4 + k);
+    c40 = _mm256_fmadd_ps(b, w0, c40);
+    c41 = _mm256_fmadd_ps(b, w1, c41);
+    b = _mm256_broadcast_ss(x5 + k);
+    c50 = _mm256_fmadd_ps(b, w0, c50);
+    c51 = _mm256_fmadd_ps(b, w1, c51);
+  }
+  alignas(32) float t[MR][NR];
+  _mm256_store_ps(t[0], c00); _mm256_store_ps(t[0] + 8, c01);
+  _mm256_store_ps(t[1], c10); _mm256_store_ps(t[1] + 8, c11);
+  _mm256_store_ps(t[2], c20); _mm256_store_ps(t[2] + 8, c21);
+  _mm256_store_ps(t[3], c30); _mm256_store_ps(t[3] + 8, c31);
+  _mm256_store_ps(t[4], c40); _mm256_store_ps(t[4] + 8, c41);
+  _mm256_store_ps(t[5], c50); _mm256_store_ps(t[5] + 8, c51);
+  for (int r = 0; r < rows; ++r) {
+    float* o = out + r * N;
+    if (nc == NR) {
+      __m256 v0 = _mm256_load_ps(t[r]), v1 = _mm256_load_ps(t[r] + 8);
+      if (!first) {
+        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(o));
+        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(o + 8));
+      }
+      _mm256_storeu_ps(o, v0);
+      _mm256_storeu_ps(o + 8, v1);
+    } else {
+      for (int j = 0; j < nc; ++j) o[j] = first ? t[r][j] : o[j] + t[r][j];
+    }
+  }
+}
+
+void gemm_wide(const float* xp, const at::BFloat16* wp, float* op, int64_t M, int64_t K, int64_t N) {
+  const int64_t panels = (N + NR - 1) / NR;
+  const int64_t full = M / MR * MR;
+  // K outer: one KC-wide slice of x (M × KC floats) stays in cache while every panel passes over it.
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    // The last M % MR rows of this slice, padded with zero rows to a full tile.
+    alignas(32) float tail[MR * KC] = {};
+    for (int64_t m = full; m < M; ++m) std::memcpy(tail + (m - full) * KC, xp + m * K + k0, kc * sizeof(float));
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      alignas(32) float buf[KC * NR];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * NR;
+        const int nc = static_cast<int>(std::min<int64_t>(NR, N - n0));
+        pack_panel(wp, K, n0, nc, k0, kc, buf);
+        for (int64_t m = 0; m < full; m += MR) tile(xp + m * K + k0, K, buf, kc, op + m * N + n0, N, MR, nc, k0 == 0);
+        if (full < M) tile(tail, KC, buf, kc, op + full * N + n0, N, static_cast<int>(M - full), nc, k0 == 0);
+      }
+    });
+  }
+}
+
 }  // namespace
 
 // out[M, N] (fp32) = x[M, K] (fp32) @ w[N, K]^T (bf16)
@@ -84,6 +197,10 @@ torch::Tensor linear_bf16_weight(torch::Tensor x, torch::Tensor w) {
   const float* xp = x.data_ptr<float>();
   const at::BFloat16* wp = w.data_ptr<at::BFloat16>();
   float* op = out.data_ptr<float>();
+  if (M >= WIDE_ROWS) {
+    gemm_wide(xp, wp, op, M, K, N);
+    return out;
+  }
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const at::BFloat16* wr = wp + n * K;

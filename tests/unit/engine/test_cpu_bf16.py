@@ -26,8 +26,10 @@ def ext() -> Any:
     return cpu_bf16._load()  # scripts/setup.sh built it; a test machine that cannot build it fails here
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 9, 16, 33])
-@pytest.mark.parametrize("n,k", [(24, 8), (40, 72), (257, 136)])
+# m >= 64 takes the blocked path (a prefill): 70 and 131 leave a partial tile of rows, n = 257 a partial panel of
+# weight rows, k = 520 a partial slice of columns.
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 9, 16, 33, 64, 70, 131])
+@pytest.mark.parametrize("n,k", [(24, 8), (40, 72), (257, 136), (40, 520)])
 def test_matches_torchs_bf16_linear_up_to_one_rounding(ext: Any, m: int, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
