@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send arrivals for this long per rate and trace (rate x duration requests, at least "
                         "--requests)")
     s.add_argument("--traces", type=int, default=1, metavar="R",
-                   help="independent Poisson arrival traces per rate, every policy on the same ones (default 1); "
-                        "ratios get a t-interval over traces and the best static is chosen on the other traces")
+                   help="independent Poisson arrival traces per rate, and draws of the dynamic --trace, every policy "
+                        "on the same ones (default 1); ratios get a t-interval over traces and the best static is "
+                        "chosen on the other traces")
     s.add_argument("--closed-loop", type=int, default=0, metavar="N",
                    help="also run N requests one at a time per policy (same prompts, same order): light load, "
                         "ratios paired per request with a t-interval")

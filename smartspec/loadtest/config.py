@@ -92,7 +92,7 @@ class LoadSweepConfig:
     out: Path
     requests: int | None = 20  # per rate and trace (with duration_s: at least this many)
     duration_s: float | None = None  # arrivals during this long per rate and trace
-    traces: int = 1  # independent arrival traces per rate, every policy on the same ones
+    traces: int = 1  # independent arrival traces per rate and of the dynamic trace, every policy on the same ones
     closed_loop: int = 0  # requests of the closed-loop point (0: none)
     interleave: bool = False  # every policy's stack up at once, requests and traces sent to them in turn
     workload: str = "humaneval"
@@ -132,14 +132,16 @@ class Point:
     mean_k: float = math.nan  # Σk / Σ running requests over the decode steps in the window
     mean_batch: float = math.nan
     steps: int = 0
-    trace: int = 0  # which arrival trace of a rate point
+    trace: int = 0  # which arrival trace of a rate point or repetition of the dynamic trace
 
     @property
     def window(self) -> str:
         """How steps.csv and the plots name the point's time window."""
         if self.kind == "rate":
             return f"rate {self.rate:g}" + (f" (trace {self.trace})" if self.trace else "")
-        return "closed loop" if self.kind == "closed" else "trace"
+        if self.kind == "closed":
+            return "closed loop"
+        return "trace" + (f" {self.trace}" if self.trace else "")
 
 
 # ---------------------------------------------------------------------------------------------

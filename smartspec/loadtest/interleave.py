@@ -102,15 +102,18 @@ class InterleavedSweep(Sweep):
                                                trace=trace))
                         self._check(la.stack, recs, what)
                         time.sleep(c.settle_s)
-            if c.trace is not None:
+            for trace in range(c.traces if c.trace is not None else 0):
                 for la in self._order(live, rng):
                     label = la.arm.label
+                    what = f"{label} trace" + (f" {trace + 1}/{c.traces}" if c.traces > 1 else "")
                     start = time.time()
-                    recs = asyncio.run(run_load(la.base, self.spec(label), self.trace_schedule(), progress=c.progress,
-                                                desc=f"{label} trace", model=self.served_model))
+                    recs = asyncio.run(run_load(la.base, self.spec(label, self.trace_prompts(trace), trace),
+                                                self.trace_schedule(trace), progress=c.progress, desc=what,
+                                                model=self.served_model))
                     self.trace_records += recs
-                    la.points.append(Point(label, "trace", math.nan, len(recs), self._wall(recs), start, time.time()))
-                    self._check(la.stack, recs, f"{label} trace")
+                    la.points.append(Point(label, "trace", math.nan, len(recs), self._wall(recs), start, time.time(),
+                                           trace=trace))
+                    self._check(la.stack, recs, what)
                     time.sleep(c.settle_s)
             time.sleep(max(0.5, c.settle_s))  # the step sinks flush every 50 ms
             for la in live:

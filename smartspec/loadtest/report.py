@@ -68,7 +68,8 @@ def _comparison_section(sw: Sweep) -> list[str]:
     if not rows:
         return []
     closed = [r for r in rows if r["point"] == "closed loop"]
-    loaded = [r for r in rows if r["point"] != "closed loop"]
+    dynamic = [r for r in rows if r["point"] == "dynamic trace"]
+    loaded = [r for r in rows if r["point"] not in ("closed loop", "dynamic trace")]
     lines = ["## Adaptive vs static: ratios with 95 % intervals (ratios.csv)", "",
              f"`ratio` < 1 means the adaptive policy is faster. `pass` = point ≤ {compare.PASS_POINT:.2f} and "
              f"upper bound `hi95` < {compare.PASS_UPPER:.2f}; `–` where there is no interval (n < 2).", ""]
@@ -96,6 +97,15 @@ def _comparison_section(sw: Sweep) -> list[str]:
                   "traces (R − 1 d.o.f.; n = traces), since requests of one trace queue behind each other and only "
                   "traces are independent. `ratio_of_means` pools every trace's requests. " + choice, "",
                   report.markdown(loaded, ["rate", *COMPARE_COLUMNS])]
+    if dynamic:
+        lines += ["### Dynamic trace (all phases together), over its draws", "",
+                  "Statistic: as for a loaded point, with each draw of the dynamic trace (its own arrival times and "
+                  "prompts, the same for every policy) as one trace: x_t = log(mean latency of the adaptive policy "
+                  "over the whole of draw t / that of the static policy); `best static` is one static policy for "
+                  "the whole trace, " + ("chosen on the other draws (leave-one-out)." if sw.cfg.traces > 1 else
+                                        "chosen in hindsight on the same draw (run `--traces R`, R ≥ 2, for an "
+                                        "interval and a separate choice)."), "",
+                  report.markdown(dynamic, COMPARE_COLUMNS)]
     return lines
 
 

@@ -121,9 +121,16 @@ class Sweep:
         """Trace 0 sends the workload's seeded order; every other trace draws its own (seeded by seed, rate, trace)."""
         return self.workload if trace == 0 else self.workload.reshuffled(self._rng(rate, trace, "prompts"))
 
-    def trace_schedule(self) -> list[Arrival]:
+    def trace_schedule(self, trace: int = 0) -> list[Arrival]:
+        """Draw `trace` of the dynamic trace; draw 0 keeps the seeding of the sweeps before --traces applied to it."""
         assert self.cfg.trace is not None
-        return trace_arrivals(self.cfg.trace, cv=self.cfg.cv, rng=seeded_rng(self.cfg.seed, "trace"))
+        rng = seeded_rng(self.cfg.seed, "trace") if trace == 0 else seeded_rng(self.cfg.seed, "trace", trace)
+        return trace_arrivals(self.cfg.trace, cv=self.cfg.cv, rng=rng)
+
+    def trace_prompts(self, trace: int) -> Workload:
+        """Draw 0 of the dynamic trace sends the workload's seeded order; every other draw its own."""
+        return self.workload if trace == 0 else self.workload.reshuffled(
+            seeded_rng(self.cfg.seed, "trace", "prompts", trace))
 
     def spec(self, policy: str, workload: Workload | None = None, trace: int = 0) -> LoadSpec:
         return LoadSpec(workload=workload or self.workload, policy=policy, max_tokens=self.max_tokens,
@@ -148,7 +155,7 @@ class Sweep:
         c = self.cfg
         mine = [p for p in self.points if p.policy == policy]
         rates = {(p.rate, p.trace) for p in mine if p.kind == "rate"}
-        trace_done = c.trace is None or any(p.kind == "trace" for p in mine)
+        trace_done = c.trace is None or {p.trace for p in mine if p.kind == "trace"} >= set(range(c.traces))
         closed_done = c.closed_loop == 0 or any(p.kind == "closed" for p in mine)
         return {(r, t) for r in c.rates for t in range(c.traces)} <= rates and trace_done and closed_done
 
@@ -235,13 +242,17 @@ class Sweep:
                                         trace=trace))
                     self._check(stack, recs, what)
                     time.sleep(c.settle_s)
-            if c.trace is not None:
+            for trace in range(c.traces if c.trace is not None else 0):
+                what = f"{policy.label} trace" + (f" {trace + 1}/{c.traces}" if c.traces > 1 else "")
                 start = time.time()
-                recs = asyncio.run(run_load(base, self.spec(policy.label), self.trace_schedule(), progress=c.progress,
-                                            desc=f"{policy.label} trace", model=self.served_model))
+                recs = asyncio.run(run_load(base, self.spec(policy.label, self.trace_prompts(trace), trace),
+                                            self.trace_schedule(trace), progress=c.progress, desc=what,
+                                            model=self.served_model))
                 self.trace_records += recs
-                points.append(Point(policy.label, "trace", math.nan, len(recs), self._wall(recs), start, time.time()))
-                self._check(stack, recs, f"{policy.label} trace")
+                points.append(Point(policy.label, "trace", math.nan, len(recs), self._wall(recs), start, time.time(),
+                                    trace=trace))
+                self._check(stack, recs, what)
+                time.sleep(c.settle_s)
             time.sleep(max(0.5, c.settle_s))  # the step sink flushes every 50 ms
             self._read_steps(stack, policy, t0, points)
         finally:
@@ -328,11 +339,14 @@ class Sweep:
         return {a: report.ratio_table(rows, adaptive=a) for a in labels if report.is_adaptive(a)}
 
     def comparisons(self) -> list[dict[str, Any]]:
-        """The pass/fail table (ratios.csv): the closed loop paired per request, each rate over its traces."""
+        """The pass/fail table (ratios.csv): the closed loop paired per request, each rate over its traces, the
+        dynamic trace (whole, all phases) over its draws."""
         closed = [{"point": "closed loop", "rate": math.nan, **r}
                   for r in compare.closed_loop_table(self.closed_records)]
         loaded = [{"point": f"rate {r['rate']:g}", **r} for r in compare.loaded_table(self.records)]
-        return closed + loaded
+        dynamic = [{"point": "dynamic trace", **r, "rate": math.nan}
+                   for r in compare.loaded_table(self.trace_records, point=lambda _: 0.0)]
+        return closed + loaded + dynamic
 
     def save(self) -> None:
         out = self.cfg.out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +111,17 @@ def _latencies(records: Iterable[RequestRecord]) -> dict[str, dict[int, float]]:
     return out
 
 
-def _trace_means(records: Iterable[RequestRecord]) -> dict[float, dict[str, dict[int, float]]]:
-    """rate → policy → trace → mean e2e of the successful requests of that trace."""
+def _by_rate(r: RequestRecord) -> float:
+    return r.rate
+
+
+def _trace_means(records: Iterable[RequestRecord],
+                 point: Callable[[RequestRecord], float] = _by_rate) -> dict[float, dict[str, dict[int, float]]]:
+    """point (the rate) → policy → trace → mean e2e of the successful requests of that trace."""
     sums: dict[tuple[float, str, int], list[float]] = {}
     for r in records:
         if _ok(r):
-            sums.setdefault((r.rate, r.policy, r.trace), []).append(float(r.e2e_s or 0.0))
+            sums.setdefault((point(r), r.policy, r.trace), []).append(float(r.e2e_s or 0.0))
     out: dict[float, dict[str, dict[int, float]]] = {}
     for (rate, policy, trace), xs in sorted(sums.items()):
         out.setdefault(rate, {}).setdefault(policy, {})[trace] = math.fsum(xs) / len(xs)
@@ -178,18 +183,20 @@ def _chosen_text(chosen: Mapping[int, str], hindsight: bool) -> str:
         " (leave-one-out)"
 
 
-def loaded_table(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
-    """Per rate and adaptive policy: vs the selected best static (leave-one-out over traces, or hindsight with one
-    trace), then vs each static; the statistic is exp(mean over traces of log(mean_adaptive / mean_static)),
-    n = traces. `ratio_of_means` pools every trace's requests."""
+def loaded_table(records: Iterable[RequestRecord],
+                 point: Callable[[RequestRecord], float] = _by_rate) -> list[dict[str, Any]]:
+    """Per point (a rate; `point` maps a record to its point, e.g. one for a whole dynamic trace) and adaptive
+    policy: vs the selected best static (leave-one-out over traces, or hindsight with one trace), then vs each
+    static; the statistic is exp(mean over traces of log(mean_adaptive / mean_static)), n = traces.
+    `ratio_of_means` pools every trace's requests."""
     pooled: dict[tuple[float, str], list[float]] = {}
     recs = list(records)
     for r in recs:
         if _ok(r):
-            pooled.setdefault((r.rate, r.policy), []).append(float(r.e2e_s or 0.0))
+            pooled.setdefault((point(r), r.policy), []).append(float(r.e2e_s or 0.0))
     mean = {k: math.fsum(v) / len(v) for k, v in pooled.items()}
     rows = []
-    for rate, by_policy in _trace_means(recs).items():
+    for rate, by_policy in _trace_means(recs, point).items():
         statics = {p: m for p, m in by_policy.items() if is_static(p)}
         for a in sorted(p for p in by_policy if is_adaptive(p)):
             if statics:

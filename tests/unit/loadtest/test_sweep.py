@@ -214,6 +214,38 @@ def test_traces_draw_their_own_arrivals_and_prompts_and_trace_zero_is_the_old_po
     assert spec.body("m", 4)["messages"] == sw.prompts(1.0, 1).messages(4)
 
 
+def test_the_dynamic_trace_is_drawn_once_per_trace_and_judged_over_its_draws(tmp_path: Path) -> None:
+    from smartspec.loadtest.loadgen import seeded_rng, trace_arrivals
+
+    phases = parse_trace("4@0.1,6@2,4@0.1")
+    sw = _sweep(tmp_path, traces=3, rates=[], trace=phases, trace_text="4@0.1,6@2,4@0.1")
+    assert sw.trace_schedule(0) == trace_arrivals(phases, cv=1.0, rng=seeded_rng(0, "trace"))  # as before
+    assert len({tuple(a.t for a in sw.trace_schedule(t)) for t in range(3)}) == 3
+    assert sw.trace_schedule(2) == _sweep(tmp_path, traces=3, rates=[], trace=phases).trace_schedule(2)
+    assert sw.trace_prompts(0) is sw.workload and sw.trace_prompts(1).prompts != sw.workload.prompts
+    # Draw t's records carry t; the comparison pools every phase of a draw, one log ratio per draw.
+    spec = sw.spec("goodput", sw.trace_prompts(2), trace=2)
+    assert spec.record(0, sw.trace_schedule(2)[0]).trace == 2
+    means = {"off": (20.0, 22.0, 18.0), "fixed:3": (15.0, 30.0, 16.0), "goodput": (12.0, 18.0, 15.0)}
+    for policy, by_draw in means.items():
+        for t, m in enumerate(by_draw):
+            for i, (rate, e2e) in enumerate(((0.1, m - 1.0), (2.0, m + 2.0), (0.1, m - 1.0))):
+                sw.trace_records.append(RequestRecord(policy, rate, "synthetic", float(i), 1.0, e2e, 20, 64,
+                                                      trace=t, seq=i, phase=f"p{i}"))
+    rows = {r["static"]: r for r in sw.comparisons() if r["point"] == "dynamic trace"}
+    assert math.isnan(rows["off"]["rate"]) and rows["off"]["n"] == 3
+    assert rows["off"]["ratio"] == pytest.approx(math.exp(sum(math.log(g / o) for g, o in
+                                                              zip(means["goodput"], means["off"], strict=True)) / 3))
+    # Leave-one-out: draw 0 gets the best of draws 1-2 (off 20 vs fixed:3 23), draw 1 of draws 0 and 2 (off 19
+    # vs 15.5), draw 2 of draws 0-1 (off 21 vs 22.5).
+    assert rows["best static"]["selected"] == "off ×2, fixed:3 ×1 (leave-one-out)"
+    assert not sw._done("off")
+    sw.points = [Point("off", "trace", math.nan, 14, 1.0, 0.0, 1.0, trace=t) for t in (0, 2)]
+    assert not sw._done("off") and sw.points[1].window == "trace 2"
+    sw.points.append(Point("off", "trace", math.nan, 14, 1.0, 0.0, 1.0, trace=1))
+    assert sw._done("off")
+
+
 def test_a_policy_is_done_only_with_every_trace_and_the_closed_loop(tmp_path: Path) -> None:
     sw = _sweep(tmp_path, traces=2, closed_loop=3)
     sw.points = [Point("off", "rate", r, 2, 1.0, 0.0, 1.0, trace=t) for r in (1.0, 2.0) for t in (0, 1)]
