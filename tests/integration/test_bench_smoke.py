@@ -1,7 +1,7 @@
 """`smartspec bench sweep` end to end on tiny models: two policies (a stack restart each), a closed loop, two rates on
-two arrival traces each, a dynamic trace; every request finishes, and the results folder holds its CSVs (with the
-paired and over-trace ratios), plots and README. With --interleave, both stacks up at once and the same requests sent to
-each in turn."""
+two arrival traces each, a dynamic trace drawn twice; every request finishes, and the results folder holds its CSVs
+(with the paired and over-trace ratios), plots and README. With --interleave, both stacks up at once and the same
+requests sent to each in turn."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
     windows = {(s["policy"], s["window"]) for s in steps}
     for policy in ("off", "goodput"):
         assert {(policy, "closed loop"), (policy, "rate 2"), (policy, "rate 2 (trace 1)"), (policy, "rate 8"),
-                (policy, "trace")} <= windows
+                (policy, "trace"), (policy, "trace 1")} <= windows
     assert all(s["sum_k"] == "0" for s in steps if s["policy"] == "off")
 
     with (out / "summary.csv").open() as f:
@@ -97,7 +97,12 @@ def test_sweep_on_tiny_models_writes_every_result(tmp_path: Path) -> None:
         row = ratios[(f"rate {rate}", "best static")]
         assert row["n"] == "2" and row["selected"] == "off ×2 (leave-one-out)"  # the only static policy
         assert float(row["lo95"]) <= float(row["ratio"]) <= float(row["hi95"])
+    dynamic = ratios[("dynamic trace", "off")]  # the dynamic trace, drawn once per --traces
+    assert dynamic["n"] == "2" and float(dynamic["lo95"]) <= float(dynamic["ratio"]) <= float(dynamic["hi95"])
+    assert sorted({(r.policy, r.trace) for r in read_csv(out / "trace_records.csv")}) == [
+        (p, t) for p in ("goodput", "off") for t in (0, 1)]
     readme = (out / "README.md").read_text()
+    assert "### Dynamic trace (all phases together), over its draws" in readme
     assert "### Closed loop (light load), paired per request" in readme
     assert "### Loaded points (open loop), over arrival traces" in readme
     assert "## goodput vs the static policies" in readme and "Command: `smartspec bench sweep" in readme
